@@ -1,0 +1,215 @@
+"""Settings: the only module that reads the environment (and `.env`).
+
+Every value has a description; `docs/configuration.md` and `.env.example` are generated from this
+model (`df-middleware config docs` / `config env-example`), and a test keeps them in step.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SQLITE_URL = "sqlite:///./df-middleware.db"
+
+
+class Settings(BaseSettings):
+    """Runtime configuration of DF-Middleware. Names are the environment variable names."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        populate_by_name=True,
+    )
+
+    # --- runtime -------------------------------------------------------------------------------
+    database_url: str = Field(
+        DEFAULT_SQLITE_URL,
+        description="`sqlite:///path` or `postgresql://user@host:port/db`. "
+        "SQLite (WAL mode) needs no server; PostgreSQL is the production engine.",
+    )
+    host: str = Field("127.0.0.1", description="HTTP bind address (`serve --host` overrides).")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port (`serve --port` overrides).")
+    public_base_url: str | None = Field(
+        None,
+        description="URL the outside world reaches us at (OAuth redirect, dashboard links). "
+        "Default `http://HOST:PORT`.",
+    )
+    data_dir: Path = Field(
+        Path("."),
+        description="Directory for files the service generates (e.g. the token encryption key).",
+    )
+    auto_migrate: bool = Field(True, description="`serve` and `worker` apply pending migrations on start.")
+    df_admin_secret: SecretStr | None = Field(
+        None, description="Admin API and dashboard secret. Unset: the admin API answers 401."
+    )
+
+    # --- GHL webhooks ----------------------------------------------------------------------------
+    ghl_location_id: str | None = Field(
+        None,
+        description="The GHL sub-account we sync. Events of other locations (not installed through "
+        "OAuth) are stored as `done` with reason `foreign location`.",
+    )
+    ghl_webhook_public_key: str | None = Field(
+        None,
+        description="PEM text, or a path to a PEM file, of the RSA key for `x-wh-signature`. "
+        "Default: the key GHL publishes.",
+    )
+    ghl_webhook_ed25519_public_key: str | None = Field(
+        None, description="PEM text, or a path to a PEM file, of the Ed25519 key for `x-ghl-signature`."
+    )
+    ghl_workflow_webhook_secret: SecretStr | None = Field(
+        None,
+        description="Shared secret that unsigned GHL workflow webhooks carry in `X-DF-Webhook-Secret`. "
+        "Unset: unsigned requests are refused.",
+    )
+    ghl_webhook_tolerance_seconds: int = Field(
+        300, ge=0, description="Replay window for the webhook `timestamp` (0 disables the check)."
+    )
+
+    # --- Aloware webhooks ------------------------------------------------------------------------
+    aloware_webhook_basic_user: str | None = Field(None, description="HTTP Basic user Aloware sends.")
+    aloware_webhook_basic_pass: SecretStr | None = Field(None, description="HTTP Basic password Aloware sends.")
+    aloware_webhook_bearer_token: SecretStr | None = Field(None, description="Bearer token Aloware sends.")
+    aloware_webhook_allowed_events: str | None = Field(
+        None,
+        description="Comma list of Aloware event names to store; others answer 200 `ignored`. Unset: all.",
+    )
+
+    # --- Verity webhooks -------------------------------------------------------------------------
+    verity_webhook_secret: SecretStr | None = Field(
+        None, description="HMAC-SHA256 secret of texting (and, by default, broadcast) webhooks."
+    )
+    broadcast_webhook_secret: SecretStr | None = Field(
+        None, description="HMAC-SHA256 secret of broadcast webhooks; overrides VERITY_WEBHOOK_SECRET."
+    )
+    texting_allow_plain_secret: bool = Field(
+        False,
+        description="Accept `X-Texting-Secret: <secret>` instead of an HMAC signature (legacy senders).",
+    )
+
+    # --- ingest limits ---------------------------------------------------------------------------
+    max_webhook_bytes: int = Field(1_048_576, ge=1024, description="Largest accepted webhook body (413 above).")
+    max_json_depth: int = Field(32, ge=2, description="Deepest JSON nesting accepted in a webhook body.")
+    ingest_rate_limit_per_second: int = Field(
+        1000,
+        ge=0,
+        description="Authenticated webhooks accepted per source per second by one server process "
+        "(429 with Retry-After above it). 0 disables the limit.",
+    )
+    default_phone_region: str = Field(
+        "US", min_length=2, max_length=2, description="Region for phone numbers without a country code."
+    )
+
+    # --- queue -----------------------------------------------------------------------------------
+    max_attempts: int = Field(10, ge=1, description="Attempts before an event is dead-lettered (`error`).")
+    retry_base_seconds: float = Field(10.0, gt=0, description="First retry delay; doubles per attempt.")
+    retry_max_seconds: float = Field(3600.0, gt=0, description="Cap of the retry delay (full jitter below it).")
+    lease_seconds: int = Field(
+        300, ge=5, description="How long a claimed event stays leased before another worker may take it."
+    )
+    poll_seconds: float = Field(1.0, gt=0, description="Idle poll interval (LISTEN/NOTIFY wakes sooner).")
+    worker_batch: int = Field(50, ge=1, description="Most events claimed per claim query.")
+    worker_concurrency: int = Field(8, ge=1, description="Events processed at once by one worker process.")
+    shutdown_grace_seconds: float = Field(
+        20.0, ge=0, description="On SIGTERM, time in-flight events get to finish before being released."
+    )
+    retention_days: int = Field(30, ge=1, description="`done` events and sync_log rows older than this are pruned.")
+    prune_batch_size: int = Field(1000, ge=1, description="Rows deleted per prune statement.")
+    echo_ttl_seconds: int = Field(900, ge=1, description="Lifetime of echo fingerprints of our own writes.")
+
+    # --- observability ---------------------------------------------------------------------------
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="`json`, `console`, or `auto` (console on a terminal, JSON otherwise)."
+    )
+    log_reveal_pii: bool = Field(
+        False, description="Log phones, emails and message bodies unmasked (debugging only)."
+    )
+    metrics_token: SecretStr | None = Field(
+        None, description="When set, `/metrics` needs `Authorization: Bearer <token>`."
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        scheme = value.split(":", 1)[0].split("+", 1)[0]
+        if scheme not in {"sqlite", "postgresql", "postgres"}:
+            raise ValueError("DATABASE_URL must start with sqlite:// or postgresql://")
+        return value
+
+    @field_validator("default_phone_region")
+    @classmethod
+    def _upper_region(cls, value: str) -> str:
+        return value.upper()
+
+    # --- derived -------------------------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        return self.public_base_url or f"http://{self.host}:{self.port}"
+
+    @property
+    def allowed_aloware_events(self) -> frozenset[str] | None:
+        """Lower-cased allow list, or None when every event is allowed."""
+        if not self.aloware_webhook_allowed_events:
+            return None
+        names = {n.strip().lower() for n in self.aloware_webhook_allowed_events.split(",") if n.strip()}
+        return frozenset(names) or None
+
+    @property
+    def broadcast_secret(self) -> SecretStr | None:
+        return self.broadcast_webhook_secret or self.verity_webhook_secret
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once. Tests build `Settings(...)` directly instead."""
+    return Settings()
+
+
+def settings_reference() -> list[tuple[str, str, str]]:
+    """(ENV_NAME, default, description) for every setting, in declaration order."""
+    rows: list[tuple[str, str, str]] = []
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if default is None:
+            shown = "unset"
+        elif isinstance(default, SecretStr):
+            shown = "unset"
+        else:
+            shown = str(default)
+        rows.append((name.upper(), shown, field.description or ""))
+    return rows
+
+
+def configuration_markdown() -> str:
+    """The text of docs/configuration.md."""
+    lines = [
+        "# Configuration",
+        "",
+        "Generated from `src/df_middleware/config.py` by `df-middleware config docs`; do not edit by hand.",
+        "",
+        "Every setting is an environment variable (a `.env` file in the working directory is read too).",
+        "All are optional: a feature whose settings are missing is disabled with a clear message.",
+        "",
+        "| name | default | meaning |",
+        "|---|---|---|",
+    ]
+    for env, default, description in settings_reference():
+        lines.append(f"| `{env}` | `{default}` | {description} |")
+    return "\n".join(lines) + "\n"
+
+
+def env_example() -> str:
+    """The text of .env.example: every setting, commented out, with its default."""
+    lines = ["# DF-Middleware settings. Generated by `df-middleware config env-example`.", ""]
+    for env, default, description in settings_reference():
+        lines.append(f"# {description}")
+        lines.append(f"# {env}={'' if default == 'unset' else default}")
+        lines.append("")
+    return "\n".join(lines)
