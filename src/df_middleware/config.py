@@ -45,6 +45,10 @@ class Settings(BaseSettings):
         description="Directory for files the service generates (e.g. the token encryption key).",
     )
     auto_migrate: bool = Field(True, description="`serve` and `worker` apply pending migrations on start.")
+    serve_with_worker: bool = Field(
+        True,
+        description="`serve` also runs the worker and scheduler in-process (`serve --no-worker` sets false).",
+    )
     df_admin_secret: SecretStr | None = Field(
         None, description="Admin API and dashboard secret. Unset: the admin API answers 401."
     )
@@ -74,7 +78,9 @@ class Settings(BaseSettings):
 
     # --- Aloware webhooks ------------------------------------------------------------------------
     aloware_webhook_basic_user: str | None = Field(None, description="HTTP Basic user Aloware sends.")
-    aloware_webhook_basic_pass: SecretStr | None = Field(None, description="HTTP Basic password Aloware sends.")
+    aloware_webhook_basic_pass: SecretStr | None = Field(
+        None, description="HTTP Basic password Aloware sends."
+    )
     aloware_webhook_bearer_token: SecretStr | None = Field(None, description="Bearer token Aloware sends.")
     aloware_webhook_allowed_events: str | None = Field(
         None,
@@ -94,7 +100,9 @@ class Settings(BaseSettings):
     )
 
     # --- ingest limits ---------------------------------------------------------------------------
-    max_webhook_bytes: int = Field(1_048_576, ge=1024, description="Largest accepted webhook body (413 above).")
+    max_webhook_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest accepted webhook body (413 above)."
+    )
     max_json_depth: int = Field(32, ge=2, description="Deepest JSON nesting accepted in a webhook body.")
     ingest_rate_limit_per_second: int = Field(
         1000,
@@ -109,7 +117,9 @@ class Settings(BaseSettings):
     # --- queue -----------------------------------------------------------------------------------
     max_attempts: int = Field(10, ge=1, description="Attempts before an event is dead-lettered (`error`).")
     retry_base_seconds: float = Field(10.0, gt=0, description="First retry delay; doubles per attempt.")
-    retry_max_seconds: float = Field(3600.0, gt=0, description="Cap of the retry delay (full jitter below it).")
+    retry_max_seconds: float = Field(
+        3600.0, gt=0, description="Cap of the retry delay (full jitter below it)."
+    )
     lease_seconds: int = Field(
         300, ge=5, description="How long a claimed event stays leased before another worker may take it."
     )
@@ -119,7 +129,9 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(
         20.0, ge=0, description="On SIGTERM, time in-flight events get to finish before being released."
     )
-    retention_days: int = Field(30, ge=1, description="`done` events and sync_log rows older than this are pruned.")
+    retention_days: int = Field(
+        30, ge=1, description="`done` events and sync_log rows older than this are pruned."
+    )
     prune_batch_size: int = Field(1000, ge=1, description="Rows deleted per prune statement.")
     echo_ttl_seconds: int = Field(900, ge=1, description="Lifetime of echo fingerprints of our own writes.")
 

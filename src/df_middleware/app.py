@@ -1,0 +1,141 @@
+"""The FastAPI application: webhooks, health, readiness and metrics.
+
+`create_app(settings)` builds it; its lifespan opens the database, applies migrations (unless
+AUTO_MIGRATE=false) and, unless `serve --no-worker`, runs the worker and scheduler in the same
+process. `create_app_from_env` is the factory uvicorn imports when `serve --workers N` > 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from df_middleware import __version__
+from df_middleware.config import Settings, get_settings
+from df_middleware.db.migrate import current_revision, head_revision, upgrade
+from df_middleware.db.session import Database
+from df_middleware.ingest.routes import Ingest, webhook_router
+from df_middleware.observability import configure_logging, get_logger
+from df_middleware.queue.operations import queue_stats
+from df_middleware.queue.scheduler import Scheduler
+from df_middleware.queue.worker import Worker
+
+log = get_logger(__name__)
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    db: Database = app.state.db
+    if settings.auto_migrate:
+        await upgrade(settings.database_url)
+    background: list[asyncio.Task[None]] = []
+    stop = asyncio.Event()
+    worker: Worker | None = None
+    if app.state.run_worker:
+        worker = Worker(settings, db)
+        scheduler = Scheduler(settings, db)
+        background = [
+            asyncio.create_task(worker.run(stop), name="worker"),
+            asyncio.create_task(scheduler.run(stop), name="scheduler"),
+        ]
+    log.info("service.started", worker=app.state.run_worker, database=db.dialect, version=__version__)
+    try:
+        yield
+    finally:
+        stop.set()
+        if worker is not None:
+            await worker.stop()
+        if background:
+            await asyncio.gather(*background, return_exceptions=True)
+        await db.dispose()
+        log.info("service.stopped")
+
+
+def create_app(settings: Settings | None = None, *, run_worker: bool | None = None) -> FastAPI:
+    """Build the application. `run_worker=None` follows SERVE_WITH_WORKER."""
+    settings = settings or get_settings()
+    configure_logging(settings.log_level, settings.log_format, reveal_pii=settings.log_reveal_pii)
+    app = FastAPI(
+        title="DF-Middleware",
+        version=__version__,
+        description="Keeps GoHighLevel, Aloware and Verity in step.",
+        lifespan=_lifespan,
+    )
+    db = Database(settings.database_url)
+    app.state.settings = settings
+    app.state.db = db
+    app.state.run_worker = settings.serve_with_worker if run_worker is None else run_worker
+    app.state.ingest = Ingest(settings, db)
+    app.include_router(webhook_router(app.state.ingest))
+    _add_operational_routes(app)
+    _add_error_handlers(app)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for `uvicorn --factory` (several HTTP processes)."""
+    return create_app()
+
+
+def _add_operational_routes(app: FastAPI) -> None:
+    @app.get("/healthz", tags=["operations"], summary="The process is up")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"], summary="Database reachable and migrations current")
+    async def readyz(request: Request) -> JSONResponse:
+        db: Database = request.app.state.db
+        head = head_revision()
+        try:
+            async with db.engine.connect() as conn:
+                current = await current_revision(conn)
+        except Exception as exc:
+            return JSONResponse(
+                {"status": "unavailable", "database": f"unreachable: {type(exc).__name__}"}, status_code=503
+            )
+        if current != head:
+            return JSONResponse(
+                {"status": "unavailable", "database": "ok", "migrations": f"at {current}, head is {head}"},
+                status_code=503,
+            )
+        return JSONResponse({"status": "ready", "database": db.dialect, "migration": current})
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=PlainTextResponse)
+    async def metrics(request: Request) -> Response:
+        settings: Settings = request.app.state.settings
+        if settings.metrics_token is not None:
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            expected = settings.metrics_token.get_secret_value().encode()
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+                return JSONResponse({"error": "metrics need Authorization: Bearer <METRICS_TOKEN>"}, 401)
+        with contextlib.suppress(Exception):  # queue gauges are best effort: metrics must render
+            await queue_stats(request.app.state.db)
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error body is `{"error": ...}`; nothing leaks a stack trace or a secret."""
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems: list[Any] = [{"loc": list(e.get("loc", ())), "msg": e.get("msg")} for e in exc.errors()]
+        return JSONResponse({"error": "invalid request", "details": problems}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("http.unhandled_error", path=request.url.path, error=type(exc).__name__)
+        return JSONResponse({"error": "internal error"}, status_code=500)

@@ -1,0 +1,23 @@
+"""The two failures a handler or connector may raise; the worker alone turns them into outcomes.
+
+- `RetryableError`: try again later (network error, timeout, 5xx, 429, database conflict).
+  `retry_after` (seconds), when the remote said so, is a lower bound for the next attempt.
+- `PermanentError`: retrying cannot help (4xx other than 408/409/429, validation); the event
+  is dead-lettered at once.
+"""
+
+from __future__ import annotations
+
+
+class SyncError(Exception):
+    """Base of the failures the worker knows how to classify."""
+
+
+class RetryableError(SyncError):
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentError(SyncError):
+    pass

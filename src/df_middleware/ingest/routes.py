@@ -1,0 +1,287 @@
+"""The five webhook endpoints (SPEC §3). Each is the same pipeline with its own auth and classifier:
+
+size (413) → content type (415) → authenticate the raw bytes (401) → per-source rate limit
+(429) → parse JSON (400) → source rules: replay window, event filter, classification (401/200
+ignored/422) → store or find the duplicate (200; 503 when the database is unavailable).
+
+Nothing is written before every check has passed, so a refused request leaves no trace but a
+metric and a log line.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from limits import RateLimitItemPerSecond
+from limits.storage import MemoryStorage
+from limits.strategies import FixedWindowRateLimiter
+
+from df_middleware.config import Settings
+from df_middleware.db.session import Database, is_unavailable
+from df_middleware.db.types import utcnow
+from df_middleware.ingest.auth import (
+    AuthFailure,
+    GhlVerifier,
+    check_replay_window,
+    verify_aloware,
+    verify_broadcast,
+    verify_texting,
+)
+from df_middleware.ingest.sources.aloware import aloware_event_name, canonical_aloware_name, classify_aloware
+from df_middleware.ingest.sources.broadcast import classify_broadcast
+from df_middleware.ingest.sources.common import ClassifiedEvent, InvalidEvent
+from df_middleware.ingest.sources.ghl import classify_ghl, classify_ghl_provider
+from df_middleware.ingest.sources.texting import classify_texting
+from df_middleware.ingest.store import store_event
+from df_middleware.observability import (
+    INGEST_LATENCY,
+    WEBHOOKS_ACCEPTED,
+    WEBHOOKS_DUPLICATE,
+    WEBHOOKS_IGNORED,
+    WEBHOOKS_RECEIVED,
+    WEBHOOKS_REJECTED,
+    get_logger,
+)
+
+log = get_logger(__name__)
+
+#: Seconds a sender is asked to wait when the database is unavailable.
+DB_RETRY_AFTER_SECONDS = 5
+
+
+class Rejection(Exception):
+    """A request refused with a 4xx/5xx and a JSON `{"error": ...}` body."""
+
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+class Ignored(Exception):
+    """A well-formed, authentic event this deployment chose not to store (200 `ignored`)."""
+
+
+Authenticate = Callable[[Mapping[str, str], bytes], bool]
+Classify = Callable[[Mapping[str, Any]], ClassifiedEvent]
+
+
+@dataclass(frozen=True)
+class Source:
+    """One webhook endpoint: its metric label, how it authenticates and how it classifies."""
+
+    name: str
+    authenticate: Authenticate
+    classify: Classify
+
+
+def _json_depth_exceeds(value: Any, limit: int) -> bool:
+    """True when `value` nests deeper than `limit` (iterative: no recursion on hostile input)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(node, dict):
+            stack.extend((child, depth + 1) for child in node.values())
+        elif isinstance(node, list):
+            stack.extend((child, depth + 1) for child in node)
+    return False
+
+
+def _is_json_content_type(value: str | None) -> bool:
+    if not value:
+        return True  # absent: try to parse; a content type that is not JSON is refused
+    media = value.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+class Ingest:
+    """Shared state of the webhook endpoints of one server process."""
+
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self.settings = settings
+        self.db = db
+        self.ghl = GhlVerifier(settings)
+        self._limiter = FixedWindowRateLimiter(MemoryStorage())
+        self._limit = (
+            RateLimitItemPerSecond(settings.ingest_rate_limit_per_second)
+            if settings.ingest_rate_limit_per_second > 0
+            else None
+        )
+        region = settings.default_phone_region
+        self.sources = {
+            "ghl": Source("ghl", self.ghl.verify, self._classify_ghl),
+            "ghl_provider": Source(
+                "ghl_provider", self.ghl.verify, lambda p: self._with_replay_window(p, classify_ghl_provider)
+            ),
+            "aloware": Source("aloware", lambda h, _b: verify_aloware(settings, h), self._classify_aloware),
+            "texting": Source(
+                "texting", lambda h, b: verify_texting(settings, h, b), lambda p: classify_texting(p, region)
+            ),
+            "broadcast": Source(
+                "broadcast",
+                lambda h, b: verify_broadcast(settings, h, b),
+                lambda p: classify_broadcast(p, region),
+            ),
+        }
+
+    # --- source rules ------------------------------------------------------------------------
+    def _with_replay_window(
+        self, payload: Mapping[str, Any], classify: Callable[[Mapping[str, Any], str], ClassifiedEvent]
+    ) -> ClassifiedEvent:
+        try:
+            check_replay_window(payload, self.settings.ghl_webhook_tolerance_seconds, utcnow())
+        except AuthFailure as exc:
+            raise Rejection(401, str(exc)) from exc
+        return classify(payload, self.settings.default_phone_region)
+
+    def _classify_ghl(self, payload: Mapping[str, Any]) -> ClassifiedEvent:
+        return self._with_replay_window(payload, classify_ghl)
+
+    def _classify_aloware(self, payload: Mapping[str, Any]) -> ClassifiedEvent:
+        allowed = self.settings.allowed_aloware_events
+        if allowed is not None:
+            name = aloware_event_name(payload)
+            known = canonical_aloware_name(name)
+            if (known[0] if known else name).lower() not in allowed:
+                raise Ignored()
+        return classify_aloware(payload, self.settings.default_phone_region)
+
+    # --- the pipeline ------------------------------------------------------------------------
+    def _check_rate(self, source: str) -> None:
+        if self._limit is None:
+            return
+        if not self._limiter.hit(self._limit, source):
+            reset_at, _remaining = self._limiter.get_window_stats(self._limit, source)
+            retry_after = max(1, int(reset_at - time.time() + 0.999))
+            raise Rejection(429, f"ingest limit for {source} exceeded", {"Retry-After": str(retry_after)})
+
+    async def _read_body(self, request: Request) -> bytes:
+        limit = self.settings.max_webhook_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            try:
+                if int(declared) > limit:
+                    raise Rejection(413, f"body larger than {limit} bytes")
+            except ValueError as exc:
+                raise Rejection(400, "invalid Content-Length") from exc
+        if not _is_json_content_type(request.headers.get("content-type")):
+            raise Rejection(415, "content type must be application/json")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise Rejection(413, f"body larger than {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _parse(self, body: bytes) -> dict[str, Any]:
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise Rejection(400, "body is not valid JSON") from exc
+        if not isinstance(payload, dict):
+            raise Rejection(422, "body must be a JSON object")
+        if _json_depth_exceeds(payload, self.settings.max_json_depth):
+            raise Rejection(400, f"JSON nested deeper than {self.settings.max_json_depth} levels")
+        return payload
+
+    async def receive(self, request: Request, source_name: str) -> Response:
+        source = self.sources[source_name]
+        started = time.perf_counter()
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        WEBHOOKS_RECEIVED.labels(source.name).inc()
+        try:
+            body = await self._read_body(request)
+            try:
+                verified = source.authenticate(request.headers, body)
+            except AuthFailure as exc:
+                raise Rejection(401, str(exc)) from exc
+            self._check_rate(source.name)
+            payload = self._parse(body)
+            try:
+                event = source.classify(payload)
+            except InvalidEvent as exc:
+                raise Rejection(422, str(exc)) from exc
+            try:
+                result = await store_event(self.db, event, payload, verified=verified, request_id=request_id)
+            except Exception as exc:
+                if not is_unavailable(exc):
+                    raise
+                log.warning("ingest.database_unavailable", source=source.name, error=type(exc).__name__)
+                raise Rejection(
+                    503, "database unavailable, retry later", {"Retry-After": str(DB_RETRY_AFTER_SECONDS)}
+                ) from exc
+        except Ignored:
+            WEBHOOKS_IGNORED.labels(source.name).inc()
+            return JSONResponse({"status": "ignored"}, headers={"X-Request-ID": request_id})
+        except Rejection as rejection:
+            WEBHOOKS_REJECTED.labels(source.name, str(rejection.status)).inc()
+            log.info(
+                "ingest.rejected",
+                source=source.name,
+                status=rejection.status,
+                reason=rejection.message,
+                request_id=request_id,
+            )
+            return JSONResponse(
+                {"error": rejection.message},
+                status_code=rejection.status,
+                headers={**rejection.headers, "X-Request-ID": request_id},
+            )
+        if result.duplicate:
+            WEBHOOKS_DUPLICATE.labels(source.name).inc()
+        else:
+            WEBHOOKS_ACCEPTED.labels(source.name).inc()
+        INGEST_LATENCY.labels(source.name).observe(time.perf_counter() - started)
+        return JSONResponse(
+            {"status": "duplicate" if result.duplicate else "accepted", "id": str(result.id)},
+            headers={"X-Request-ID": request_id},
+        )
+
+
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": '`{"status": "accepted"|"duplicate", "id": ...}` or `{"status": "ignored"}`'},
+    400: {"description": "invalid JSON"},
+    401: {"description": "authentication failed or not configured"},
+    413: {"description": "body over MAX_WEBHOOK_BYTES"},
+    415: {"description": "content type is not JSON"},
+    422: {"description": "JSON lacks what the source requires"},
+    429: {"description": "per-source ingest limit exceeded (Retry-After)"},
+    503: {"description": "database unavailable (Retry-After)"},
+}
+
+
+def webhook_router(ingest: Ingest) -> APIRouter:
+    """The endpoints, thin: each hands the request to the shared pipeline with its source."""
+    router = APIRouter(prefix="/api/webhooks", tags=["webhooks"])
+
+    def endpoint(source_name: str) -> Callable[[Request], Any]:
+        async def receive(request: Request) -> Response:
+            return await ingest.receive(request, source_name)
+
+        receive.__name__ = f"receive_{source_name}_webhook"
+        return receive
+
+    routes = [
+        ("/ghl", "ghl", "GHL webhooks (signed: Ed25519 x-ghl-signature or RSA x-wh-signature)"),
+        ("/ghl/provider-delivery", "ghl_provider", "GHL conversation provider Delivery URL"),
+        ("/aloware", "aloware", "Aloware webhooks (HTTP Basic or Bearer)"),
+        ("/texting", "texting", "Verity texting webhooks (X-Texting-Signature HMAC)"),
+        ("/broadcast", "broadcast", "Verity broadcast webhooks (X-Broadcast-Signature HMAC)"),
+    ]
+    for path, source_name, summary in routes:
+        router.add_api_route(
+            path, endpoint(source_name), methods=["POST"], summary=summary, responses=_RESPONSES
+        )
+    return router

@@ -1,0 +1,103 @@
+"""Store a classified webhook, or find the event it duplicates (R-IN-2, R-IN-4, R-IN-6).
+
+One statement, one round trip, no transaction around it (autocommit): on PostgreSQL a CTE
+inserts with `ON CONFLICT (dedupe_key) DO NOTHING` and, in the same statement, returns the
+existing row's id when the insert did nothing, so a duplicate costs what a new event costs.
+The NOTIFY that wakes workers is fired by a trigger inside that same statement.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import exists, literal, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from df_middleware.db.models import EVENT_MODELS
+from df_middleware.db.session import Database
+from df_middleware.db.types import utcnow
+from df_middleware.ingest.sources.common import ClassifiedEvent
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    id: uuid.UUID
+    duplicate: bool
+
+
+def _row(
+    event: ClassifiedEvent, payload: dict[str, Any], *, verified: bool, request_id: str | None
+) -> dict[str, Any]:
+    now = utcnow()
+    row: dict[str, Any] = {
+        "id": uuid.uuid4(),
+        "received_at": now,
+        "next_attempt_at": now,
+        "event_type": event.event_type,
+        "payload_json": payload,
+        "dedupe_key": event.dedupe_key,
+        "status": "pending",
+        "attempts": 0,
+        "ordering_key": event.ordering_key,
+        "signature_verified": verified,
+        "request_id": request_id,
+        **event.columns,
+    }
+    if event.kind == "webhook":
+        row["entity_type"] = event.entity_type
+        row["entity_id"] = event.entity_id or ""
+    return row
+
+
+async def _existing_id(conn: AsyncConnection, event: ClassifiedEvent) -> uuid.UUID:
+    table = EVENT_MODELS[event.kind].__table__
+    found = await conn.scalar(select(table.c.id).where(table.c.dedupe_key == event.dedupe_key))
+    if found is None:  # pragma: no cover - the conflicting row cannot vanish: events are never deleted early
+        raise RuntimeError(f"dedupe conflict on {event.dedupe_key!r} but no row found")
+    return found  # type: ignore[no-any-return]
+
+
+async def store_event(
+    db: Database,
+    event: ClassifiedEvent,
+    payload: dict[str, Any],
+    *,
+    verified: bool,
+    request_id: str | None = None,
+) -> StoreResult:
+    """Insert the event unless its dedupe key exists; say which happened."""
+    table = EVENT_MODELS[event.kind].__table__
+    row = _row(event, payload, verified=verified, request_id=request_id)
+    async with db.autocommit() as conn:
+        if db.is_postgres:
+            inserted = (
+                pg_insert(table)
+                .values(row)
+                .on_conflict_do_nothing(index_elements=[table.c.dedupe_key])
+                .returning(table.c.id)
+                .cte("inserted")
+            )
+            statement = select(inserted.c.id, literal(False).label("duplicate")).union_all(
+                select(table.c.id, literal(True)).where(
+                    table.c.dedupe_key == event.dedupe_key, ~exists(select(inserted.c.id))
+                )
+            )
+            found = (await conn.execute(statement)).first()
+            if found is not None:
+                return StoreResult(found[0], bool(found[1]))
+            # The conflicting row was committed by a concurrent request after this statement's
+            # snapshot was taken: it is visible to a fresh statement.
+            return StoreResult(await _existing_id(conn, event), True)
+        new_id = await conn.scalar(
+            sqlite_insert(table)
+            .values(row)
+            .on_conflict_do_nothing(index_elements=[table.c.dedupe_key])
+            .returning(table.c.id)
+        )
+        if new_id is not None:
+            return StoreResult(new_id, False)
+        return StoreResult(await _existing_id(conn, event), True)

@@ -1,0 +1,165 @@
+"""Logging (structlog, PII masked by default) and the Prometheus metrics of SPEC §8.4.
+
+Every metric the service exposes is declared here, so `/metrics` has one catalogue and modules
+import the metric they update instead of declaring their own.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+import structlog
+from prometheus_client import Counter, Gauge, Histogram
+
+# --- PII masking ---------------------------------------------------------------------------------
+
+#: Keys whose values are secrets: never logged, whatever their shape.
+SECRET_KEYS = frozenset(
+    {
+        "api_token",
+        "api_key",
+        "authorization",
+        "token",
+        "access_token",
+        "refresh_token",
+        "secret",
+        "password",
+        "client_secret",
+        "x-df-webhook-secret",
+        "x-texting-secret",
+        "cookie",
+    }
+)
+#: Keys whose values are message text: logged as their length only.
+BODY_KEYS = frozenset({"body", "message", "text", "html", "message_body", "sms"})
+#: Keys whose values are phone numbers or emails.
+CONTACT_KEYS = frozenset(
+    {"phone", "phone_number", "from", "to", "from_number", "to_number", "email", "emailto", "emailfrom"}
+)
+
+_EMAIL_RE = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
+_PHONE_RE = re.compile(r"(?<![\w/])(\+?\d[\d\s().-]{6,}\d)(?!\w)")
+_TOKEN_PARAM_RE = re.compile(r"((?:api_token|token|access_token|key)=)[^&\s]+", re.IGNORECASE)
+
+
+def mask_phone(value: str) -> str:
+    """`+19195551234` → `+1919***1234`: enough to tell numbers apart in a log, not to dial."""
+    digits = re.sub(r"\D", "", value)
+    if len(digits) < 7:
+        return "***"
+    prefix = "+" if value.strip().startswith("+") else ""
+    return f"{prefix}{digits[:4]}***{digits[-4:]}"
+
+
+def mask_email(value: str) -> str:
+    return _EMAIL_RE.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", value)
+
+
+def mask_text(value: str) -> str:
+    """Mask emails, phone-like runs and token query parameters inside free text."""
+    value = _TOKEN_PARAM_RE.sub(r"\1***", value)
+    value = mask_email(value)
+    return _PHONE_RE.sub(lambda m: mask_phone(m.group(1)), value)
+
+
+def mask_value(key: str, value: Any) -> Any:
+    """Mask one value according to its key (recursively for containers)."""
+    lowered = key.lower()
+    if lowered in SECRET_KEYS:
+        return "***" if value not in (None, "") else value
+    if isinstance(value, Mapping):
+        return {k: mask_value(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [mask_value(key, v) for v in value]
+    if not isinstance(value, str):
+        return value
+    if lowered in BODY_KEYS:
+        return f"[{len(value)} chars]"
+    if lowered in CONTACT_KEYS:
+        return mask_email(value) if "@" in value else mask_phone(value)
+    return mask_text(value)
+
+
+def mask_payload(payload: Any) -> Any:
+    """A copy of a webhook payload with PII and secrets masked (logs, admin views)."""
+    if isinstance(payload, Mapping):
+        return {k: mask_value(str(k), v) for k, v in payload.items()}
+    return payload
+
+
+def _mask_processor(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> Mapping[str, Any]:
+    for key, value in list(event_dict.items()):
+        if key in {"event", "level", "timestamp", "logger"}:
+            if key == "event" and isinstance(value, str):
+                event_dict[key] = mask_text(value)
+            continue
+        event_dict[key] = mask_value(key, value)
+    return event_dict
+
+
+def configure_logging(level: str = "info", fmt: str = "auto", *, reveal_pii: bool = False) -> None:
+    """Configure structlog and the standard library logging it feeds into."""
+    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+    ]
+    if not reveal_pii:
+        processors.append(_mask_processor)
+    processors.append(
+        structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    numeric = logging.getLevelNamesMapping()[level.upper()]
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    logging.basicConfig(level=numeric, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+
+
+def get_logger(name: str) -> Any:
+    return structlog.get_logger(name)
+
+
+# --- metrics -------------------------------------------------------------------------------------
+
+WEBHOOKS_RECEIVED = Counter("df_webhooks_received_total", "Webhook requests received.", ["source"])
+WEBHOOKS_ACCEPTED = Counter("df_webhooks_accepted_total", "Webhooks stored as new events.", ["source"])
+WEBHOOKS_DUPLICATE = Counter("df_webhooks_duplicate_total", "Webhooks that were duplicates.", ["source"])
+WEBHOOKS_IGNORED = Counter("df_webhooks_ignored_total", "Webhooks answered 'ignored' by filter.", ["source"])
+WEBHOOKS_REJECTED = Counter(
+    "df_webhooks_rejected_total", "Webhooks refused, by HTTP status.", ["source", "status"]
+)
+INGEST_LATENCY = Histogram(
+    "df_ingest_latency_seconds",
+    "Time from request to stored-and-answered.",
+    ["source"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+QUEUE_DEPTH = Gauge("df_queue_depth", "Events per table and status.", ["table", "status"])
+QUEUE_OLDEST_PENDING_AGE = Gauge(
+    "df_queue_oldest_pending_age_seconds", "Age of the oldest pending event.", ["table"]
+)
+EVENTS_PROCESSED = Counter(
+    "df_events_processed_total", "Processing outcomes by handler.", ["handler", "outcome"]
+)
+PROCESSING_DURATION = Histogram(
+    "df_event_processing_seconds",
+    "Handler run time.",
+    ["handler"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+CLAIM_LATENCY = Histogram(
+    "df_event_start_latency_seconds",
+    "Time from an event being stored to its handler starting (first attempt).",
+    ["table"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
