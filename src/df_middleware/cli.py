@@ -1,0 +1,331 @@
+"""`df-middleware`: the command line. Commands are thin: parse, call a service, print.
+
+Listing commands take `--json` for machine-readable output (the same object the admin API returns).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from df_middleware.config import Settings, configuration_markdown, env_example, get_settings
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    help="DF-Middleware: keeps GoHighLevel, Aloware and Verity in step.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+events_app = typer.Typer(help="Inspect and act on stored webhook events.", no_args_is_help=True)
+config_app = typer.Typer(help="Configuration reference.", no_args_is_help=True)
+app.add_typer(events_app, name="events")
+app.add_typer(config_app, name="config")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except Exception as exc:  # pydantic ValidationError: show it plainly, not as a traceback
+        err_console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _run(factory: Callable[[Any], Awaitable[T]]) -> T:
+    """Open the database, run one coroutine with it, close the database."""
+    from df_middleware.db.session import Database
+    from df_middleware.observability import configure_logging
+
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_format, reveal_pii=settings.log_reveal_pii)
+
+    async def main() -> T:
+        db = Database(settings.database_url)
+        try:
+            return await factory(db)
+        finally:
+            await db.dispose()
+
+    return asyncio.run(main())
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
+
+
+# --- processes -----------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default PORT).")] = None,
+    no_worker: Annotated[bool, typer.Option("--no-worker", help="HTTP server only; no worker/scheduler.")] = False,
+    workers: Annotated[int, typer.Option(min=1, help="HTTP server processes.")] = 1,
+) -> None:
+    """Run the HTTP server, and (unless --no-worker) the worker and scheduler, in one process."""
+    import uvicorn
+
+    settings = _settings()
+    bind_host, bind_port = host or settings.host, port or settings.port
+    if workers > 1:
+        # Each server process builds its app from the environment: pass the choice through it.
+        os.environ["SERVE_WITH_WORKER"] = "false" if no_worker else "true"
+        uvicorn.run(
+            "df_middleware.app:create_app_from_env",
+            factory=True,
+            host=bind_host,
+            port=bind_port,
+            workers=workers,
+            log_config=None,
+            access_log=False,
+        )
+        return
+    from df_middleware.app import create_app
+
+    application = create_app(settings, run_worker=not no_worker)
+    uvicorn.run(application, host=bind_host, port=bind_port, log_config=None, access_log=False)
+
+
+@app.command()
+def worker(
+    once: Annotated[bool, typer.Option("--once", help="Process what is due now, then exit.")] = False,
+) -> None:
+    """Run the worker and the scheduler (no HTTP server). SIGTERM stops it gracefully."""
+    from df_middleware.db.migrate import upgrade
+    from df_middleware.queue.scheduler import Scheduler
+    from df_middleware.queue.worker import Worker
+
+    settings = _settings()
+
+    async def main(db: Any) -> None:
+        if settings.auto_migrate:
+            await upgrade(settings.database_url)
+        the_worker = Worker(settings, db)
+        if once:
+            processed = await the_worker.run_once()
+            console.print(f"processed {processed} events")
+            return
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        scheduler = Scheduler(settings, db)
+        await asyncio.gather(the_worker.run(stop), scheduler.run(stop))
+
+    _run(main)
+
+
+@app.command()
+def migrate() -> None:
+    """Apply pending database migrations."""
+    from df_middleware.db.migrate import head_revision, upgrade_sync
+
+    settings = _settings()
+    upgrade_sync(settings.database_url)
+    console.print(f"database at migration {head_revision()}")
+
+
+@app.command()
+def prune(
+    retention_days: Annotated[int | None, typer.Option(min=1, help="Default RETENTION_DAYS.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Delete `done` events and sync_log rows older than the retention (R-DM-7)."""
+    from df_middleware.queue.operations import prune as prune_rows
+
+    settings = _settings()
+    days = retention_days or settings.retention_days
+    counts = _run(lambda db: prune_rows(db, days, settings.prune_batch_size))
+    if as_json:
+        _print_json(counts)
+        return
+    for table, deleted in counts.items():
+        console.print(f"{table}: {deleted} deleted")
+
+
+# --- events --------------------------------------------------------------------------------------
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise typer.BadParameter(f"not an ISO-8601 time: {value}") from exc
+    if parsed.tzinfo is None:
+        raise typer.BadParameter("give a time zone, e.g. 2026-11-25T10:00:00Z")
+    return parsed
+
+
+def _event_id(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError as exc:
+        raise typer.BadParameter(f"not an event id: {value}") from exc
+
+
+@events_app.command("list")
+def events_list(
+    kind: Annotated[str | None, typer.Option(help="webhook | texting | broadcast")] = None,
+    source: Annotated[str | None, typer.Option(help="ghl | aloware | texting | broadcast")] = None,
+    status: Annotated[str | None, typer.Option(help="pending | processing | done | error | quarantined")] = None,
+    event_type: Annotated[str | None, typer.Option("--event-type")] = None,
+    entity_id: Annotated[str | None, typer.Option("--entity-id")] = None,
+    since: Annotated[str | None, typer.Option(help="ISO-8601 with time zone")] = None,
+    until: Annotated[str | None, typer.Option(help="ISO-8601 with time zone")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=200)] = 50,
+    cursor: Annotated[str | None, typer.Option(help="next_cursor of a previous page")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the admin API's JSON object.")] = False,
+) -> None:
+    """List stored events, newest first."""
+    from df_middleware.queue.operations import list_events
+
+    if kind is not None and kind not in {"webhook", "texting", "broadcast"}:
+        raise typer.BadParameter("kind must be webhook, texting or broadcast")
+    page = _run(
+        lambda db: list_events(
+            db,
+            kind=kind,
+            source=source,
+            status=status,
+            event_type=event_type,
+            entity_id=entity_id,
+            since=_parse_time(since),
+            until=_parse_time(until),
+            cursor=cursor,
+            limit=limit,
+        )
+    )
+    if as_json:
+        _print_json({"items": page.items, "next_cursor": page.next_cursor})
+        return
+    table = Table("received", "kind", "source", "event", "entity", "status", "tries", "id")
+    for item in page.items:
+        table.add_row(
+            str(item["received_at"])[:19],
+            item["kind"],
+            item["source"],
+            item["event_type"],
+            f"{item['entity_type']}:{item['entity_id'] or ''}",
+            item["status"],
+            str(item["attempts"]),
+            item["id"],
+        )
+    console.print(table)
+    if page.next_cursor:
+        console.print(f"more: --cursor {page.next_cursor}")
+
+
+@events_app.command("show")
+def events_show(
+    event_id: Annotated[str, typer.Argument(help="Event id")],
+    reveal: Annotated[bool, typer.Option("--reveal", help="Show the payload unmasked.")] = False,
+) -> None:
+    """Show one event with its payload (PII masked unless --reveal), sync_log rows and quarantine."""
+    from df_middleware.observability import mask_payload
+    from df_middleware.queue.operations import get_event
+
+    found = _run(lambda db: get_event(db, _event_id(event_id)))
+    if found is None:
+        err_console.print(f"no event {event_id}")
+        raise typer.Exit(1)
+    if not reveal:
+        found = {**found, "payload": mask_payload(found.get("payload"))}
+    _print_json(found)
+
+
+def _event_action(action: Callable[[Any], Awaitable[Any]], done: str) -> None:
+    from df_middleware.queue.operations import EventNotFound
+
+    try:
+        _run(action)
+    except EventNotFound as exc:
+        err_console.print(str(exc))
+        raise typer.Exit(1) from exc
+    except ValueError as exc:
+        err_console.print(f"refused: {exc}")
+        raise typer.Exit(1) from exc
+    console.print(done)
+
+
+@events_app.command("replay")
+def events_replay(event_id: Annotated[str, typer.Argument(help="Event id")]) -> None:
+    """Put an event back in the queue to be processed again."""
+    from df_middleware.queue.operations import replay_event
+
+    _event_action(lambda db: replay_event(db, _event_id(event_id)), f"{event_id} queued for replay")
+
+
+@events_app.command("quarantine")
+def events_quarantine(
+    event_id: Annotated[str, typer.Argument(help="Event id")],
+    reason: Annotated[str, typer.Option(help="Why it must not be processed")] = "quarantined from the CLI",
+    actor: Annotated[str, typer.Option(help="Who is quarantining it")] = "cli",
+) -> None:
+    """Take an event out of processing until it is unquarantined."""
+    from df_middleware.queue.operations import quarantine_event
+
+    _event_action(lambda db: quarantine_event(db, _event_id(event_id), reason, actor), f"{event_id} quarantined")
+
+
+@events_app.command("unquarantine")
+def events_unquarantine(
+    event_id: Annotated[str, typer.Argument(help="Event id")],
+    actor: Annotated[str, typer.Option(help="Who is releasing it")] = "cli",
+) -> None:
+    """Return a quarantined event to the queue."""
+    from df_middleware.queue.operations import unquarantine_event
+
+    _event_action(lambda db: unquarantine_event(db, _event_id(event_id), actor), f"{event_id} back in the queue")
+
+
+# --- configuration -------------------------------------------------------------------------------
+
+
+@config_app.command("docs")
+def config_docs(
+    output: Annotated[Path | None, typer.Option(help="Write here instead of stdout.")] = None,
+) -> None:
+    """Print docs/configuration.md, generated from the settings model."""
+    text = configuration_markdown()
+    if output:
+        output.write_text(text)
+    else:
+        sys.stdout.write(text)
+
+
+@config_app.command("env-example")
+def config_env_example(
+    output: Annotated[Path | None, typer.Option(help="Write here instead of stdout.")] = None,
+) -> None:
+    """Print .env.example, generated from the settings model."""
+    text = env_example()
+    if output:
+        output.write_text(text)
+    else:
+        sys.stdout.write(text)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
