@@ -147,7 +147,6 @@ TEST_SECRETS = {
     "aloware_webhook_basic_pass": "basic-pass-456",
     "aloware_webhook_bearer_token": "bearer-789",
     "verity_webhook_secret": "verity-secret-abc",
-    "df_admin_secret": "admin-secret-xyz",
 }
 
 

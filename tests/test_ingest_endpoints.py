@@ -540,7 +540,7 @@ async def test_health_ready_and_metrics(client_factory: ClientFactory, db: Datab
     await client.post("/api/webhooks/ghl", content=body, headers=_ghl_headers(keys, body, "ed25519"))
     metrics = (await client.get("/metrics")).text
     assert 'df_webhooks_accepted_total{source="ghl"}' in metrics
-    assert 'df_queue_depth{table="webhook_events",status="pending"} 1.0' in metrics
+    assert 'df_queue_depth{status="pending",table="webhook_events"} 1.0' in metrics
     protected = await client_factory(metrics_token="m-token")
     assert (await protected.get("/metrics")).status_code == 401
     assert (await protected.get("/metrics", headers={"authorization": "Bearer m-token"})).status_code == 200

@@ -7,7 +7,6 @@ model (`df-middleware config docs` / `config env-example`), and a test keeps the
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
@@ -40,17 +39,10 @@ class Settings(BaseSettings):
         description="URL the outside world reaches us at (OAuth redirect, dashboard links). "
         "Default `http://HOST:PORT`.",
     )
-    data_dir: Path = Field(
-        Path("."),
-        description="Directory for files the service generates (e.g. the token encryption key).",
-    )
     auto_migrate: bool = Field(True, description="`serve` and `worker` apply pending migrations on start.")
     serve_with_worker: bool = Field(
         True,
         description="`serve` also runs the worker and scheduler in-process (`serve --no-worker` sets false).",
-    )
-    df_admin_secret: SecretStr | None = Field(
-        None, description="Admin API and dashboard secret. Unset: the admin API answers 401."
     )
 
     # --- GHL webhooks ----------------------------------------------------------------------------
@@ -189,12 +181,7 @@ def settings_reference() -> list[tuple[str, str, str]]:
     rows: list[tuple[str, str, str]] = []
     for name, field in Settings.model_fields.items():
         default = field.default
-        if default is None:
-            shown = "unset"
-        elif isinstance(default, SecretStr):
-            shown = "unset"
-        else:
-            shown = str(default)
+        shown = "unset" if default is None or isinstance(default, SecretStr) else str(default)
         rows.append((name.upper(), shown, field.description or ""))
     return rows
 

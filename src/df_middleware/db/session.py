@@ -105,7 +105,9 @@ class Database:
         else:
             path = sqlite_path(database_url)
             if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                # Unusable paths surface as OperationalError on first use (then 503), not here.
+                with contextlib.suppress(OSError):
+                    path.parent.mkdir(parents=True, exist_ok=True)
             kwargs.update(connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         if self.dialect == "sqlite":
