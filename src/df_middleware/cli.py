@@ -239,7 +239,7 @@ def events_show(
     reveal: Annotated[bool, typer.Option("--reveal", help="Show the payload unmasked.")] = False,
 ) -> None:
     """Show one event with its payload (PII masked unless --reveal), sync_log rows and quarantine."""
-    from df_middleware.observability import mask_payload
+    from df_middleware.observability import mask_event_detail
     from df_middleware.queue.operations import get_event
 
     found = _run(lambda db: get_event(db, _event_id(event_id)))
@@ -247,7 +247,7 @@ def events_show(
         err_console.print(f"no event {event_id}")
         raise typer.Exit(1)
     if not reveal:
-        found = {**found, "payload": mask_payload(found.get("payload"))}
+        found = mask_event_detail(found)
     _print_json(found)
 
 

@@ -91,6 +91,21 @@ def mask_payload(payload: Any) -> Any:
     return payload
 
 
+#: Columns of an event row that may carry a phone number besides the payload.
+_EVENT_PHONE_COLUMNS = ("ordering_key", "from_number", "to_number", "dedupe_key")
+
+
+def mask_event_detail(detail: Mapping[str, Any]) -> dict[str, Any]:
+    """An event as shown to an operator (CLI, admin API): payload and phone-bearing columns masked."""
+    masked = dict(detail)
+    if "payload" in masked:
+        masked["payload"] = mask_payload(masked["payload"])
+    for column in _EVENT_PHONE_COLUMNS:
+        if isinstance(masked.get(column), str):
+            masked[column] = mask_text(masked[column])
+    return masked
+
+
 def _mask_processor(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> Mapping[str, Any]:
     for key, value in list(event_dict.items()):
         if key in {"event", "level", "timestamp", "logger"}:
