@@ -42,7 +42,7 @@ CONTACT_KEYS = frozenset(
 )
 
 _EMAIL_RE = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
-_PHONE_RE = re.compile(r"(?<![\w/])(\+?\d[\d\s().-]{6,}\d)(?!\w)")
+_PHONE_RE = re.compile(r"(?<![\w/-])(\+?\d[\d\s().-]{6,}\d)(?![\w-])")
 _TOKEN_PARAM_RE = re.compile(r"((?:api_token|token|access_token|key)=)[^&\s]+", re.IGNORECASE)
 
 
