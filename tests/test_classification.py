@@ -54,7 +54,9 @@ def test_ghl_name_order_type_then_event_then_event_type() -> None:
 
 def test_ghl_workflow_contact_id_from_nested_contact() -> None:
     """R-IN-5: workflow payloads name the contact in `contactId` or `contact.id`."""
-    event = classify_ghl({"event": "contact.updated", "contact": {"id": "nested-1", "phone": "(919) 555-1234"}})
+    event = classify_ghl(
+        {"event": "contact.updated", "contact": {"id": "nested-1", "phone": "(919) 555-1234"}}
+    )
     assert event.entity_id == "nested-1"
     assert event.ordering_key == "phone:+19195551234"
 

@@ -120,7 +120,9 @@ async def test_ghl_signed_webhook_is_stored(
 
 
 @pytest.mark.parametrize("scheme", ["ed25519", "rsa"])
-async def test_ghl_tampered_body_is_refused(client: httpx.AsyncClient, db: Database, keys: Keys, scheme: str) -> None:
+async def test_ghl_tampered_body_is_refused(
+    client: httpx.AsyncClient, db: Database, keys: Keys, scheme: str
+) -> None:
     """R-IN-1, R-SEC-2: a signature over other bytes is refused with 401 and nothing is stored."""
     body = _body(_contact_update())
     headers = _ghl_headers(keys, body, scheme)
@@ -136,7 +138,9 @@ async def test_ghl_garbage_signature_is_401_not_500(client: httpx.AsyncClient, d
     body = _body(_contact_update())
     for header in ("x-ghl-signature", "x-wh-signature"):
         response = await client.post(
-            "/api/webhooks/ghl", content=body, headers={"content-type": "application/json", header: "%%%not-b64"}
+            "/api/webhooks/ghl",
+            content=body,
+            headers={"content-type": "application/json", header: "%%%not-b64"},
         )
         assert response.status_code == 401
     assert await _count(db, WebhookEvent) == 0
@@ -150,7 +154,9 @@ async def test_ghl_rsa_defaults_to_ghl_published_key(
 
     from df_middleware.ingest.auth import GHL_PUBLISHED_KEY
 
-    published = serialization.load_pem_public_key((contracts / "ghl" / "webhook-rsa-public-key.pem").read_bytes())
+    published = serialization.load_pem_public_key(
+        (contracts / "ghl" / "webhook-rsa-public-key.pem").read_bytes()
+    )
     shipped = serialization.load_pem_public_key(GHL_PUBLISHED_KEY.read_bytes())
     assert shipped.public_numbers() == published.public_numbers()  # type: ignore[union-attr]
     client = await client_factory(ghl_webhook_public_key=None)
@@ -184,13 +190,16 @@ async def test_ghl_workflow_secret(client: httpx.AsyncClient, db: Database, keys
         headers={"content-type": "application/json", "x-df-webhook-secret": "guess"},
     )
     assert wrong.status_code == 401
-    assert "guess" not in wrong.text and TEST_SECRETS["ghl_workflow_webhook_secret"] not in wrong.text
+    assert "guess" not in wrong.text
+    assert TEST_SECRETS["ghl_workflow_webhook_secret"] not in wrong.text
     [row] = await _rows(db, WebhookEvent)
     assert row.signature_verified is False
     assert row.entity_id == "c-7"
 
 
-async def test_unsigned_ghl_refused_when_no_workflow_secret(client_factory: ClientFactory, db: Database) -> None:
+async def test_unsigned_ghl_refused_when_no_workflow_secret(
+    client_factory: ClientFactory, db: Database
+) -> None:
     """R-IN-1: fail closed; the 401 names the missing setting."""
     client = await client_factory(ghl_workflow_webhook_secret=None)
     response = await client.post(
@@ -213,7 +222,9 @@ async def test_ghl_replay_window(
     """SPEC §3.1: a `timestamp` further than the tolerance from now is refused (401)."""
     sent_at = (datetime.now(UTC) - age).isoformat().replace("+00:00", "Z")
     body = _body(_contact_update(timestamp=sent_at))
-    response = await client.post("/api/webhooks/ghl", content=body, headers=_ghl_headers(keys, body, "ed25519"))
+    response = await client.post(
+        "/api/webhooks/ghl", content=body, headers=_ghl_headers(keys, body, "ed25519")
+    )
     assert response.status_code == (200 if accepted else 401)
     assert await _count(db, WebhookEvent) == (1 if accepted else 0)
 
@@ -225,7 +236,9 @@ async def test_ghl_replay_window_epoch_millis_and_disabled(
     client = await client_factory()
     now_ms = int(datetime.now(UTC).timestamp() * 1000)
     body = _body(_contact_update(timestamp=now_ms))
-    assert (await client.post("/api/webhooks/ghl", content=body, headers=_ghl_headers(keys, body, "rsa"))).status_code == 200
+    assert (
+        await client.post("/api/webhooks/ghl", content=body, headers=_ghl_headers(keys, body, "rsa"))
+    ).status_code == 200
     lenient = await client_factory(ghl_webhook_tolerance_seconds=0)
     old = _body(_contact_update(timestamp="2020-01-01T00:00:00Z", firstName="Old"))
     response = await lenient.post("/api/webhooks/ghl", content=old, headers=_ghl_headers(keys, old, "rsa"))
@@ -236,7 +249,9 @@ async def test_ghl_replay_window_epoch_millis_and_disabled(
 # --- duplicates and dedupe keys -----------------------------------------------------------------
 
 
-async def test_duplicate_delivery_returns_existing_id(client: httpx.AsyncClient, db: Database, keys: Keys) -> None:
+async def test_duplicate_delivery_returns_existing_id(
+    client: httpx.AsyncClient, db: Database, keys: Keys
+) -> None:
     """R-IN-3, R-IN-4: a redelivery answers `duplicate` with the first event's id; one row."""
     body = _body(_contact_update())
     first = await client.post("/api/webhooks/ghl", content=body, headers=_ghl_headers(keys, body, "ed25519"))
@@ -246,11 +261,15 @@ async def test_duplicate_delivery_returns_existing_id(client: httpx.AsyncClient,
     assert await _count(db, WebhookEvent) == 1
 
 
-async def test_two_updates_to_one_contact_are_two_events(client: httpx.AsyncClient, db: Database, keys: Keys) -> None:
+async def test_two_updates_to_one_contact_are_two_events(
+    client: httpx.AsyncClient, db: Database, keys: Keys
+) -> None:
     """R-IN-4: the seed's source+type+entity key would drop the second update; ours keeps both."""
     for first_name in ("Sarah", "Sara"):
         body = _body(_contact_update(firstName=first_name))
-        response = await client.post("/api/webhooks/ghl", content=body, headers=_ghl_headers(keys, body, "ed25519"))
+        response = await client.post(
+            "/api/webhooks/ghl", content=body, headers=_ghl_headers(keys, body, "ed25519")
+        )
         assert response.json()["status"] == "accepted"
     rows = await _rows(db, WebhookEvent)
     assert [r.payload_json["firstName"] for r in rows] == ["Sarah", "Sara"]
@@ -268,7 +287,9 @@ async def test_same_webhook_id_is_a_duplicate_even_if_body_differs(
     assert await _count(db, WebhookEvent) == 1
 
 
-async def test_provider_delivery_retry_is_one_event(client: httpx.AsyncClient, db: Database, keys: Keys, contracts: Path) -> None:
+async def test_provider_delivery_retry_is_one_event(
+    client: httpx.AsyncClient, db: Database, keys: Keys, contracts: Path
+) -> None:
     """SPEC §3.2, R-IN-4: GHL retrying a provider delivery of one messageId stores one event."""
     payload = json.loads((contracts / "ghl/webhooks/ProviderOutboundMessage.json").read_text())["examples"][0]
     ids = set()
@@ -301,10 +322,16 @@ async def test_aloware_basic_and_bearer(client: httpx.AsyncClient, db: Database,
     summary = json.loads((contracts / "aloware/webhooks/Call_Summarized.json").read_text())
     basic = _basic(TEST_SECRETS["aloware_webhook_basic_user"], TEST_SECRETS["aloware_webhook_basic_pass"])
     bearer = "Bearer " + TEST_SECRETS["aloware_webhook_bearer_token"]
-    assert (await client.post("/api/webhooks/aloware", json=call, headers={"authorization": basic})).status_code == 200
-    assert (await client.post("/api/webhooks/aloware", json=summary, headers={"authorization": bearer})).status_code == 200
+    assert (
+        await client.post("/api/webhooks/aloware", json=call, headers={"authorization": basic})
+    ).status_code == 200
+    assert (
+        await client.post("/api/webhooks/aloware", json=summary, headers={"authorization": bearer})
+    ).status_code == 200
     for wrong in (_basic("aloware", "nope"), "Bearer nope", "Basic !!!", ""):
-        response = await client.post("/api/webhooks/aloware", json={**call, "x": wrong}, headers={"authorization": wrong})
+        response = await client.post(
+            "/api/webhooks/aloware", json={**call, "x": wrong}, headers={"authorization": wrong}
+        )
         assert response.status_code == 401, wrong
     rows = await _rows(db, WebhookEvent)
     assert [(r.source, r.event_type, r.entity_type, r.entity_id) for r in rows] == [
@@ -314,39 +341,53 @@ async def test_aloware_basic_and_bearer(client: httpx.AsyncClient, db: Database,
     assert all(r.ordering_key == "phone:+19195551234" for r in rows)
 
 
-async def test_aloware_unconfigured_is_401_naming_settings(client_factory: ClientFactory, db: Database) -> None:
+async def test_aloware_unconfigured_is_401_naming_settings(
+    client_factory: ClientFactory, db: Database
+) -> None:
     """R-IN-1: with neither Basic nor Bearer configured, Aloware webhooks are refused."""
     client = await client_factory(
         aloware_webhook_basic_user=None, aloware_webhook_basic_pass=None, aloware_webhook_bearer_token=None
     )
     response = await client.post(
-        "/api/webhooks/aloware", json={"event": "Contact Created", "body": {"id": 1}}, headers={"authorization": "Bearer x"}
+        "/api/webhooks/aloware",
+        json={"event": "Contact Created", "body": {"id": 1}},
+        headers={"authorization": "Bearer x"},
     )
     assert response.status_code == 401
     assert "ALOWARE_WEBHOOK_BEARER_TOKEN" in response.json()["error"]
     assert await _count(db, WebhookEvent) == 0
 
 
-async def test_aloware_allowed_events_filter(client_factory: ClientFactory, db: Database, contracts: Path) -> None:
+async def test_aloware_allowed_events_filter(
+    client_factory: ClientFactory, db: Database, contracts: Path
+) -> None:
     """SPEC §3.3: ALOWARE_WEBHOOK_ALLOWED_EVENTS stores only those; others answer 200 ignored."""
     client = await client_factory(aloware_webhook_allowed_events="call disposed, Contact Created")
     bearer = {"authorization": "Bearer " + TEST_SECRETS["aloware_webhook_bearer_token"]}
     call = json.loads((contracts / "aloware/webhooks/Call_Disposed.json").read_text())
     recording = json.loads((contracts / "aloware/webhooks/Recording_Saved.json").read_text())
-    assert (await client.post("/api/webhooks/aloware", json=call, headers=bearer)).json()["status"] == "accepted"
-    assert (await client.post("/api/webhooks/aloware", json=recording, headers=bearer)).json() == {"status": "ignored"}
+    assert (await client.post("/api/webhooks/aloware", json=call, headers=bearer)).json()[
+        "status"
+    ] == "accepted"
+    assert (await client.post("/api/webhooks/aloware", json=recording, headers=bearer)).json() == {
+        "status": "ignored"
+    }
     assert await _count(db, WebhookEvent) == 1
 
 
 # --- texting and broadcast -------------------------------------------------------------------------
 
 
-async def test_texting_hmac_and_normalised_columns(client: httpx.AsyncClient, db: Database, contracts: Path) -> None:
+async def test_texting_hmac_and_normalised_columns(
+    client: httpx.AsyncClient, db: Database, contracts: Path
+) -> None:
     """SPEC §3.4, R-ID-1: HMAC-signed texting webhook stored with E.164 number columns."""
     body = (contracts / "verity/webhooks/texting.nested.message.received.json").read_bytes()
     signature = _hmac(body, TEST_SECRETS["verity_webhook_secret"])
     response = await client.post(
-        "/api/webhooks/texting", content=body, headers={"content-type": "application/json", "x-texting-signature": signature}
+        "/api/webhooks/texting",
+        content=body,
+        headers={"content-type": "application/json", "x-texting-signature": signature},
     )
     assert response.status_code == 200, response.text
     [row] = await _rows(db, TextingWebhookEvent)
@@ -367,7 +408,11 @@ async def test_texting_wrong_signature_and_plain_secret(
     body = (contracts / "verity/webhooks/texting.message.received.json").read_bytes()
     strict = await client_factory()
     headers = {"content-type": "application/json"}
-    assert (await strict.post("/api/webhooks/texting", content=body, headers={**headers, "x-texting-signature": "00"})).status_code == 401
+    assert (
+        await strict.post(
+            "/api/webhooks/texting", content=body, headers={**headers, "x-texting-signature": "00"}
+        )
+    ).status_code == 401
     plain = {**headers, "x-texting-secret": TEST_SECRETS["verity_webhook_secret"]}
     assert (await strict.post("/api/webhooks/texting", content=body, headers=plain)).status_code == 401
     assert await _count(db, TextingWebhookEvent) == 0
@@ -381,20 +426,28 @@ async def test_texting_wrong_signature_and_plain_secret(
 async def test_texting_unconfigured_names_setting(client_factory: ClientFactory, db: Database) -> None:
     """R-IN-1: no VERITY_WEBHOOK_SECRET → 401 naming it."""
     client = await client_factory(verity_webhook_secret=None)
-    response = await client.post("/api/webhooks/texting", json={"eventType": "message.received"}, headers={"x-texting-signature": "ab"})
+    response = await client.post(
+        "/api/webhooks/texting", json={"eventType": "message.received"}, headers={"x-texting-signature": "ab"}
+    )
     assert response.status_code == 401
     assert "VERITY_WEBHOOK_SECRET" in response.json()["error"]
 
 
-async def test_broadcast_secret_override(client_factory: ClientFactory, db: Database, contracts: Path) -> None:
+async def test_broadcast_secret_override(
+    client_factory: ClientFactory, db: Database, contracts: Path
+) -> None:
     """SPEC §3.5: X-Broadcast-Signature with VERITY_WEBHOOK_SECRET, or BROADCAST_WEBHOOK_SECRET when set."""
     body = (contracts / "verity/webhooks/broadcast.broadcast_completed.with_analytics.json").read_bytes()
     headers = {"content-type": "application/json"}
     default = await client_factory()
     signed_verity = {**headers, "x-broadcast-signature": _hmac(body, TEST_SECRETS["verity_webhook_secret"])}
-    assert (await default.post("/api/webhooks/broadcast", content=body, headers=signed_verity)).status_code == 200
+    assert (
+        await default.post("/api/webhooks/broadcast", content=body, headers=signed_verity)
+    ).status_code == 200
     override = await client_factory(broadcast_webhook_secret="bc-only")
-    assert (await override.post("/api/webhooks/broadcast", content=body, headers=signed_verity)).status_code == 401
+    assert (
+        await override.post("/api/webhooks/broadcast", content=body, headers=signed_verity)
+    ).status_code == 401
     signed_bc = {**headers, "x-broadcast-signature": "sha256=" + _hmac(body, "bc-only")}
     response = await override.post("/api/webhooks/broadcast", content=body, headers=signed_bc)
     assert response.json()["status"] == "duplicate"  # same event as the first delivery
@@ -414,13 +467,21 @@ async def test_every_contract_example_is_accepted(
     expected = 0
     for path in sorted((contracts / "ghl/webhooks").glob("*.json")):
         for example in json.loads(path.read_text())["examples"]:
-            url = "/api/webhooks/ghl/provider-delivery" if path.stem == "ProviderOutboundMessage" else "/api/webhooks/ghl"
+            url = (
+                "/api/webhooks/ghl/provider-delivery"
+                if path.stem == "ProviderOutboundMessage"
+                else "/api/webhooks/ghl"
+            )
             body = _body(example)
             response = await client.post(url, content=body, headers=_ghl_headers(keys, body, "ed25519"))
             assert response.status_code == 200, (path.name, response.text)
             expected += response.json()["status"] == "accepted"
     for path in sorted((contracts / "aloware/webhooks").glob("*.json")):
-        response = await client.post("/api/webhooks/aloware", content=path.read_bytes(), headers={**bearer, "content-type": "application/json"})
+        response = await client.post(
+            "/api/webhooks/aloware",
+            content=path.read_bytes(),
+            headers={**bearer, "content-type": "application/json"},
+        )
         assert response.status_code == 200, (path.name, response.text)
         expected += 1
     assert await _count(db, WebhookEvent) == expected
@@ -433,7 +494,10 @@ async def test_every_contract_example_is_accepted(
         response = await client.post(
             f"/api/webhooks/{kind}",
             content=body,
-            headers={"content-type": "application/json", header: _hmac(body, TEST_SECRETS["verity_webhook_secret"])},
+            headers={
+                "content-type": "application/json",
+                header: _hmac(body, TEST_SECRETS["verity_webhook_secret"]),
+            },
         )
         assert response.status_code == 200, (path.name, response.text)
     assert await _count(db, TextingWebhookEvent) == 7
@@ -447,14 +511,18 @@ async def test_body_too_large_is_413(client_factory: ClientFactory, db: Database
     """R-IN-3, R-SEC-3: bodies over MAX_WEBHOOK_BYTES are refused before being read whole."""
     client = await client_factory(max_webhook_bytes=2048)
     body = _body(_contact_update(notes="x" * 4096))
-    response = await client.post("/api/webhooks/ghl", content=body, headers=_ghl_headers(keys, body, "ed25519"))
+    response = await client.post(
+        "/api/webhooks/ghl", content=body, headers=_ghl_headers(keys, body, "ed25519")
+    )
     assert response.status_code == 413
 
     async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted while streaming
         for _ in range(8):
             yield b" " * 512
 
-    streamed = await client.post("/api/webhooks/ghl", content=chunks(), headers={"content-type": "application/json"})
+    streamed = await client.post(
+        "/api/webhooks/ghl", content=chunks(), headers={"content-type": "application/json"}
+    )
     assert streamed.status_code == 413
     assert await _count(db, WebhookEvent) == 0
 
@@ -468,8 +536,11 @@ async def test_non_json_content_type_is_415(client: httpx.AsyncClient, db: Datab
     assert response.json() == {"error": "content type must be application/json"}
 
 
-async def test_invalid_json_is_400_and_incomplete_json_is_422(client: httpx.AsyncClient, db: Database, keys: Keys) -> None:
-    """R-IN-3, R-SEC-3: invalid JSON → 400; JSON without an event type or not an object → 422; too deep → 400."""
+async def test_invalid_json_is_400_and_incomplete_json_is_422(
+    client: httpx.AsyncClient, db: Database, keys: Keys
+) -> None:
+    """R-IN-3, R-SEC-3: invalid JSON → 400; JSON without an event type or not an object → 422;
+    nested too deep → 400."""
     cases = [
         (b"{not json", 400),
         (_body({"locationId": "loc_test", "id": "c1"}), 422),
@@ -481,19 +552,25 @@ async def test_invalid_json_is_400_and_incomplete_json_is_422(client: httpx.Asyn
         deep = {"n": deep}
     cases.append((_body({"type": "ContactUpdate", "id": "c1", "deep": deep}), 400))
     for body, status in cases:
-        response = await client.post("/api/webhooks/ghl", content=body, headers=_ghl_headers(keys, body, "ed25519"))
+        response = await client.post(
+            "/api/webhooks/ghl", content=body, headers=_ghl_headers(keys, body, "ed25519")
+        )
         assert response.status_code == status, (body[:40], response.text)
         assert set(response.json()) == {"error"}
     assert await _count(db, WebhookEvent) == 0
 
 
-async def test_rate_limit_is_429_with_retry_after(client_factory: ClientFactory, db: Database, keys: Keys) -> None:
+async def test_rate_limit_is_429_with_retry_after(
+    client_factory: ClientFactory, db: Database, keys: Keys
+) -> None:
     """R-IN-3: over the per-source ingest limit → 429 with Retry-After; other sources unaffected."""
     client = await client_factory(ingest_rate_limit_per_second=3)
     statuses = []
     for n in range(6):
         body = _body(_contact_update(firstName=f"n{n}"))
-        response = await client.post("/api/webhooks/ghl", content=body, headers=_ghl_headers(keys, body, "ed25519"))
+        response = await client.post(
+            "/api/webhooks/ghl", content=body, headers=_ghl_headers(keys, body, "ed25519")
+        )
         statuses.append(response.status_code)
         if response.status_code == 429:
             assert int(response.headers["retry-after"]) >= 1
@@ -503,7 +580,10 @@ async def test_rate_limit_is_429_with_retry_after(client_factory: ClientFactory,
     other = await client.post(
         "/api/webhooks/texting",
         content=body,
-        headers={"content-type": "application/json", "x-texting-signature": _hmac(body, TEST_SECRETS["verity_webhook_secret"])},
+        headers={
+            "content-type": "application/json",
+            "x-texting-signature": _hmac(body, TEST_SECRETS["verity_webhook_secret"]),
+        },
     )
     assert other.status_code == 200
 
@@ -511,7 +591,8 @@ async def test_rate_limit_is_429_with_retry_after(client_factory: ClientFactory,
 async def test_database_unavailable_is_503_never_2xx(
     backend: str, make_settings: Callable[..., Settings], keys: Keys, tmp_path: Path
 ) -> None:
-    """R-IN-2, R-REL-2: when the database cannot be reached the sender is told to retry (503 + Retry-After)."""
+    """R-IN-2, R-REL-2: when the database cannot be reached the sender is told to retry
+    (503 + Retry-After), never 2xx."""
     if backend == "postgresql":
         url = "postgresql://postgres@127.0.0.1:1/nowhere"
     else:
@@ -522,7 +603,9 @@ async def test_database_unavailable_is_503_never_2xx(
     app = create_app(settings, run_worker=False)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
         body = _body(_contact_update())
-        response = await client.post("/api/webhooks/ghl", content=body, headers=_ghl_headers(keys, body, "ed25519"))
+        response = await client.post(
+            "/api/webhooks/ghl", content=body, headers=_ghl_headers(keys, body, "ed25519")
+        )
     await app.state.db.dispose()
     assert response.status_code == 503
     assert response.headers["retry-after"] == "5"

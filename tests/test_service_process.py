@@ -84,7 +84,9 @@ def process_runner() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
             proc.wait(10)
 
 
-def test_serve_on_a_bare_machine(tmp_path: Path, process_runner: Callable[..., subprocess.Popen[bytes]]) -> None:
+def test_serve_on_a_bare_machine(
+    tmp_path: Path, process_runner: Callable[..., subprocess.Popen[bytes]]
+) -> None:
     """R-RUN-1, R-RUN-3, R-DM-6, R-Q-6: with no configuration `serve` creates a SQLite database,
     migrates it, answers /healthz and /readyz, refuses unconfigured webhooks, and exits cleanly on SIGTERM."""
     port = _free_port()

@@ -75,7 +75,9 @@ def _print_json(value: Any) -> None:
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default PORT).")] = None,
-    no_worker: Annotated[bool, typer.Option("--no-worker", help="HTTP server only; no worker/scheduler.")] = False,
+    no_worker: Annotated[
+        bool, typer.Option("--no-worker", help="HTTP server only; no worker/scheduler.")
+    ] = False,
     workers: Annotated[int, typer.Option(min=1, help="HTTP server processes.")] = 1,
 ) -> None:
     """Run the HTTP server, and (unless --no-worker) the worker and scheduler, in one process."""
@@ -185,7 +187,9 @@ def _event_id(value: str) -> uuid.UUID:
 def events_list(
     kind: Annotated[str | None, typer.Option(help="webhook | texting | broadcast")] = None,
     source: Annotated[str | None, typer.Option(help="ghl | aloware | texting | broadcast")] = None,
-    status: Annotated[str | None, typer.Option(help="pending | processing | done | error | quarantined")] = None,
+    status: Annotated[
+        str | None, typer.Option(help="pending | processing | done | error | quarantined")
+    ] = None,
     event_type: Annotated[str | None, typer.Option("--event-type")] = None,
     entity_id: Annotated[str | None, typer.Option("--entity-id")] = None,
     since: Annotated[str | None, typer.Option(help="ISO-8601 with time zone")] = None,
@@ -282,7 +286,9 @@ def events_quarantine(
     """Take an event out of processing until it is unquarantined."""
     from df_middleware.queue.operations import quarantine_event
 
-    _event_action(lambda db: quarantine_event(db, _event_id(event_id), reason, actor), f"{event_id} quarantined")
+    _event_action(
+        lambda db: quarantine_event(db, _event_id(event_id), reason, actor), f"{event_id} quarantined"
+    )
 
 
 @events_app.command("unquarantine")
@@ -293,7 +299,9 @@ def events_unquarantine(
     """Return a quarantined event to the queue."""
     from df_middleware.queue.operations import unquarantine_event
 
-    _event_action(lambda db: unquarantine_event(db, _event_id(event_id), actor), f"{event_id} back in the queue")
+    _event_action(
+        lambda db: unquarantine_event(db, _event_id(event_id), actor), f"{event_id} back in the queue"
+    )
 
 
 # --- configuration -------------------------------------------------------------------------------

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import exists, literal, select
+from sqlalchemy import Table, exists, literal, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -53,8 +53,12 @@ def _row(
     return row
 
 
+def _table(event: ClassifiedEvent) -> Table:
+    return cast(Table, EVENT_MODELS[event.kind].__table__)
+
+
 async def _existing_id(conn: AsyncConnection, event: ClassifiedEvent) -> uuid.UUID:
-    table = EVENT_MODELS[event.kind].__table__
+    table = _table(event)
     found = await conn.scalar(select(table.c.id).where(table.c.dedupe_key == event.dedupe_key))
     if found is None:  # pragma: no cover - the conflicting row cannot vanish: events are never deleted early
         raise RuntimeError(f"dedupe conflict on {event.dedupe_key!r} but no row found")
@@ -70,7 +74,7 @@ async def store_event(
     request_id: str | None = None,
 ) -> StoreResult:
     """Insert the event unless its dedupe key exists; say which happened."""
-    table = EVENT_MODELS[event.kind].__table__
+    table = _table(event)
     row = _row(event, payload, verified=verified, request_id=request_id)
     async with db.autocommit() as conn:
         if db.is_postgres:
