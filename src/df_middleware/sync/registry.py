@@ -1,0 +1,243 @@
+"""Which handler processes an event, and the types handlers and the worker exchange.
+
+The worker claims an event, asks the registry for its handler, runs it, and writes the
+`HandlerResult` (sync_log rows and recorded effects) in the same transaction that marks the
+event done. Handlers never touch the event row or decide retries: they return a result or raise
+`RetryableError` / `PermanentError` (df_middleware.errors) and the worker decides the outcome.
+
+Domain modules (sync/contacts.py, sync/calls.py, …) add their handlers through a
+`register_handlers(registry)` function listed in `DOMAIN_MODULES`; `default_registry()` builds
+the production registry from them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, TypeAlias
+
+from sqlalchemy import select
+
+from df_middleware.config import Settings
+from df_middleware.db.models import GhlOauthToken
+from df_middleware.db.session import Database
+from df_middleware.db.types import utcnow
+
+EventKind = Literal["webhook", "texting", "broadcast"]
+SyncStatus = Literal["success", "error", "skipped"]
+
+#: Directions a sync_log row may have (R-Q-7).
+DIRECTIONS = frozenset(
+    {
+        "ghl_to_aloware",
+        "aloware_to_ghl",
+        "texting_to_ghl",
+        "ghl_to_texting",
+        "texting_to_aloware",
+        "verity_to_ghl",
+        "internal",
+    }
+)
+
+#: Skip reasons the registry itself produces (handlers add their own, e.g. 'no phone', 'echo').
+UNSUPPORTED_EVENT = "unsupported event"
+NO_HANDLER_YET = "no handler yet"
+FOREIGN_LOCATION = "foreign location"
+
+#: GHL Marketplace install events carry the installing location, which is by definition not yet
+#: one of ours: they must reach the OAuth handler instead of being skipped as foreign (R-OA-2).
+GHL_INSTALL_EVENTS = frozenset({"appinstall", "install", "appuninstall", "uninstall"})
+
+#: Modules whose `register_handlers(registry)` fills the production registry. Each later issue
+#: that adds a domain (contacts, calls, texting, optout, agents, broadcasts, oauth) appends here.
+DOMAIN_MODULES: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ClaimedEvent:
+    """An event row as the worker claimed it: what a handler needs, nothing it could mutate.
+
+    `kind` names the table (webhook_events / texting_webhook_events / broadcast_webhook_events);
+    `source` is 'ghl' or 'aloware' for webhook rows, 'texting' and 'broadcast' for the others.
+    `attempts` already counts this attempt.
+    """
+
+    kind: EventKind
+    id: uuid.UUID
+    source: str
+    event_type: str
+    entity_type: str
+    entity_id: str | None
+    ordering_key: str
+    payload: dict[str, Any]
+    attempts: int
+    received_at: datetime
+
+
+@dataclass
+class SyncLogEntry:
+    """One sync_log row: one effect, one skip, or the final error of a processing run (R-Q-7).
+
+    `started_at` should be taken when the work behind the row starts; the default (creation
+    time) suits rows that describe a decision rather than a remote call.
+    """
+
+    direction: str
+    entity_type: str
+    entity_id: str
+    source_id: str
+    status: SyncStatus
+    message: str | None = None
+    target_id: str | None = None
+    error_message: str | None = None
+    started_at: datetime = field(default_factory=utcnow)
+    finished_at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(frozen=True)
+class EffectRecord:
+    """A non-idempotent remote write that succeeded, recorded in sync_effects (R-IDEM-2)."""
+
+    effect_key: str
+    target_system: str
+    target_id: str | None = None
+
+
+@dataclass
+class HandlerResult:
+    """What a handler did: the audit rows to write and the effects to remember."""
+
+    entries: list[SyncLogEntry] = field(default_factory=list)
+    effects: list[EffectRecord] = field(default_factory=list)
+
+    @classmethod
+    def skipped(cls, event: ClaimedEvent, reason: str, direction: str = "internal") -> HandlerResult:
+        """Nothing to do for this event: it ends `done` with one `skipped` row naming the reason."""
+        entity_id = event.entity_id or str(event.id)
+        entry = SyncLogEntry(
+            direction=direction,
+            entity_type=event.entity_type,
+            entity_id=entity_id,
+            source_id=entity_id,
+            status="skipped",
+            message=reason,
+        )
+        return cls(entries=[entry])
+
+
+@dataclass
+class HandlerContext:
+    """Everything a handler may use, built fresh for each event by the worker.
+
+    Later issues add connectors (GHL, Aloware, Verity) as fields with defaults, so tests keep
+    building `HandlerContext(settings, db)` and hand fakes in where they need them.
+    `direction` is mutable on purpose: a handler sets it as soon as it knows which way it syncs,
+    so that if it fails for good the worker files the error row under that direction.
+    """
+
+    settings: Settings
+    db: Database
+    direction: str = "internal"
+
+
+Handler: TypeAlias = Callable[[HandlerContext, ClaimedEvent], Awaitable[HandlerResult]]
+
+
+async def _unsupported_event(_ctx: HandlerContext, event: ClaimedEvent) -> HandlerResult:
+    """Events ingest could not classify (entity type 'unknown'): stored for the record only."""
+    return HandlerResult.skipped(event, UNSUPPORTED_EVENT)
+
+
+async def _no_handler_yet(_ctx: HandlerContext, event: ClaimedEvent) -> HandlerResult:
+    """Recognised events whose sync flow does not exist (yet): done, visibly skipped."""
+    return HandlerResult.skipped(event, NO_HANDLER_YET)
+
+
+async def is_foreign_location(ctx: HandlerContext, location_id: str) -> bool:
+    """True when a GHL location is neither GHL_LOCATION_ID nor installed through OAuth.
+
+    A service with no location configured and no installation has nothing to compare with, so
+    it treats nothing as foreign rather than skipping every event.
+    """
+    if location_id == ctx.settings.ghl_location_id:
+        return False
+    async with ctx.db.session() as session:
+        installed = set(await session.scalars(select(GhlOauthToken.location_id)))
+    if ctx.settings.ghl_location_id is None and not installed:
+        return False
+    return location_id not in installed
+
+
+def _guard_foreign_location(handler: Handler) -> Handler:
+    """Wrap a GHL handler so that events of other locations are skipped, not processed (§3.1).
+
+    Ingest already stores such events as done; this guard covers events stored before a
+    location changed and replays, so no handler ever writes for somebody else's sub-account.
+    """
+
+    async def guarded(ctx: HandlerContext, event: ClaimedEvent) -> HandlerResult:
+        location_id = event.payload.get("locationId")
+        if isinstance(location_id, str) and location_id and await is_foreign_location(ctx, location_id):
+            return HandlerResult.skipped(event, FOREIGN_LOCATION)
+        return await handler(ctx, event)
+
+    return guarded
+
+
+class HandlerRegistry:
+    """(source, event type) → handler. Event types match exactly, ignoring case (R-IN-5).
+
+    Sources are those of `ClaimedEvent.source`: `register("ghl", "ContactCreate",
+    "contact.created")`, `register("aloware", "Call Disposed")`,
+    `register("texting", "message.received")`, `register("broadcast", "analytics_updated")`.
+    """
+
+    def __init__(self) -> None:
+        self._handlers: dict[tuple[str, str], tuple[str, Handler]] = {}
+
+    def register(self, source: str, *event_types: str) -> Callable[[Handler], Handler]:
+        """Decorator: `@registry.register("ghl", "ContactCreate", "contact.created")`."""
+        if not event_types:
+            raise ValueError("register() needs at least one event type")
+
+        def decorator(handler: Handler) -> Handler:
+            name = f"{handler.__module__}.{handler.__qualname__}"
+            for event_type in event_types:
+                key = (source.lower(), event_type.lower())
+                if key in self._handlers:
+                    taken_by = self._handlers[key][0]
+                    raise ValueError(
+                        f"{source}/{event_type} already handled by {taken_by}; cannot add {name}"
+                    )
+                self._handlers[key] = (name, handler)
+            return handler
+
+        return decorator
+
+    def resolve(self, event: ClaimedEvent) -> tuple[str, Handler]:
+        """The handler for an event and its name (the metrics label), fallbacks included."""
+        handler: Handler
+        if event.entity_type == "unknown":
+            name, handler = "unsupported_event", _unsupported_event
+        else:
+            name, handler = self._handlers.get(
+                (event.source.lower(), event.event_type.lower()), ("no_handler_yet", _no_handler_yet)
+            )
+        if event.source == "ghl" and event.event_type.lower() not in GHL_INSTALL_EVENTS:
+            handler = _guard_foreign_location(handler)
+        return name, handler
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        return (key[0].lower(), key[1].lower()) in self._handlers
+
+
+def default_registry() -> HandlerRegistry:
+    """The production registry: every domain module's handlers, plus the fallbacks."""
+    registry = HandlerRegistry()
+    for module_name in DOMAIN_MODULES:
+        module = importlib.import_module(module_name)
+        module.register_handlers(registry)
+    return registry
