@@ -634,3 +634,21 @@ async def test_unknown_route_error_body_is_json(client: httpx.AsyncClient) -> No
     response = await client.get("/api/webhooks/ghl")
     assert response.status_code == 405
     assert "error" in response.json()
+
+
+async def test_concurrent_identical_deliveries_store_one_event(
+    client: httpx.AsyncClient, db: Database, keys: Keys
+) -> None:
+    """R-IN-4, R-IDEM-1: a burst of the same delivery at once stores one row; every answer names it."""
+    import asyncio
+
+    body = _body(_contact_update(webhookId="wh-burst"))
+    headers = _ghl_headers(keys, body, "ed25519")
+    responses = await asyncio.gather(
+        *(client.post("/api/webhooks/ghl", content=body, headers=headers) for _ in range(20))
+    )
+    assert all(r.status_code == 200 for r in responses)
+    statuses = sorted(r.json()["status"] for r in responses)
+    assert statuses == ["accepted"] + ["duplicate"] * 19
+    assert len({r.json()["id"] for r in responses}) == 1
+    assert await _count(db, WebhookEvent) == 1

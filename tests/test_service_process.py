@@ -241,3 +241,19 @@ def test_configuration_reference_is_generated_from_settings() -> None:
     """DESIGN §4: docs/configuration.md and .env.example match config.py."""
     assert (REPO / "docs" / "configuration.md").read_text() == configuration_markdown()
     assert (REPO / ".env.example").read_text() == env_example()
+
+
+def test_worker_process_stops_on_sigterm(
+    tmp_path: Path, process_runner: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    """R-RUN-2, R-Q-6: `df-middleware worker` migrates, runs, and exits 0 promptly on SIGTERM."""
+    db_path = tmp_path / "worker.db"
+    env = _clean_env(DATABASE_URL=f"sqlite:///{db_path}", POLL_SECONDS="0.1", SHUTDOWN_GRACE_SECONDS="5")
+    proc = process_runner(["worker"], tmp_path, env)
+    deadline = time.monotonic() + 20
+    while not db_path.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)  # let it reach its loop
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(15) == 0
