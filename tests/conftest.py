@@ -31,9 +31,10 @@ from df_middleware.db.session import Database
 
 PG_ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-CONTRACTS = Path(__file__).resolve().parents[2] / "shared" / "contracts"
-if not CONTRACTS.exists():  # a clone placed elsewhere: look beside the repository root
-    CONTRACTS = Path(__file__).resolve().parents[1].parent / "shared" / "contracts"
+#: The shared contract examples live beside the repository (`../shared/contracts`), as in CI.
+CONTRACTS = Path(
+    os.environ.get("DF_CONTRACTS_DIR", Path(__file__).resolve().parents[2] / "shared" / "contracts")
+)
 
 
 def _pg_url(dbname: str) -> str:
