@@ -100,3 +100,19 @@ async def wait_until(
 
 def ago(seconds: float) -> datetime:
     return utcnow() - timedelta(seconds=seconds)
+
+
+#: The keys of one item of `events list --json` / `GET /api/admin/events` (SPEC §8.1).
+EVENT_LIST_KEYS = {
+    "id",
+    "kind",
+    "source",
+    "event_type",
+    "entity_type",
+    "entity_id",
+    "status",
+    "attempts",
+    "received_at",
+    "processed_at",
+    "error_message",
+}

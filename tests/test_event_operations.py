@@ -31,21 +31,9 @@ from df_middleware.queue.operations import (
 from df_middleware.queue.scheduler import Job, Scheduler
 from df_middleware.queue.worker import Worker
 from df_middleware.sync.registry import HandlerRegistry
-from tests.event_factory import ago, event_state, insert_event, log_rows, wait_until
+from tests.event_factory import EVENT_LIST_KEYS, ago, event_state, insert_event, log_rows, wait_until
 
-LIST_KEYS = {
-    "id",
-    "kind",
-    "source",
-    "event_type",
-    "entity_type",
-    "entity_id",
-    "status",
-    "attempts",
-    "received_at",
-    "processed_at",
-    "error_message",
-}
+LIST_KEYS = EVENT_LIST_KEYS
 
 
 async def seed_mixed(db: Database) -> dict[str, uuid.UUID]:

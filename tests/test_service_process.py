@@ -22,6 +22,7 @@ from df_middleware.config import configuration_markdown, env_example
 from df_middleware.db.models import QuarantineEvent, SyncLog, WebhookEvent
 from df_middleware.db.session import Database
 from df_middleware.db.types import utcnow
+from tests.event_factory import EVENT_LIST_KEYS
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "df_middleware.cli"]
@@ -183,19 +184,7 @@ def test_cli_event_commands(database_url: str) -> None:
     listed = json.loads(_cli(database_url, "events", "list", "--json", "--status", "error").stdout)
     assert listed["next_cursor"] is None
     [item] = listed["items"]
-    assert set(item) == {
-        "id",
-        "kind",
-        "source",
-        "event_type",
-        "entity_type",
-        "entity_id",
-        "status",
-        "attempts",
-        "received_at",
-        "processed_at",
-        "error_message",
-    }
+    assert set(item) == EVENT_LIST_KEYS
     assert (item["id"], item["kind"], item["status"]) == (str(event_id), "webhook", "error")
 
     _cli(database_url, "events", "quarantine", str(event_id), "--reason", "poison payload")

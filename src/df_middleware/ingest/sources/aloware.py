@@ -7,8 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from df_middleware.canonical import canonical_sha256
-from df_middleware.ingest.sources.common import ClassifiedEvent, InvalidEvent, scalar_id
-from df_middleware.phones import normalize_phone
+from df_middleware.ingest.sources.common import ClassifiedEvent, InvalidEvent, first_phone, scalar_id
 
 #: Exact Aloware event names (matched case-insensitively) → entity type.
 ALOWARE_EVENTS: dict[str, tuple[str, str]] = {
@@ -47,18 +46,6 @@ def canonical_aloware_name(name: str) -> tuple[str, str] | None:
     return None
 
 
-def _person_phone(body: Mapping[str, Any], region: str) -> str | None:
-    contact = body.get("contact")
-    candidates = [body.get("phone_number")]
-    if isinstance(contact, Mapping):
-        candidates.append(contact.get("phone_number"))
-    for candidate in candidates:
-        phone = normalize_phone(candidate, region)
-        if phone:
-            return phone
-    return None
-
-
 def aloware_event_name(payload: Mapping[str, Any]) -> str:
     name = payload.get("event")
     if not isinstance(name, str) or not name.strip():
@@ -79,7 +66,7 @@ def classify_aloware(payload: Mapping[str, Any], region: str = "US") -> Classifi
         entity_id = call_id
     if entity_id is None and entity_type in {"contact", "call"}:
         raise InvalidEvent(f"Aloware {event_type} webhook has no body.id")
-    phone = _person_phone(body, region)
+    phone = first_phone(body, ("phone_number", "contact.phone_number"), region)
     if phone:
         ordering_key = f"phone:{phone}"
     elif entity_type in _CALL_CHILDREN and call_id:

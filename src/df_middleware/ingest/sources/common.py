@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from df_middleware.phones import normalize_phone
+
 
 class InvalidEvent(ValueError):
     """The JSON lacks what its source requires (answered 422)."""
@@ -60,4 +62,13 @@ def event_name(payload: Mapping[str, Any], keys: tuple[str, ...]) -> str | None:
         value = payload.get(key)
         if isinstance(value, str) and value.strip():
             return value.strip()
+    return None
+
+
+def first_phone(payload: Mapping[str, Any], paths: tuple[str, ...], region: str) -> str | None:
+    """The first valid phone (E.164) among `paths`: the person an event is about."""
+    for path in paths:
+        phone = normalize_phone(dig(payload, path), region)
+        if phone:
+            return phone
     return None

@@ -13,8 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from df_middleware.canonical import canonical_sha256
-from df_middleware.ingest.sources.common import ClassifiedEvent, InvalidEvent, event_name, first_id, scalar_id
-from df_middleware.phones import normalize_phone
+from df_middleware.ingest.sources.common import (
+    ClassifiedEvent,
+    InvalidEvent,
+    event_name,
+    first_id,
+    first_phone,
+    scalar_id,
+)
 
 NAME_KEYS = ("type", "event", "eventType")
 
@@ -90,22 +96,10 @@ GHL_EVENTS: dict[str, EventSpec] = {
 PROVIDER_EVENT_TYPE = "ProviderOutboundMessage"
 
 
-def _person_phone(payload: Mapping[str, Any], region: str) -> str | None:
-    contact = payload.get("contact")
-    candidates = [payload.get("phone")]
-    if isinstance(contact, Mapping):
-        candidates.append(contact.get("phone"))
-    for candidate in candidates:
-        phone = normalize_phone(candidate, region)
-        if phone:
-            return phone
-    return None
-
-
 def _ordering_key(payload: Mapping[str, Any], entity_type: str, entity_id: str, region: str) -> str:
     """`phone:<E.164>` when the payload names the person's phone; else the person's GHL contact
     id when it names one (messages, notes, tasks… of one contact stay in order); else the entity."""
-    phone = _person_phone(payload, region)
+    phone = first_phone(payload, ("phone", "contact.phone"), region)
     if phone:
         return f"phone:{phone}"
     contact_id = scalar_id(payload.get("contactId")) if entity_type != "contact" else None
