@@ -33,8 +33,6 @@ from df_middleware.queue.worker import Worker
 from df_middleware.sync.registry import HandlerRegistry
 from tests.event_factory import EVENT_LIST_KEYS, ago, event_state, insert_event, log_rows, wait_until
 
-LIST_KEYS = EVENT_LIST_KEYS
-
 
 async def seed_mixed(db: Database) -> dict[str, uuid.UUID]:
     """Six events over the three tables, one minute apart (newest last)."""
@@ -74,7 +72,7 @@ async def test_list_is_newest_first_across_tables_and_pages_with_a_cursor(db: Da
     page = await list_events(db)
     assert [item["id"] for item in page.items] == newest_first
     assert page.next_cursor is None
-    assert all(set(item) == LIST_KEYS for item in page.items)
+    assert all(set(item) == EVENT_LIST_KEYS for item in page.items)
     broadcast = page.items[2]
     assert (broadcast["kind"], broadcast["source"], broadcast["entity_type"], broadcast["entity_id"]) == (
         "broadcast",
