@@ -652,3 +652,17 @@ async def test_concurrent_identical_deliveries_store_one_event(
     assert statuses == ["accepted"] + ["duplicate"] * 19
     assert len({r.json()["id"] for r in responses}) == 1
     assert await _count(db, WebhookEvent) == 1
+
+
+async def test_nul_characters_are_stored_not_refused(
+    client: httpx.AsyncClient, db: Database, keys: Keys
+) -> None:
+    """R-SEC-3, R-IN-2: `\\u0000` (which PostgreSQL cannot store) is replaced, never a 500 or a lost event."""
+    body = b'{"type":"ContactUpdate","id":"c-nul","firstName":"a\\u0000b","k\\u0000":1}'
+    response = await client.post(
+        "/api/webhooks/ghl", content=body, headers=_ghl_headers(keys, body, "ed25519")
+    )
+    assert response.status_code == 200, response.text
+    [row] = await _rows(db, WebhookEvent)
+    assert row.payload_json["firstName"] == "a\ufffdb"
+    assert row.payload_json["k\ufffd"] == 1

@@ -94,7 +94,8 @@ class Database:
         self.database_url = database_url
         self.url = async_url(database_url)
         self.dialect = self.url.get_backend_name()
-        kwargs: dict[str, Any] = {"echo": echo}
+        # hide_parameters: a failed statement's message must not carry payloads (PII) into logs.
+        kwargs: dict[str, Any] = {"echo": echo, "hide_parameters": True}
         if self.dialect == "postgresql":
             kwargs.update(
                 pool_size=pool_size,

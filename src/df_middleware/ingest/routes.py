@@ -97,6 +97,17 @@ def _json_depth_exceeds(value: Any, limit: int) -> bool:
     return False
 
 
+def _replace_nul(value: Any) -> Any:
+    """Replace U+0000, which PostgreSQL text and jsonb cannot hold, with U+FFFD in keys and strings."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_replace_nul(k): _replace_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replace_nul(v) for v in value]
+    return value
+
+
 def _is_json_content_type(value: str | None) -> bool:
     if not value:
         return True  # absent: try to parse; a content type that is not JSON is refused
@@ -194,6 +205,9 @@ class Ingest:
             raise Rejection(422, "body must be a JSON object")
         if _json_depth_exceeds(payload, self.settings.max_json_depth):
             raise Rejection(400, f"JSON nested deeper than {self.settings.max_json_depth} levels")
+        if b"\\u0000" in body:
+            # Keep the event (a lost lead is worse than a replaced control character).
+            payload = _replace_nul(payload)
         return payload
 
     async def receive(self, request: Request, source_name: str) -> Response:
