@@ -207,7 +207,8 @@ class Ingest:
             raise Rejection(400, f"JSON nested deeper than {self.settings.max_json_depth} levels")
         if b"\\u0000" in body:
             # Keep the event (a lost lead is worse than a replaced control character).
-            payload = _replace_nul(payload)
+            cleaned: dict[str, Any] = _replace_nul(payload)
+            return cleaned
         return payload
 
     async def receive(self, request: Request, source_name: str) -> Response:
