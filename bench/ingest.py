@@ -64,7 +64,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Collection, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -542,19 +542,6 @@ class Step:
     @property
     def duplicates_per_s(self) -> float:
         return self.duplicates / self.duration_s
-
-    @property
-    def completed_per_s(self) -> float:
-        return self.requests / self.duration_s
-
-    def summary(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("accepted_ids")
-        data.update(
-            accepted_per_s=round(self.accepted_per_s, 1),
-            duration_s=round(self.duration_s, 2),
-        )
-        return data
 
 
 def run_wrk(
