@@ -666,3 +666,21 @@ async def test_nul_characters_are_stored_not_refused(
     [row] = await _rows(db, WebhookEvent)
     assert row.payload_json["firstName"] == "a\ufffdb"
     assert row.payload_json["k\ufffd"] == 1
+
+
+async def test_exhausted_connection_pool_is_503(client_factory: ClientFactory, keys: Keys) -> None:
+    """R-IN-2: when every pooled connection stays busy past DB_POOL_TIMEOUT_SECONDS the sender is
+    told to retry (503 + Retry-After), never a 500 and never a 2xx for an unstored event."""
+    client = await client_factory(db_pool_size=1, db_pool_timeout_seconds=0.2)
+    app_db: Database = client._transport.app.state.db  # type: ignore[attr-defined]
+    async with app_db.engine.connect():  # hold the only connection
+        body = _body(_contact_update())
+        response = await client.post(
+            "/api/webhooks/ghl", content=body, headers=_ghl_headers(keys, body, "ed25519")
+        )
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"
+    retried = await client.post(
+        "/api/webhooks/ghl", content=body, headers=_ghl_headers(keys, body, "ed25519")
+    )
+    assert retried.json()["status"] == "accepted"

@@ -71,7 +71,11 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
         description="Keeps GoHighLevel, Aloware and Verity in step.",
         lifespan=_lifespan,
     )
-    db = Database(settings.database_url)
+    db = Database(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        pool_timeout=settings.db_pool_timeout_seconds,
+    )
     app.state.settings = settings
     app.state.db = db
     app.state.run_worker = settings.serve_with_worker if run_worker is None else run_worker

@@ -55,7 +55,11 @@ def _run(factory: Callable[[Any], Awaitable[T]]) -> T:
     configure_logging(settings.log_level, settings.log_format, reveal_pii=settings.log_reveal_pii)
 
     async def main() -> T:
-        db = Database(settings.database_url)
+        db = Database(
+            settings.database_url,
+            pool_size=settings.db_pool_size,
+            pool_timeout=settings.db_pool_timeout_seconds,
+        )
         try:
             return await factory(db)
         finally:

@@ -39,6 +39,15 @@ class Settings(BaseSettings):
         description="URL the outside world reaches us at (OAuth redirect, dashboard links). "
         "Default `http://HOST:PORT`.",
     )
+    db_pool_size: int = Field(
+        25,
+        ge=1,
+        description="Database connections one process keeps open. A request that finds them all busy "
+        "waits up to DB_POOL_TIMEOUT_SECONDS, then gets 503 (no connection churn under load).",
+    )
+    db_pool_timeout_seconds: float = Field(
+        5.0, gt=0, description="How long a request waits for a free database connection before 503."
+    )
     auto_migrate: bool = Field(True, description="`serve` and `worker` apply pending migrations on start.")
     serve_with_worker: bool = Field(
         True,

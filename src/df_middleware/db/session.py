@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -90,22 +91,35 @@ def _install_sqlite_pragmas(engine: AsyncEngine) -> None:
 class Database:
     """The service's handle on its database: one engine, a session factory and dialect facts."""
 
-    def __init__(self, database_url: str, *, pool_size: int = 10, echo: bool = False) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        pool_size: int = 25,
+        pool_timeout: float = CONNECT_TIMEOUT_SECONDS,
+        echo: bool = False,
+    ) -> None:
         self.database_url = database_url
         self.url = async_url(database_url)
         self.dialect = self.url.get_backend_name()
         # hide_parameters: a failed statement's message must not carry payloads (PII) into logs.
-        kwargs: dict[str, Any] = {"echo": echo, "hide_parameters": True}
+        # No overflow: connections opened and closed per request under load cost PostgreSQL far
+        # more than waiting for a pooled one (docs/benchmarks.md); past the timeout, 503.
+        kwargs: dict[str, Any] = {
+            "echo": echo,
+            "hide_parameters": True,
+            "pool_size": pool_size,
+            "max_overflow": 0,
+            "pool_timeout": pool_timeout,
+        }
         if self.dialect == "postgresql":
-            kwargs.update(
-                pool_size=pool_size,
-                max_overflow=pool_size,
-                pool_timeout=CONNECT_TIMEOUT_SECONDS,
-                connect_args={"timeout": CONNECT_TIMEOUT_SECONDS, "command_timeout": 60},
-            )
+            kwargs.update(connect_args={"timeout": CONNECT_TIMEOUT_SECONDS, "command_timeout": 60})
         else:
             path = sqlite_path(database_url)
-            if path is not None:
+            if path is None:  # in-memory: one shared connection, no pool to size
+                for key in ("pool_size", "max_overflow", "pool_timeout"):
+                    kwargs.pop(key)
+            else:
                 # Unusable paths surface as OperationalError on first use (then 503), not here.
                 with contextlib.suppress(OSError):
                     path.parent.mkdir(parents=True, exist_ok=True)
@@ -150,7 +164,7 @@ class Database:
 
 def is_unavailable(exc: BaseException) -> bool:
     """True when an exception means 'the database cannot be reached or is busy right now'."""
-    if isinstance(exc, OperationalError | asyncio.TimeoutError | ConnectionError | OSError):
+    if isinstance(exc, OperationalError | PoolTimeout | asyncio.TimeoutError | ConnectionError | OSError):
         return True
     if isinstance(exc, DBAPIError):
         return exc.connection_invalidated or "connection" in str(exc.orig).lower()
