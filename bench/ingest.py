@@ -625,7 +625,7 @@ def run_wrk(
 
 
 def pgbench_script(factory: WebhookFactory) -> str:
-    """The row `store_event` inserts, as SQL: same columns, ~1 KB jsonb payload, ON CONFLICT."""
+    """The row `EventStore` inserts, as SQL: same columns, ~1 KB jsonb payload, ON CONFLICT."""
     payload = factory.body(webhook_id="WEBHOOK_ID").decode().replace("'", "''")
     before, after = payload.split("WEBHOOK_ID", 1)
     return (

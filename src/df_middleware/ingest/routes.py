@@ -39,7 +39,7 @@ from df_middleware.ingest.sources.broadcast import classify_broadcast
 from df_middleware.ingest.sources.common import ClassifiedEvent, InvalidEvent
 from df_middleware.ingest.sources.ghl import classify_ghl, classify_ghl_provider
 from df_middleware.ingest.sources.texting import classify_texting
-from df_middleware.ingest.store import store_event
+from df_middleware.ingest.store import EventStore
 from df_middleware.observability import (
     INGEST_LATENCY,
     WEBHOOKS_ACCEPTED,
@@ -122,6 +122,7 @@ class Ingest:
         self.settings = settings
         self.db = db
         self.ghl = GhlVerifier(settings)
+        self.store = EventStore(db)
         self._limiter = FixedWindowRateLimiter(MemoryStorage())
         self._limit = (
             RateLimitItemPerSecond(settings.ingest_rate_limit_per_second)
@@ -229,7 +230,7 @@ class Ingest:
             except InvalidEvent as exc:
                 raise Rejection(422, str(exc)) from exc
             try:
-                result = await store_event(self.db, event, payload, verified=verified, request_id=request_id)
+                result = await self.store.store(event, payload, verified=verified, request_id=request_id)
             except Exception as exc:
                 if not is_unavailable(exc):
                     raise

@@ -1,0 +1,88 @@
+"""Group commit of webhook inserts on PostgreSQL (R-IN-2, R-IN-4, R-IN-6, R-PERF-1)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from df_middleware.db.models import WebhookEvent
+from df_middleware.db.session import Database
+from df_middleware.db.types import utcnow
+from df_middleware.ingest.group_commit import GroupCommit
+from df_middleware.ingest.store import EventStore
+
+pytestmark = pytest.mark.postgres
+
+
+def _row(n: int, **overrides: Any) -> dict[str, Any]:
+    now = utcnow()
+    row: dict[str, Any] = {
+        "id": uuid.uuid4(),
+        "received_at": now,
+        "next_attempt_at": now,
+        "event_type": "ContactUpdate",
+        "payload_json": {"type": "ContactUpdate", "id": f"c{n}", "n": n},
+        "dedupe_key": f"test:{n}",
+        "status": "pending",
+        "attempts": 0,
+        "ordering_key": f"ghl:contact:c{n}",
+        "signature_verified": True,
+        "request_id": None,
+        "source": "ghl",
+        "entity_type": "contact",
+        "entity_id": f"c{n}",
+    }
+    row.update(overrides)
+    return row
+
+
+@pytest.fixture
+def pg_db(db: Database) -> Database:
+    if not db.is_postgres:
+        pytest.skip("group commit is PostgreSQL's")
+    return db
+
+
+async def _stored(db: Database) -> dict[str, uuid.UUID]:
+    async with db.session() as session:
+        rows = (await session.execute(select(WebhookEvent.dedupe_key, WebhookEvent.id))).all()
+    return {key: event_id for key, event_id in rows}
+
+
+async def test_a_burst_is_stored_whole_and_each_request_gets_its_own_id(pg_db: Database) -> None:
+    """R-IN-2, R-IN-6: 300 concurrent inserts (with duplicates among them) share statements; every
+    caller is answered after the commit with the id of its own row, duplicates with the first's."""
+    store = EventStore(pg_db)
+    rows = [_row(n) for n in range(250)] + [_row(n) for n in range(50)]  # 50 redeliveries
+    results = await asyncio.gather(*(store.store_row_grouped("webhook", row) for row in rows))
+    stored = await _stored(pg_db)
+    assert len(stored) == 250
+    for row, (event_id, _duplicate) in zip(rows, results, strict=True):
+        assert stored[row["dedupe_key"]] == event_id
+    assert [duplicate for _, duplicate in results] == [False] * 250 + [True] * 50
+
+
+async def test_one_bad_row_does_not_fail_its_batch(pg_db: Database) -> None:
+    """R-IN-2: a row the database refuses fails alone (its request gets the error); the others in
+    its batch are stored and answered."""
+    store = EventStore(pg_db)
+    rows = [_row(n) for n in range(20)]
+    rows[7] = _row(7, status="not-a-status")  # violates the status check constraint
+    results = await asyncio.gather(
+        *(store.store_row_grouped("webhook", row) for row in rows), return_exceptions=True
+    )
+    assert isinstance(results[7], Exception)
+    assert all(not isinstance(r, Exception) for i, r in enumerate(results) if i != 7)
+    stored = await _stored(pg_db)
+    assert set(stored) == {f"test:{n}" for n in range(20) if n != 7}
+
+
+def test_group_commit_refuses_sqlite(tmp_path: Any) -> None:
+    """Group commit is PostgreSQL's; SQLite keeps one statement per request."""
+    database = Database(f"sqlite:///{tmp_path}/x.db")
+    with pytest.raises(ValueError, match="PostgreSQL"):
+        GroupCommit(database, None)
