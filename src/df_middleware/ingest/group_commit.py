@@ -141,7 +141,12 @@ class GroupCommit:
                 first_by_key[key] = waiting
         leaders = list(first_by_key.values())
         try:
-            results = await self._insert(batcher, leaders)
+            if len(leaders) == 1:
+                # A lone request (an idle system): the single-row statement is cheaper than unnest.
+                only = leaders[0]
+                results = {only.row["dedupe_key"]: await self._single_row(batcher.kind, only.row)}
+            else:
+                results = await self._insert(batcher, leaders)
         except Exception as exc:
             if is_unavailable(exc) or len(leaders) == 1:
                 for waiting in batch:
