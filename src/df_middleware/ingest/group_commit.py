@@ -50,7 +50,11 @@ def _array_type(column_type: Any) -> str:
 
 
 def batch_insert_sql(table: Table, columns: Sequence[str]) -> str:
-    """The statement that stores a batch of rows and says, per dedupe key, which id answers it."""
+    """The statement that stores a batch of rows and says, per dedupe key, which id answers it.
+
+    The existing row of a duplicate is looked up by a correlated subquery (an index probe run only
+    when the insert did nothing), never a join the planner might turn into a scan of the table.
+    """
     arrays = ", ".join(f"${i}::{_array_type(table.c[name].type)}" for i, name in enumerate(columns, 1))
     names = ", ".join(columns)
     values = ", ".join(
@@ -65,11 +69,16 @@ def batch_insert_sql(table: Table, columns: Sequence[str]) -> str:
             ON CONFLICT (dedupe_key) DO NOTHING
             RETURNING id, dedupe_key
         )
-        SELECT input.dedupe_key, coalesce(inserted.id, existing.id) AS id, inserted.id IS NULL AS duplicate
+        SELECT
+            input.dedupe_key,
+            coalesce(
+                inserted.id,
+                (SELECT existing.id FROM {table.name} AS existing
+                 WHERE existing.dedupe_key = input.dedupe_key)
+            ) AS id,
+            inserted.id IS NULL AS duplicate
         FROM input
         LEFT JOIN inserted ON inserted.dedupe_key = input.dedupe_key
-        LEFT JOIN {table.name} AS existing
-            ON existing.dedupe_key = input.dedupe_key AND inserted.id IS NULL
     """
 
 
