@@ -166,7 +166,9 @@ def _claimable(candidate: Any) -> ColumnElement[bool]:
         and_(candidate.c.status == PROCESSING, candidate.c.locked_until < NOW),
     )
     waits_for = [~exists(_blocking_rows(other, candidate)) for other in EVENT_TABLES]
-    return and_(due, *waits_for)
+    # Implied by `due`, but stated so the planner can walk `*_active_received_idx` in order.
+    active = candidate.c.status.in_([PENDING, PROCESSING])
+    return and_(active, due, *waits_for)
 
 
 def _blocking_rows(other: EventTable, candidate: Any) -> Any:
