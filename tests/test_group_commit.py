@@ -86,3 +86,16 @@ def test_group_commit_refuses_sqlite(tmp_path: Any) -> None:
     database = Database(f"sqlite:///{tmp_path}/x.db")
     with pytest.raises(ValueError, match="PostgreSQL"):
         GroupCommit(database, None)
+
+
+async def test_a_request_that_goes_away_does_not_break_its_batch(pg_db: Database) -> None:
+    """R-IN-2: a cancelled request (client gone) is still stored; its batch-mates are answered."""
+    store = EventStore(pg_db)
+    tasks = [asyncio.create_task(store.store_row_grouped("webhook", _row(n))) for n in range(30)]
+    await asyncio.sleep(0)
+    tasks[3].cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert isinstance(results[3], asyncio.CancelledError)
+    assert all(isinstance(r, tuple) for i, r in enumerate(results) if i != 3)
+    await asyncio.sleep(0.2)  # the row of the cancelled request is committed with its batch
+    assert len(await _stored(pg_db)) == 30

@@ -82,6 +82,16 @@ def batch_insert_sql(table: Table, columns: Sequence[str]) -> str:
     """
 
 
+def _resolve(done: asyncio.Future[tuple[uuid.UUID, bool]], outcome: Any) -> None:
+    """Answer one waiting request, unless it has gone (a cancelled request has no one to tell)."""
+    if done.done():
+        return
+    if isinstance(outcome, BaseException):
+        done.set_exception(outcome)
+    else:
+        done.set_result(outcome)
+
+
 def _wire_value(value: Any) -> Any:
     if isinstance(value, dict | list):
         return orjson.dumps(value).decode()
@@ -133,7 +143,14 @@ class GroupCommit:
         try:
             while batcher.queue:
                 batch, batcher.queue = batcher.queue[:MAX_BATCH], batcher.queue[MAX_BATCH:]
-                await self._store_batch(batcher, batch)
+                try:
+                    await self._store_batch(batcher, batch)
+                except BaseException as exc:
+                    # Whatever went wrong, no request may wait forever for an answer.
+                    for waiting in batch:
+                        _resolve(waiting.done, exc)
+                    if not isinstance(exc, Exception):
+                        raise
         finally:
             batcher.flushing = False
 
@@ -159,22 +176,14 @@ class GroupCommit:
         except Exception as exc:
             if is_unavailable(exc) or len(leaders) == 1:
                 for waiting in batch:
-                    if not waiting.done.done():
-                        waiting.done.set_exception(exc)
+                    _resolve(waiting.done, exc)
                 return
             results = await self._one_by_one(batcher.kind, leaders)
         for waiting in leaders:
-            outcome = results[waiting.row["dedupe_key"]]
-            if isinstance(outcome, BaseException):
-                waiting.done.set_exception(outcome)
-            else:
-                waiting.done.set_result(outcome)
+            _resolve(waiting.done, results[waiting.row["dedupe_key"]])
         for waiting, leader in followers:
             outcome = results[leader.row["dedupe_key"]]
-            if isinstance(outcome, BaseException):
-                waiting.done.set_exception(outcome)
-            else:
-                waiting.done.set_result((outcome[0], True))
+            _resolve(waiting.done, outcome if isinstance(outcome, BaseException) else (outcome[0], True))
 
     async def _insert(
         self, batcher: _TableBatcher, leaders: list[_Waiting]
