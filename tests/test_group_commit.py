@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from df_middleware.db.models import WebhookEvent
 from df_middleware.db.session import Database
 from df_middleware.db.types import utcnow
 from df_middleware.ingest.group_commit import GroupCommit
 from df_middleware.ingest.store import EventStore
-
-pytestmark = pytest.mark.postgres
 
 
 def _row(n: int, **overrides: Any) -> dict[str, Any]:
@@ -41,10 +40,21 @@ def _row(n: int, **overrides: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def pg_db(db: Database) -> Database:
-    if not db.is_postgres:
-        pytest.skip("group commit is PostgreSQL's")
-    return db
+async def pg_db(pg_database_url: str) -> AsyncIterator[Database]:
+    """Group commit is PostgreSQL's: these tests run on that engine only."""
+    await _truncate(pg_database_url)
+    database = Database(pg_database_url)
+    yield database
+    await database.dispose()
+
+
+async def _truncate(url: str) -> None:
+    database = Database(url)
+    try:
+        async with database.session() as session:
+            await session.execute(delete(WebhookEvent))
+    finally:
+        await database.dispose()
 
 
 async def _stored(db: Database) -> dict[str, uuid.UUID]:
@@ -53,6 +63,7 @@ async def _stored(db: Database) -> dict[str, uuid.UUID]:
     return {key: event_id for key, event_id in rows}
 
 
+@pytest.mark.postgres
 async def test_a_burst_is_stored_whole_and_each_request_gets_its_own_id(pg_db: Database) -> None:
     """R-IN-2, R-IN-6: 300 concurrent inserts (with duplicates among them) share statements; every
     caller is answered after the commit with the id of its own row, duplicates with the first's."""
@@ -66,6 +77,7 @@ async def test_a_burst_is_stored_whole_and_each_request_gets_its_own_id(pg_db: D
     assert [duplicate for _, duplicate in results] == [False] * 250 + [True] * 50
 
 
+@pytest.mark.postgres
 async def test_one_bad_row_does_not_fail_its_batch(pg_db: Database) -> None:
     """R-IN-2: a row the database refuses fails alone (its request gets the error); the others in
     its batch are stored and answered."""
@@ -88,6 +100,7 @@ def test_group_commit_refuses_sqlite(tmp_path: Any) -> None:
         GroupCommit(database, None)
 
 
+@pytest.mark.postgres
 async def test_a_request_that_goes_away_does_not_break_its_batch(pg_db: Database) -> None:
     """R-IN-2: a cancelled request (client gone) is still stored; its batch-mates are answered."""
     store = EventStore(pg_db)
