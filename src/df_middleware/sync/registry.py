@@ -174,8 +174,9 @@ async def is_foreign_location(ctx: HandlerContext, location_id: str) -> bool:
 def _guard_foreign_location(handler: Handler) -> Handler:
     """Wrap a GHL handler so that events of other locations are skipped, not processed (§3.1).
 
-    Ingest already stores such events as done; this guard covers events stored before a
-    location changed and replays, so no handler ever writes for somebody else's sub-account.
+    Ingest stores every event as pending (deciding there would cost a database round trip on the
+    request path, see docs/architecture.md); this guard is where the decision is made, for first
+    runs and replays alike, so no handler ever writes for somebody else's sub-account.
     """
 
     async def guarded(ctx: HandlerContext, event: ClaimedEvent) -> HandlerResult:
