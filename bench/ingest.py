@@ -129,17 +129,22 @@ class Postgres:
 # --- processes ----------------------------------------------------------------------------------
 
 
-def _proc_children() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
+def _proc_stats() -> Iterator[tuple[int, str]]:
+    """(pid, contents of /proc/<pid>/stat) for every live process."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
+            yield int(entry.name), (entry / "stat").read_text()
         except OSError:
             continue
+
+
+def _proc_children() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for pid, stat in _proc_stats():
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
+        children.setdefault(ppid, []).append(pid)
     return children
 
 
@@ -188,14 +193,7 @@ def cpu_snapshot(server_pids: Collection[int] = ()) -> CpuSnapshot:
     ticks = os.sysconf("SC_CLK_TCK")
     groups = {"server": 0, "postgres": 0, "load": 0}
     me = os.getpid()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        pid = int(entry.name)
+    for pid, stat in _proc_stats():
         comm = stat[stat.index("(") + 1 : stat.rindex(")")]
         fields = stat.rsplit(")", 1)[1].split()
         used = sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
