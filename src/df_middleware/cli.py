@@ -311,16 +311,20 @@ def events_unquarantine(
 # --- configuration -------------------------------------------------------------------------------
 
 
+def _emit(text: str, output: Path | None) -> None:
+    """Write generated text to `output`, or to stdout."""
+    if output:
+        output.write_text(text)
+    else:
+        sys.stdout.write(text)
+
+
 @config_app.command("docs")
 def config_docs(
     output: Annotated[Path | None, typer.Option(help="Write here instead of stdout.")] = None,
 ) -> None:
     """Print docs/configuration.md, generated from the settings model."""
-    text = configuration_markdown()
-    if output:
-        output.write_text(text)
-    else:
-        sys.stdout.write(text)
+    _emit(configuration_markdown(), output)
 
 
 @config_app.command("env-example")
@@ -328,11 +332,7 @@ def config_env_example(
     output: Annotated[Path | None, typer.Option(help="Write here instead of stdout.")] = None,
 ) -> None:
     """Print .env.example, generated from the settings model."""
-    text = env_example()
-    if output:
-        output.write_text(text)
-    else:
-        sys.stdout.write(text)
+    _emit(env_example(), output)
 
 
 def main() -> None:
