@@ -54,6 +54,12 @@ class Settings(BaseSettings):
         description="`serve` also runs the worker and scheduler in-process (`serve --no-worker` sets false).",
     )
 
+    df_admin_secret: SecretStr | None = Field(
+        None,
+        description="Secret of the admin API, the dashboard and `/leadconnector/oauth/start` "
+        "(`Authorization: Bearer` or `X-DF-ADMIN-SECRET`). Unset: those answer 401.",
+    )
+
     # --- GHL webhooks ----------------------------------------------------------------------------
     ghl_location_id: str | None = Field(
         None,
@@ -98,6 +104,79 @@ class Settings(BaseSettings):
     texting_allow_plain_secret: bool = Field(
         False,
         description="Accept `X-Texting-Secret: <secret>` instead of an HMAC signature (legacy senders).",
+    )
+
+    # --- GHL API and Marketplace OAuth -------------------------------------------------------------
+    ghl_base_url: str = Field(
+        "https://services.leadconnectorhq.com", description="GHL API v2 base URL (a simulator's URL in tests)."
+    )
+    ghl_api_key: SecretStr | None = Field(
+        None,
+        description="Private Integration Token for GHL_LOCATION_ID. Locations installed through OAuth "
+        "use their own token instead.",
+    )
+    ghl_client_id: str | None = Field(None, description="Marketplace app client id (OAuth).")
+    ghl_client_secret: SecretStr | None = Field(None, description="Marketplace app client secret (OAuth).")
+    ghl_oauth_redirect_uri: str | None = Field(
+        None,
+        description="OAuth redirect URI registered with the app. Default `PUBLIC_BASE_URL/leadconnector/oauth`.",
+    )
+    ghl_oauth_authorize_url: str = Field(
+        "https://marketplace.gohighlevel.com/oauth/chooselocation",
+        description="GHL's choose-location page that `/leadconnector/oauth/start` redirects to.",
+    )
+    ghl_oauth_scopes: str = Field(
+        "contacts.readonly contacts.write conversations.readonly conversations.write "
+        "conversations/message.readonly conversations/message.write locations.readonly "
+        "locations/customFields.readonly users.readonly objects/record.readonly objects/record.write",
+        description="Space-separated scopes requested at install.",
+    )
+    ghl_conversation_provider_id: str | None = Field(
+        None, description="GHL custom SMS conversation provider id (texting ⇄ GHL)."
+    )
+    ghl_call_provider_id: str | None = Field(
+        None, description="GHL custom call provider id; set to log calls in GHL conversations."
+    )
+    ghl_rate_limit_max: int = Field(
+        100, ge=1, description="GHL burst budget per location per interval (GHL publishes 100 / 10 s)."
+    )
+    ghl_rate_limit_interval_seconds: float = Field(
+        10.0, gt=0, description="Length of GHL's burst window in seconds."
+    )
+    ghl_rate_limit_processes: int = Field(
+        1,
+        ge=1,
+        description="Processes that call GHL for the same location (worker processes, plus `serve` "
+        "when it runs the worker). Each takes an equal share of the budget; see docs/operations.md.",
+    )
+    token_encryption_key: SecretStr | None = Field(
+        None,
+        description="Fernet key encrypting OAuth tokens at rest. Unset: generated into DATA_DIR on first "
+        "start (with a warning).",
+    )
+    data_dir: str = Field(
+        "./df-middleware-data", description="Directory for generated secrets (the token key file)."
+    )
+
+    # --- Aloware and Verity APIs -----------------------------------------------------------------
+    aloware_base_url: str = Field("https://app.aloware.com/api/v1", description="Aloware API base URL.")
+    aloware_api_token: SecretStr | None = Field(None, description="Aloware account `api_token`.")
+    verity_base_url: str | None = Field(None, description="Verity base URL (send-message API).")
+    verity_api_key: SecretStr | None = Field(None, description="Bearer key of Verity's send-message API.")
+    verity_database_url: SecretStr | None = Field(
+        None, description="Read-only `postgresql://` URL of Verity's database (broadcast analytics)."
+    )
+
+    # --- outbound HTTP ---------------------------------------------------------------------------
+    http_timeout_seconds: float = Field(
+        15.0, gt=0, description="Total timeout of one call to GHL, Aloware or Verity."
+    )
+    http_connect_timeout_seconds: float = Field(5.0, gt=0, description="Connect timeout of outbound calls.")
+    http_max_retries: int = Field(
+        2,
+        ge=0,
+        description="In-call retries (with jitter) of idempotent calls after a network error, 5xx or 429; "
+        "beyond that the event's own retry schedule takes over.",
     )
 
     # --- ingest limits ---------------------------------------------------------------------------
@@ -173,6 +252,10 @@ class Settings(BaseSettings):
             return None
         names = {n.strip().lower() for n in self.aloware_webhook_allowed_events.split(",") if n.strip()}
         return frozenset(names) or None
+
+    @property
+    def oauth_redirect_uri(self) -> str:
+        return self.ghl_oauth_redirect_uri or f"{self.base_url.rstrip('/')}/leadconnector/oauth"
 
     @property
     def broadcast_secret(self) -> SecretStr | None:

@@ -178,3 +178,34 @@ CLAIM_LATENCY = Histogram(
     ["table"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+
+# External APIs (connectors). `endpoint` is the route template (e.g. `GET /contacts/{id}`), never a
+# concrete path, so ids and phone numbers never become label values.
+EXTERNAL_CALLS = Counter(
+    "df_external_api_calls_total",
+    "Calls to external APIs, by system, endpoint and outcome class (2xx, 4xx, 5xx, 429, network).",
+    ["system", "endpoint", "outcome"],
+)
+EXTERNAL_LATENCY = Histogram(
+    "df_external_api_latency_seconds",
+    "Duration of one external API call (one HTTP exchange, retries counted separately).",
+    ["system", "endpoint"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+EXTERNAL_ERRORS = Counter(
+    "df_external_api_errors_total",
+    "External calls that failed (network error, timeout or non-2xx), by system and endpoint.",
+    ["system", "endpoint"],
+)
+EXTERNAL_RATE_LIMITED = Counter(
+    "df_external_api_429_total", "429 answers from external APIs.", ["system", "endpoint"]
+)
+RATE_LIMITER_WAIT = Histogram(
+    "df_rate_limiter_wait_seconds",
+    "Time a call waited for the GHL rate limiter before being sent.",
+    ["system"],
+    buckets=(0.0, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+OAUTH_REFRESHES = Counter(
+    "df_oauth_refreshes_total", "GHL OAuth token refreshes, by outcome.", ["outcome"]
+)

@@ -1,0 +1,160 @@
+"""Keeping within GHL's burst limit: 100 requests per 10 s per app per location.
+
+`SlidingWindowLimiter` is shared by every coroutine of a process. Per key (a location id) it keeps
+the start times of the calls of the last window and lets a call start only while fewer than the
+budget started in that window — a sliding log, which is never looser than GHL's own window
+whatever shape that window has. It then adapts to what GHL says:
+
+- `X-RateLimit-Max` / `X-RateLimit-Interval-Milliseconds` replace the configured figures when
+  they differ (GHL's answer is the truth for this app and location);
+- `X-RateLimit-Remaining: 0` while this process still thinks it has budget means somebody else
+  (another process, a backfill script) is spending it: calls pause for one window;
+- a 429 pauses the key for `Retry-After` (or one window when absent).
+
+Several processes divide the budget explicitly: each takes `max / processes`
+(`GHL_RATE_LIMIT_PROCESSES`), and the headers above catch what the division misses. Why not a
+shared counter in the database: it would cost a write per GHL call on the hot path and still not
+see other users of the same app; see docs/operations.md.
+
+A small margin is added to the window, because GHL counts a request when it *arrives* and the
+limiter when it *leaves*: two requests a window apart may arrive closer than that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+
+from df_middleware.observability import RATE_LIMITER_WAIT, get_logger
+
+log = get_logger(__name__)
+
+#: Seconds added to the window to absorb network jitter between sending and GHL's arrival clock.
+ARRIVAL_MARGIN_SECONDS = 0.25
+
+
+@dataclass
+class _KeyWindow:
+    starts: deque[float] = field(default_factory=deque)
+    paused_until: float = 0.0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class SlidingWindowLimiter:
+    """At most `budget` call starts per key in any window of `interval` (+ margin) seconds."""
+
+    def __init__(
+        self,
+        max_calls: int,
+        interval_seconds: float,
+        *,
+        processes: int = 1,
+        system: str = "ghl",
+        margin_seconds: float = ARRIVAL_MARGIN_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if max_calls < 1 or interval_seconds <= 0 or processes < 1:
+            raise ValueError("rate limit needs max_calls ≥ 1, interval > 0 and processes ≥ 1")
+        self.max_calls = max_calls
+        self.interval = interval_seconds
+        self.processes = processes
+        self.system = system
+        self.margin = margin_seconds
+        self._clock = clock
+        self._sleep = sleep
+        self._windows: dict[str, _KeyWindow] = {}
+
+    @property
+    def budget(self) -> int:
+        """Calls this process may start per window for one key."""
+        return max(1, self.max_calls // self.processes)
+
+    @property
+    def window(self) -> float:
+        return self.interval + self.margin
+
+    def _window_for(self, key: str) -> _KeyWindow:
+        window = self._windows.get(key)
+        if window is None:
+            window = self._windows[key] = _KeyWindow()
+        return window
+
+    def _trim(self, window: _KeyWindow, now: float) -> None:
+        horizon = now - self.window
+        while window.starts and window.starts[0] <= horizon:
+            window.starts.popleft()
+
+    async def acquire(self, key: str) -> float:
+        """Wait until a call for `key` may start, record its start; returns the seconds waited.
+
+        Waiters queue on a per-key FIFO lock, so the budget is handed out in arrival order and a
+        burst of coroutines cannot starve one another.
+        """
+        window = self._window_for(key)
+        started = self._clock()
+        async with window.lock:
+            while True:
+                now = self._clock()
+                self._trim(window, now)
+                if now < window.paused_until:
+                    await self._sleep(window.paused_until - now)
+                    continue
+                if len(window.starts) < self.budget:
+                    window.starts.append(now)
+                    waited = now - started
+                    RATE_LIMITER_WAIT.labels(self.system).observe(waited)
+                    return waited
+                await self._sleep(window.starts[0] + self.window - now)
+
+    def observe(self, key: str, status_code: int, headers: Mapping[str, str]) -> None:
+        """Adapt to GHL's answer: its own limit figures, a drained budget, a 429."""
+        window = self._window_for(key)
+        now = self._clock()
+        limit = _int_header(headers, "x-ratelimit-max")
+        interval_ms = _int_header(headers, "x-ratelimit-interval-milliseconds")
+        if limit and limit != self.max_calls:
+            log.info("ghl_rate_limit_learned", max_calls=limit, previous=self.max_calls)
+            self.max_calls = limit
+        if interval_ms and interval_ms / 1000 != self.interval:
+            self.interval = interval_ms / 1000
+        remaining = _int_header(headers, "x-ratelimit-remaining")
+        self._trim(window, now)
+        if status_code == 429:
+            retry_after = retry_after_seconds(headers)
+            pause = retry_after if retry_after is not None else self.window
+            window.paused_until = max(window.paused_until, now + pause)
+            log.warning("ghl_rate_limited", key=key, pause_seconds=round(pause, 3))
+        elif remaining is not None and remaining <= 0 and len(window.starts) < self.budget:
+            window.paused_until = max(window.paused_until, now + self.window)
+            log.info("ghl_budget_spent_elsewhere", key=key, pause_seconds=round(self.window, 3))
+
+
+def _int_header(headers: Mapping[str, str], name: str) -> int | None:
+    value = headers.get(name)
+    if value is None:
+        return None
+    try:
+        return int(float(value))
+    except ValueError:
+        return None
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """`Retry-After` as seconds (delta-seconds form; an HTTP date is read too)."""
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
