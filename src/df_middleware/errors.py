@@ -21,3 +21,11 @@ class RetryableError(SyncError):
 
 class PermanentError(SyncError):
     pass
+
+
+class InvalidPhoneNumber(PermanentError):
+    """A phone number that is not a valid number (R-ID-1); raised before any request is made."""
+
+
+class UnexpectedResponse(PermanentError):
+    """A 2xx whose body does not have the documented shape: retrying the call cannot fix it."""

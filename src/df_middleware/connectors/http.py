@@ -23,10 +23,12 @@ numbers become metric labels.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import unquote
 
 import httpx
 import orjson
@@ -38,6 +40,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from df_middleware.config import Settings
 from df_middleware.connectors.ratelimit import retry_after_seconds
 from df_middleware.errors import PermanentError, RetryableError
 from df_middleware.observability import (
@@ -133,6 +136,36 @@ class ClientSettings:
     retry_wait_base_seconds: float = 0.2
     max_connections: int = 20
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ClientSettings:
+        """Timeouts and in-call retry budget of outbound calls, from the service settings."""
+        return cls(
+            timeout_seconds=settings.http_timeout_seconds,
+            connect_timeout_seconds=settings.http_connect_timeout_seconds,
+            max_retries=settings.http_max_retries,
+        )
+
+
+class _MaskSecretsInHttpxLog(logging.Filter):
+    """httpx logs every request at INFO as `HTTP Request: GET <full URL> ...`; Aloware's URLs carry
+    `api_token=…` and `phone_number=…`. This filter masks token parameters and phones in those
+    records (URL-decoded first: `%2B1919…` would not look like a phone to the masker)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            args = record.args if isinstance(record.args, tuple) else (record.args,)
+            record.args = tuple(_masked_url(a) if isinstance(a, httpx.URL | str) else a for a in args)
+        if isinstance(record.msg, str):
+            record.msg = mask_text(record.msg)
+        return True
+
+
+_HTTPX_LOG_MASK = _MaskSecretsInHttpxLog()
+
+
+def _masked_url(url: object) -> str:
+    return mask_text(unquote(str(url)))
+
 
 def remote_error_text(body: Any, fallback: str) -> str:
     """The remote's own error message, masked and shortened, for exceptions and sync_log."""
@@ -189,6 +222,7 @@ class ServiceClient:
     ) -> None:
         self.system = system
         self.settings = settings or ClientSettings()
+        logging.getLogger("httpx").addFilter(_HTTPX_LOG_MASK)  # one shared instance: added once
         self.limiter = limiter
         s = self.settings
         self._client = httpx.AsyncClient(
@@ -299,7 +333,7 @@ class ServiceClient:
             "external_call",
             system=self.system,
             endpoint=endpoint,
-            url=mask_text(str(response.request.url)),
+            url=_masked_url(response.request.url),
             status=status,
         )
         if 200 <= status < 300:

@@ -12,6 +12,10 @@ its own routes, `build_simulator_app` adds:
 
 Faults are decided by a seeded random generator, so a scripted run with the same seed injects the
 same faults at the same requests.
+
+Simulators also call the service back, as the real systems do (delivery receipts, change
+notifications): `WebhookSender` posts those webhooks, retries them the way a provider would, and
+records every delivery, so a test can wait for them (`drain`, `pending`) and assert on them.
 """
 
 from __future__ import annotations
@@ -19,14 +23,16 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 CONTROL_PREFIX = "/_sim"
 #: Headers whose values the request log keeps masked (tests never need the secret itself).
@@ -209,3 +215,165 @@ def build_simulator_app(
         return {"status": "reset"}
 
     return app
+
+
+# --- webhooks from the simulator to the service --------------------------------------------------
+
+
+@dataclass
+class WebhookDelivery:
+    """One webhook a simulator sent, and how the receiver answered its last attempt."""
+
+    url: str
+    event: str
+    payload: Any
+    #: HTTP status of the last attempt; None while in flight or when no attempt got an answer.
+    status: int | None = None
+    attempts: int = 0
+    error: str | None = None
+    #: What identifies the delivery in its system (e.g. `messageId`), merged into `as_dict()`.
+    details: dict[str, Any] = field(default_factory=dict)
+    at: float = field(default_factory=time.time)
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "event": self.event,
+            **self.details,
+            "url": self.url,
+            "status_code": self.status,
+            "ok": self.ok,
+            "attempts": self.attempts,
+            "error": self.error,
+            "at": self.at,
+            "payload": self.payload,
+        }
+
+
+class _RetryableAnswer(Exception):
+    """The receiver answered 429 or 5xx: a provider tries again."""
+
+
+#: Builds the request headers (authentication or signature) from the exact body bytes sent.
+HeaderBuilder = Callable[[bytes], Mapping[str, str]]
+
+
+class WebhookSender:
+    """Posts a simulator's webhooks as JSON and records each delivery.
+
+    Like a real provider, it retries transport errors, 429 and 5xx a few times (exponential
+    backoff, full jitter), so a service that is briefly down still gets the event. Deliveries
+    started in the background (`start`) are tracked: `drain()` waits for them and `pending` lets a
+    test in another thread poll. `clear()` forgets everything and cancels what is still running,
+    so a reset never lets an old delivery land in the new state.
+    """
+
+    def __init__(
+        self, *, attempts: int = 4, backoff_seconds: float = 0.05, timeout_seconds: float = 5.0
+    ) -> None:
+        self.attempts = attempts
+        self.backoff_seconds = backoff_seconds
+        self.timeout_seconds = timeout_seconds
+        self.deliveries: list[WebhookDelivery] = []
+        #: Background work that failed unexpectedly (`Type: message`), so a test can see why.
+        self.background_errors: list[str] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._generation = 0
+
+    async def send(
+        self,
+        url: str,
+        event: str,
+        payload: Any,
+        *,
+        headers: HeaderBuilder | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> WebhookDelivery:
+        """POST `payload` to `url` (retrying as described above) and return its delivery record."""
+        body = orjson.dumps(payload)
+        request_headers = {"content-type": "application/json", "user-agent": "df-middleware-simulator"}
+        if headers is not None:
+            request_headers.update(headers(body))
+        delivery = WebhookDelivery(url=url, event=event, payload=payload, details=dict(details or {}))
+        self.deliveries.append(delivery)
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(max(1, self.attempts)),
+            wait=wait_random_exponential(multiplier=self.backoff_seconds, max=2.0),
+            retry=retry_if_exception_type((httpx.TransportError, _RetryableAnswer)),
+            reraise=True,
+        )
+        async with httpx.AsyncClient(timeout=self.timeout_seconds) as client:
+            try:
+                async for attempt in retrying:
+                    with attempt:
+                        await self._attempt(client, delivery, body, request_headers)
+            except _RetryableAnswer:
+                pass  # the last answer is recorded in `delivery.status`
+            except httpx.TransportError:
+                pass  # recorded in `delivery.error`
+        return delivery
+
+    @staticmethod
+    async def _attempt(
+        client: httpx.AsyncClient, delivery: WebhookDelivery, body: bytes, headers: Mapping[str, str]
+    ) -> None:
+        delivery.attempts += 1
+        try:
+            response = await client.post(delivery.url, content=body, headers=dict(headers))
+        except httpx.TransportError as exc:
+            delivery.status, delivery.error = None, f"{type(exc).__name__}: {exc}"
+            raise
+        delivery.status, delivery.error = response.status_code, None
+        if response.status_code == 429 or response.status_code >= 500:
+            raise _RetryableAnswer(response.status_code)
+
+    def start(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run `work` (which sends webhooks) in the background of the running loop, tracked."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+        return task
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self.background_errors.append(f"{type(exc).__name__}: {exc}")
+
+    @property
+    def pending(self) -> int:
+        """Background deliveries not finished yet."""
+        return len(self._tasks)
+
+    @property
+    def generation(self) -> int:
+        """Changes on every `clear()`: background work compares it to drop results of a reset."""
+        return self._generation
+
+    async def drain(self, max_wait_seconds: float = 10.0) -> bool:
+        """Wait until no background delivery is running; False if still busy after
+        `max_wait_seconds`. Tasks of this loop are awaited; those of another loop (a simulator
+        served in a thread) are polled, so a test may call this from its own loop."""
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + max_wait_seconds
+        while self._tasks:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            own = {task for task in set(self._tasks) if task.get_loop() is loop}
+            if own:
+                await asyncio.wait(own, timeout=remaining)
+            else:
+                await asyncio.sleep(min(0.01, remaining))
+        return True
+
+    def clear(self) -> None:
+        """Forget all deliveries and cancel running background work (safe from any thread)."""
+        self._generation += 1
+        for task in list(self._tasks):
+            task.get_loop().call_soon_threadsafe(task.cancel)
+        self._tasks.clear()
+        self.deliveries = []
+        self.background_errors = []

@@ -1,0 +1,1 @@
+"""Faithful HTTP fakes of GHL, Aloware and Verity, with in-memory state and fault injection (SPEC §9)."""

@@ -1,0 +1,108 @@
+"""The GHL rate limiter on a virtual clock: exact budgets, FIFO hand-out, adaptation to headers.
+
+A virtual clock makes these tests exact and instant: `sleep` advances time instead of waiting.
+The end-to-end behaviour against the GHL simulator (no 429 under load) is in test_connector_ghl.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from df_middleware.connectors.ratelimit import SlidingWindowLimiter, retry_after_seconds
+
+
+class VirtualClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += max(seconds, 0.0)
+        await asyncio.sleep(0)
+
+
+def _limiter(
+    clock: VirtualClock, max_calls: int = 10, interval: float = 10.0, **kw: object
+) -> SlidingWindowLimiter:
+    return SlidingWindowLimiter(
+        max_calls,
+        interval,
+        clock=clock,
+        sleep=clock.sleep,
+        margin_seconds=0.0,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def test_budget_per_window_is_never_exceeded() -> None:
+    """R-PERF-3: no window of `interval` ever holds more than the budget of call starts."""
+    clock = VirtualClock()
+    limiter = _limiter(clock, max_calls=10, interval=10.0)
+    starts: list[float] = []
+
+    async def call() -> None:
+        await limiter.acquire("loc")
+        starts.append(clock.now)
+
+    await asyncio.gather(*(call() for _ in range(35)))
+    assert len(starts) == 35
+    for i, start in enumerate(starts):
+        in_window = [s for s in starts[i:] if s < start + 10.0]
+        assert len(in_window) <= 10
+    # And it uses the budget: 35 calls take three full windows, not more.
+    assert starts[-1] - starts[0] == pytest.approx(30.0)
+
+
+async def test_keys_have_separate_budgets() -> None:
+    """GHL's limit is per location: one location's burst does not delay another's."""
+    clock = VirtualClock()
+    limiter = _limiter(clock, max_calls=2)
+    for _ in range(2):
+        await limiter.acquire("a")
+    waited = await limiter.acquire("b")
+    assert waited == 0.0
+
+
+async def test_processes_divide_the_budget() -> None:
+    """GHL_RATE_LIMIT_PROCESSES: each process takes an equal share."""
+    clock = VirtualClock()
+    limiter = _limiter(clock, max_calls=100, processes=4)
+    assert limiter.budget == 25
+
+
+async def test_429_pauses_the_key_for_retry_after() -> None:
+    clock = VirtualClock()
+    limiter = _limiter(clock)
+    await limiter.acquire("loc")
+    limiter.observe("loc", 429, {"retry-after": "7"})
+    waited = await limiter.acquire("loc")
+    assert waited == pytest.approx(7.0)
+
+
+async def test_budget_spent_elsewhere_pauses_one_window() -> None:
+    """X-RateLimit-Remaining 0 while our own log has room: another client spends the budget."""
+    clock = VirtualClock()
+    limiter = _limiter(clock, max_calls=10, interval=10.0)
+    await limiter.acquire("loc")
+    limiter.observe("loc", 200, {"x-ratelimit-remaining": "0", "x-ratelimit-max": "10"})
+    waited = await limiter.acquire("loc")
+    assert waited == pytest.approx(10.0)
+
+
+async def test_learns_limit_and_interval_from_headers() -> None:
+    clock = VirtualClock()
+    limiter = _limiter(clock, max_calls=100, interval=10.0)
+    limiter.observe("loc", 200, {"x-ratelimit-max": "50", "x-ratelimit-interval-milliseconds": "5000"})
+    assert limiter.budget == 50
+    assert limiter.interval == 5.0
+
+
+def test_retry_after_forms() -> None:
+    assert retry_after_seconds({"retry-after": "3"}) == 3.0
+    assert retry_after_seconds({}) is None
+    assert retry_after_seconds({"retry-after": "soon"}) is None
+    assert retry_after_seconds({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0
