@@ -20,7 +20,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from df_middleware import __version__
+from df_middleware.admin.oauth import oauth_router
 from df_middleware.config import Settings, get_settings
+from df_middleware.connectors.tokens import load_token_cipher
 from df_middleware.db.migrate import current_revision, head_revision, upgrade
 from df_middleware.db.session import Database
 from df_middleware.ingest.routes import Ingest, webhook_router
@@ -81,6 +83,11 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
     app.state.run_worker = settings.serve_with_worker if run_worker is None else run_worker
     app.state.ingest = Ingest(settings, db)
     app.include_router(webhook_router(app.state.ingest))
+    # --- GHL Marketplace OAuth (R-OA-1, R-SEC-5) ---
+    # The token cipher is loaded (or its key generated) now, so that a bad TOKEN_ENCRYPTION_KEY
+    # stops the service at start rather than at its first install or refresh.
+    app.state.token_cipher = load_token_cipher(settings)
+    app.include_router(oauth_router())
     _add_operational_routes(app)
     _add_error_handlers(app)
     return app

@@ -33,6 +33,8 @@ events_app = typer.Typer(help="Inspect and act on stored webhook events.", no_ar
 config_app = typer.Typer(help="Configuration reference.", no_args_is_help=True)
 app.add_typer(events_app, name="events")
 app.add_typer(config_app, name="config")
+oauth_app = typer.Typer(help="GHL Marketplace OAuth installs (R-OA-1).", no_args_is_help=True)
+app.add_typer(oauth_app, name="oauth")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -306,6 +308,56 @@ def events_unquarantine(
     _event_action(
         lambda db: unquarantine_event(db, _event_id(event_id), actor), f"{event_id} back in the queue"
     )
+
+
+# --- GHL Marketplace OAuth -----------------------------------------------------------------------
+
+
+@oauth_app.command("start-url")
+def oauth_start_url() -> None:
+    """Print a signed install URL (valid 15 min), the twin of GET /leadconnector/oauth/start.
+
+    Run it with the server's TOKEN_ENCRYPTION_KEY (or its DATA_DIR): the callback only accepts a
+    state signed with that key.
+    """
+    from df_middleware.admin.oauth import authorize_url
+    from df_middleware.connectors.tokens import TokenKeyError, load_token_cipher, missing_oauth_settings
+
+    settings = _settings()
+    missing = missing_oauth_settings(settings)
+    if missing:
+        err_console.print(f"GHL OAuth is not configured: set {', '.join(missing)}")
+        raise typer.Exit(2)
+    try:
+        cipher = load_token_cipher(settings, create=True)
+    except TokenKeyError as exc:
+        err_console.print(f"[red]token key error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    assert cipher is not None
+    sys.stdout.write(authorize_url(settings, cipher) + "\n")
+
+
+@oauth_app.command("status")
+def oauth_status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+) -> None:
+    """List installed GHL locations with token expiry and the last refresh error (never tokens)."""
+    from df_middleware.connectors.tokens import token_statuses
+
+    statuses = _run(token_statuses)
+    if as_json:
+        _print_json([status.as_dict() for status in statuses])
+        return
+    if not statuses:
+        console.print("no GHL location installed through OAuth")
+        return
+    table = Table("location", "state", "expires", "last refresh error")
+    for status in statuses:
+        failed = ""
+        if status.refresh_error:
+            failed = f"{str(status.refresh_failed_at)[:19]} {status.refresh_error}"
+        table.add_row(status.location_id, status.state, str(status.expires_at)[:19], failed)
+    console.print(table)
 
 
 # --- configuration -------------------------------------------------------------------------------

@@ -108,7 +108,8 @@ class Settings(BaseSettings):
 
     # --- GHL API and Marketplace OAuth -------------------------------------------------------------
     ghl_base_url: str = Field(
-        "https://services.leadconnectorhq.com", description="GHL API v2 base URL (a simulator's URL in tests)."
+        "https://services.leadconnectorhq.com",
+        description="GHL API v2 base URL (a simulator's URL in tests).",
     )
     ghl_api_key: SecretStr | None = Field(
         None,
@@ -119,7 +120,8 @@ class Settings(BaseSettings):
     ghl_client_secret: SecretStr | None = Field(None, description="Marketplace app client secret (OAuth).")
     ghl_oauth_redirect_uri: str | None = Field(
         None,
-        description="OAuth redirect URI registered with the app. Default `PUBLIC_BASE_URL/leadconnector/oauth`.",
+        description="OAuth redirect URI registered with the app. "
+        "Default `PUBLIC_BASE_URL/leadconnector/oauth`.",
     )
     ghl_oauth_authorize_url: str = Field(
         "https://marketplace.gohighlevel.com/oauth/chooselocation",
@@ -151,8 +153,9 @@ class Settings(BaseSettings):
     )
     token_encryption_key: SecretStr | None = Field(
         None,
-        description="Fernet key encrypting OAuth tokens at rest. Unset: generated into DATA_DIR on first "
-        "start (with a warning).",
+        description="Fernet key encrypting OAuth tokens at rest; a comma list rotates keys (the first "
+        "encrypts, all decrypt). Unset: generated into DATA_DIR on first start once OAuth is configured "
+        "(with a warning). Several hosts must share one key.",
     )
     data_dir: str = Field(
         "./df-middleware-data", description="Directory for generated secrets (the token key file)."

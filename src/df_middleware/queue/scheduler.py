@@ -1,4 +1,5 @@
-"""Periodic jobs of the serve/worker process (R-RUN-2): today the daily prune (R-DM-7).
+"""Periodic jobs of the serve/worker process (R-RUN-2): the daily prune (R-DM-7) and the GHL OAuth
+token refresh-ahead (R-OA-3).
 
 Any number of processes may run a scheduler; only the leader runs jobs (R-RUN-4). On
 PostgreSQL the leader is the process holding a session advisory lock on a dedicated
@@ -23,6 +24,7 @@ from typing import Any
 import asyncpg
 
 from df_middleware.config import Settings
+from df_middleware.connectors.tokens import oauth_configured, refresh_expiring_tokens
 from df_middleware.db.session import CONNECT_TIMEOUT_SECONDS, Database, asyncpg_dsn
 from df_middleware.observability import get_logger
 from df_middleware.queue.operations import prune
@@ -36,6 +38,10 @@ LEADER_LOCK_KEY = int.from_bytes(
 LEADER_CHECK_SECONDS = 15.0
 PRUNE_INTERVAL_SECONDS = 24 * 3600.0
 PRUNE_FIRST_DELAY_SECONDS = 60.0
+#: GHL OAuth refresh-ahead (R-OA-3): every few minutes, tokens expiring within 30 min. The first
+#: run comes soon after start, since tokens may have come close to expiry while we were down.
+OAUTH_REFRESH_INTERVAL_SECONDS = 300.0
+OAUTH_REFRESH_FIRST_DELAY_SECONDS = 15.0
 #: A failed job is tried again this soon (or at its interval, if shorter).
 FAILED_JOB_RETRY_SECONDS = 300.0
 
@@ -54,7 +60,23 @@ def default_jobs(settings: Settings, db: Database) -> list[Job]:
     async def prune_old_rows() -> object:
         return await prune(db, settings.retention_days, settings.prune_batch_size)
 
-    return [Job("prune", PRUNE_INTERVAL_SECONDS, prune_old_rows, first_delay=PRUNE_FIRST_DELAY_SECONDS)]
+    jobs = [Job("prune", PRUNE_INTERVAL_SECONDS, prune_old_rows, first_delay=PRUNE_FIRST_DELAY_SECONDS)]
+
+    # --- GHL OAuth refresh-ahead (R-OA-3), only where Marketplace OAuth is configured ---
+    if oauth_configured(settings):
+
+        async def refresh_oauth_tokens() -> object:
+            return await refresh_expiring_tokens(settings, db)
+
+        jobs.append(
+            Job(
+                "oauth-refresh",
+                OAUTH_REFRESH_INTERVAL_SECONDS,
+                refresh_oauth_tokens,
+                first_delay=OAUTH_REFRESH_FIRST_DELAY_SECONDS,
+            )
+        )
+    return jobs
 
 
 class Leadership:

@@ -53,7 +53,7 @@ GHL_INSTALL_EVENTS = frozenset({"appinstall", "install", "appuninstall", "uninst
 
 #: Modules whose `register_handlers(registry)` fills the production registry. Each later issue
 #: that adds a domain (contacts, calls, texting, optout, agents, broadcasts, oauth) appends here.
-DOMAIN_MODULES: tuple[str, ...] = ()
+DOMAIN_MODULES: tuple[str, ...] = ("df_middleware.sync.oauth",)
 
 
 @dataclass(frozen=True)
