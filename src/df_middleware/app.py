@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from df_middleware import __version__
 from df_middleware.admin.oauth import oauth_router
 from df_middleware.config import Settings, get_settings
+from df_middleware.connectors.suite import Connectors
 from df_middleware.connectors.tokens import load_token_cipher
 from df_middleware.db.migrate import current_revision, head_revision, upgrade
 from df_middleware.db.session import Database
@@ -43,8 +44,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     background: list[asyncio.Task[None]] = []
     stop = asyncio.Event()
     worker: Worker | None = None
+    connectors: Connectors | None = None
     if app.state.run_worker:
-        worker = Worker(settings, db)
+        connectors = Connectors.from_settings(settings, db)
+        worker = Worker(settings, db, connectors=connectors)
         scheduler = Scheduler(settings, db)
         background = [
             asyncio.create_task(worker.run(stop), name="worker"),
@@ -59,6 +62,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             await worker.stop()
         if background:
             await asyncio.gather(*background, return_exceptions=True)
+        if connectors is not None:
+            await connectors.aclose()
         await db.dispose()
         log.info("service.stopped")
 

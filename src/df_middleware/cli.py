@@ -35,6 +35,11 @@ app.add_typer(events_app, name="events")
 app.add_typer(config_app, name="config")
 oauth_app = typer.Typer(help="GHL Marketplace OAuth installs (R-OA-1).", no_args_is_help=True)
 app.add_typer(oauth_app, name="oauth")
+simulate_app = typer.Typer(
+    help="Run a simulator of an external system (SPEC §9): in-memory state, faults, `/_sim` control routes.",
+    no_args_is_help=True,
+)
+app.add_typer(simulate_app, name="simulate")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -115,6 +120,7 @@ def worker(
     once: Annotated[bool, typer.Option("--once", help="Process what is due now, then exit.")] = False,
 ) -> None:
     """Run the worker and the scheduler (no HTTP server). SIGTERM stops it gracefully."""
+    from df_middleware.connectors.suite import Connectors
     from df_middleware.db.migrate import upgrade
     from df_middleware.queue.scheduler import Scheduler
     from df_middleware.queue.worker import Worker
@@ -124,17 +130,21 @@ def worker(
     async def main(db: Any) -> None:
         if settings.auto_migrate:
             await upgrade(settings.database_url)
-        the_worker = Worker(settings, db)
-        if once:
-            processed = await the_worker.run_once()
-            console.print(f"processed {processed} events")
-            return
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        scheduler = Scheduler(settings, db)
-        await asyncio.gather(the_worker.run(stop), scheduler.run(stop))
+        connectors = Connectors.from_settings(settings, db)
+        the_worker = Worker(settings, db, connectors=connectors)
+        try:
+            if once:
+                processed = await the_worker.run_once()
+                console.print(f"processed {processed} events")
+                return
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            scheduler = Scheduler(settings, db)
+            await asyncio.gather(the_worker.run(stop), scheduler.run(stop))
+        finally:
+            await connectors.aclose()
 
     _run(main)
 
@@ -385,6 +395,143 @@ def config_env_example(
 ) -> None:
     """Print .env.example, generated from the settings model."""
     _emit(env_example(), output)
+
+
+# --- connections and simulators --------------------------------------------------------------------
+
+
+@app.command()
+def check(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the reports as JSON.")] = False,
+) -> None:
+    """Configured / reachable / authenticated, for the database and each external system.
+
+    Exits 1 when a configured system fails its check, 0 otherwise (unconfigured systems are listed
+    with the settings that would enable them).
+    """
+    from df_middleware.connectors.status import ConnectionReport
+    from df_middleware.connectors.suite import Connectors
+    from df_middleware.db.migrate import current_revision, head_revision
+
+    settings = _settings()
+
+    async def main(db: Any) -> list[ConnectionReport]:
+        database = ConnectionReport(system="database", configured=True, detail={"dialect": db.dialect})
+        try:
+            async with db.engine.connect() as conn:
+                current = await current_revision(conn)
+            database.reachable = database.authenticated = True
+            if current != head_revision():
+                database.reason = f"migrations at {current}, head is {head_revision()}: run `migrate`"
+                database.authenticated = True
+                database.detail["migration"] = current
+        except Exception as exc:  # the report carries the failure; check never crashes
+            database.reachable, database.reason = False, f"{type(exc).__name__}: {str(exc)[:200]}"
+        connectors = Connectors.from_settings(settings, db)
+        try:
+            return [database, *await connectors.check()]
+        finally:
+            await connectors.aclose()
+
+    reports = _run(main)
+    if as_json:
+        _print_json([r.as_dict() for r in reports])
+    else:
+        table = Table("system", "configured", "reachable", "authenticated", "reason")
+        shown = {True: "yes", False: "[red]no[/red]", None: "-"}
+        for report in reports:
+            table.add_row(
+                report.system,
+                shown[report.configured],
+                shown[report.reachable],
+                shown[report.authenticated],
+                report.reason or "",
+            )
+        console.print(table)
+    failing = [r for r in reports if r.configured and not r.ok]
+    raise typer.Exit(1 if failing else 0)
+
+
+def _serve_simulator(application: Any, host: str, port: int) -> None:
+    import uvicorn
+
+    console.print(f"simulator on http://{host}:{port} (state: /_sim/state, faults: PUT /_sim/faults)")
+    uvicorn.run(application, host=host, port=port, log_level="warning")
+
+
+SimHost = Annotated[str, typer.Option(help="Bind address.")]
+
+
+@simulate_app.command("ghl")
+def simulate_ghl(
+    port: Annotated[int, typer.Option(help="Port.")] = 9100,
+    host: SimHost = "127.0.0.1",
+    openapi_dir: Annotated[
+        Path | None, typer.Option(help="GHL's OpenAPI documents: validate every request with them.")
+    ] = None,
+    webhook_url: Annotated[str | None, typer.Option(help="Where contact webhooks are sent.")] = None,
+    provider_delivery_url: Annotated[
+        str | None, typer.Option(help="Conversation provider Delivery URL (ProviderOutboundMessage).")
+    ] = None,
+    rate_limit_max: Annotated[int, typer.Option(help="Requests per window per location.")] = 100,
+    rate_limit_interval: Annotated[float, typer.Option(help="Window length in seconds.")] = 10.0,
+) -> None:
+    """GHL API v2: contacts, notes, tags, conversations, users, custom fields and objects, OAuth.
+
+    A location `loc_sim` with Private Integration Token `pit-sim` exists from the start.
+    """
+    from df_middleware.simulators.ghl import create_app as create_ghl
+
+    application = create_ghl(
+        openapi_dir=openapi_dir,
+        webhook_url=webhook_url,
+        provider_delivery_url=provider_delivery_url,
+        rate_limit_max=rate_limit_max,
+        rate_limit_interval_seconds=rate_limit_interval,
+    )
+    _serve_simulator(application, host, port)
+
+
+@simulate_app.command("aloware")
+def simulate_aloware(
+    port: Annotated[int, typer.Option(help="Port.")] = 9101,
+    host: SimHost = "127.0.0.1",
+    api_token: Annotated[
+        str, typer.Option(help="The api_token the simulator accepts.")
+    ] = "aloware-sim-token",  # noqa: S107 - the simulator's well-known test credential
+    webhook_url: Annotated[str | None, typer.Option(help="Where Aloware webhooks are sent.")] = None,
+    webhook_bearer_token: Annotated[str | None, typer.Option(help="Bearer token of its webhooks.")] = None,
+) -> None:
+    """Aloware API v1 (base `/api/v1`): Lead API, lookup by phone, power-dialer lists, sequences."""
+    from df_middleware.simulators.aloware import create_app as create_aloware
+
+    application = create_aloware(
+        api_token=api_token, webhook_url=webhook_url, webhook_bearer_token=webhook_bearer_token
+    )
+    _serve_simulator(application, host, port)
+
+
+@simulate_app.command("verity")
+def simulate_verity(
+    port: Annotated[int, typer.Option(help="Port.")] = 9102,
+    host: SimHost = "127.0.0.1",
+    api_key: Annotated[str, typer.Option(help="The Bearer key the simulator accepts.")] = "verity-sim-key",
+    webhook_url: Annotated[str | None, typer.Option(help="Where texting webhooks are sent.")] = None,
+    webhook_secret: Annotated[str | None, typer.Option(help="HMAC secret of texting webhooks.")] = None,
+    broadcast_webhook_url: Annotated[str | None, typer.Option(help="Where broadcast webhooks go.")] = None,
+    broadcast_webhook_secret: Annotated[str | None, typer.Option(help="HMAC secret of those.")] = None,
+) -> None:
+    """Verity send-message API; posts signed receipts (sent, then delivered or failed) back."""
+    from df_middleware.simulators.verity import create_app as create_verity
+
+    application = create_verity(
+        api_key=api_key,
+        webhook_url=webhook_url,
+        webhook_secret=webhook_secret,
+        broadcast_webhook_url=broadcast_webhook_url,
+        broadcast_webhook_secret=broadcast_webhook_secret,
+    )
+    _serve_simulator(application, host, port)
 
 
 def main() -> None:

@@ -206,6 +206,4 @@ RATE_LIMITER_WAIT = Histogram(
     ["system"],
     buckets=(0.0, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
-OAUTH_REFRESHES = Counter(
-    "df_oauth_refreshes_total", "GHL OAuth token refreshes, by outcome.", ["outcome"]
-)
+OAUTH_REFRESHES = Counter("df_oauth_refreshes_total", "GHL OAuth token refreshes, by outcome.", ["outcome"])

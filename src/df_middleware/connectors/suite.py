@@ -16,6 +16,7 @@ from df_middleware.connectors.http import ServiceClient
 from df_middleware.connectors.status import ConnectionReport
 from df_middleware.connectors.tokens import GhlCredentials, GhlTokenStore, load_token_cipher
 from df_middleware.connectors.verity import VerityClient
+from df_middleware.connectors.verity_db import BroadcastAnalyticsReader
 from df_middleware.db.session import Database
 
 
@@ -30,6 +31,7 @@ class Connectors:
     credentials: GhlCredentials
     aloware: AlowareClient | None = None
     verity: VerityClient | None = None
+    analytics: BroadcastAnalyticsReader | None = None
     _ghl_clients: dict[str, GhlClient] = field(default_factory=dict)
 
     @classmethod
@@ -43,6 +45,7 @@ class Connectors:
             credentials=GhlCredentials(settings, tokens),
             aloware=AlowareClient.from_settings(settings),
             verity=VerityClient.from_settings(settings),
+            analytics=BroadcastAnalyticsReader.from_settings(settings),
         )
 
     @property
@@ -69,6 +72,8 @@ class Connectors:
             await self.aloware.aclose()
         if self.verity is not None:
             await self.verity.aclose()
+        if self.analytics is not None:
+            await self.analytics.dispose()
 
     async def check(self) -> list[ConnectionReport]:
         """One report per system (and per OAuth installation); never raises."""
@@ -89,4 +94,8 @@ class Connectors:
             reports.append(ConnectionReport.not_configured("verity", "VERITY_BASE_URL and VERITY_API_KEY"))
         else:
             reports.append(await self.verity.check())
+        if self.analytics is None:
+            reports.append(ConnectionReport.not_configured("verity-db", "VERITY_DATABASE_URL"))
+        else:
+            reports.append(await self.analytics.check())
         return reports

@@ -31,6 +31,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from df_middleware.config import Settings
+from df_middleware.connectors.status import ConnectionReport
 from df_middleware.db.session import async_url
 from df_middleware.errors import PermanentError, RetryableError
 
@@ -347,6 +348,22 @@ class BroadcastAnalyticsReader:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+    async def check(self) -> ConnectionReport:
+        """Reachable and readable: one read of the broadcast table; never raises."""
+        report = ConnectionReport(system="verity-db", configured=True)
+        try:
+            async with self._transaction() as conn:
+                await conn.execute(text("SELECT 1 FROM broadcast LIMIT 1"))
+        except Exception as exc:  # any failure is the report's content, not the caller's problem
+            message = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            auth_failed = "password" in message.lower() or "authentication" in message.lower()
+            report.reachable = auth_failed or "does not exist" in message.lower()
+            report.authenticated = False if auth_failed else None
+            report.reason = f"{type(exc).__name__}: {message}"
+        else:
+            report.reachable = report.authenticated = True
+        return report
 
     async def broadcast_exists(self, broadcast_id: str) -> bool:
         """Whether Verity's database has this broadcast."""

@@ -55,6 +55,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tenacity import RetryCallState, Retrying, wait_random_exponential
 
 from df_middleware.config import Settings
+from df_middleware.connectors.suite import Connectors
 from df_middleware.db.models import SyncEffect, SyncLog
 from df_middleware.db.session import CONNECT_TIMEOUT_SECONDS, Database, asyncpg_dsn
 from df_middleware.db.types import UTCDateTime, utcnow
@@ -207,12 +208,16 @@ class Worker:
         *,
         worker_id: str | None = None,
         context_factory: ContextFactory | None = None,
+        connectors: Connectors | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
+        self.connectors = connectors
         self.registry = registry if registry is not None else default_registry()
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._context_factory = context_factory or (lambda: HandlerContext(settings=settings, db=db))
+        self._context_factory = context_factory or (
+            lambda: HandlerContext(settings=settings, db=db, connectors=connectors)
+        )
         self._in_flight: dict[uuid.UUID, _InFlight] = {}
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -285,7 +290,7 @@ class Worker:
                 )
             clock = time.perf_counter()
             name = "unresolved"
-            context = HandlerContext(settings=self.settings, db=self.db)
+            context = HandlerContext(settings=self.settings, db=self.db, connectors=self.connectors)
             try:
                 name, handler = self.registry.resolve(event)
                 context = self._context_factory()

@@ -22,6 +22,7 @@ from typing import Any, Literal, TypeAlias
 from sqlalchemy import select
 
 from df_middleware.config import Settings
+from df_middleware.connectors.suite import Connectors
 from df_middleware.db.models import GhlOauthToken
 from df_middleware.db.session import Database
 from df_middleware.db.types import utcnow
@@ -132,8 +133,8 @@ class HandlerResult:
 class HandlerContext:
     """Everything a handler may use, built fresh for each event by the worker.
 
-    Later issues add connectors (GHL, Aloware, Verity) as fields with defaults, so tests keep
-    building `HandlerContext(settings, db)` and hand fakes in where they need them.
+    `connectors` holds the process's clients of GHL, Aloware and Verity (None in tests that need
+    none); a handler whose system is not configured finds its client None and skips, saying so.
     `direction` is mutable on purpose: a handler sets it as soon as it knows which way it syncs,
     so that if it fails for good the worker files the error row under that direction.
     """
@@ -141,6 +142,7 @@ class HandlerContext:
     settings: Settings
     db: Database
     direction: str = "internal"
+    connectors: Connectors | None = None
 
 
 Handler: TypeAlias = Callable[[HandlerContext, ClaimedEvent], Awaitable[HandlerResult]]
