@@ -638,3 +638,30 @@ async def test_cli_start_url_and_status(
 def cipher_key(settings: Settings) -> str:
     assert settings.token_encryption_key is not None
     return settings.token_encryption_key.get_secret_value()
+
+
+async def test_ghl_client_refreshes_once_on_401_and_repeats_the_call(
+    oauth_settings: Settings, ghl: Sim, db: Database, store: GhlTokenStore, cipher: TokenCipher
+) -> None:
+    """R-OA-3 through the connector: GHL refuses an (expired early) OAuth token; the GHL client
+    refreshes once, repeats the call with the new token, and the caller sees only the answer."""
+    from df_middleware.connectors.ghl import GhlClient
+    from df_middleware.connectors.ratelimit import SlidingWindowLimiter
+
+    await store.exchange_code(ghl.code())
+    old_access, _ = await stored_tokens(db, cipher)
+    ghl.sim.expire_access_token(old_access)
+    ghl.sim.add_user(LOCATION, "Alice Agent", "alice@example.com")
+    client = GhlClient(
+        ServiceClient("ghl", ghl.url, limiter=SlidingWindowLimiter(100, 10.0)),
+        GhlCredentials(oauth_settings, store),
+        LOCATION,
+    )
+    try:
+        users = await client.list_users()
+    finally:
+        await client.aclose()
+    assert [u.email for u in users] == ["alice@example.com"]
+    assert ghl.refresh_calls() == 1
+    new_access, _ = await stored_tokens(db, cipher)
+    assert new_access != old_access
