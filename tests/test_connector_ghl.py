@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+import structlog
 
 from df_middleware.connectors.ghl import (
     DuplicateContact,
@@ -44,6 +45,7 @@ from df_middleware.connectors.http import (
     ServiceClient,
 )
 from df_middleware.connectors.ratelimit import SlidingWindowLimiter
+from df_middleware.observability import configure_logging
 from df_middleware.simulators.common import FaultPlan
 from df_middleware.simulators.ghl import GhlSimulator, create_app
 from tests.conftest import CONTRACTS
@@ -387,16 +389,25 @@ async def test_limiter_learns_a_smaller_limit_from_ghl_headers() -> None:
         assert sim.snapshot()["counters"]["rate_limited_responses"] == 0
 
 
-async def test_tokens_never_reach_the_logs(ghl_sim: GhlSim, caplog: pytest.LogCaptureFixture) -> None:
-    """R-SEC-4: bearer tokens are not logged, not even when a call fails."""
+async def test_tokens_never_reach_the_logs(
+    ghl_sim: GhlSim, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """R-SEC-4: with debug logging on (structlog and the standard library, httpx included), a call
+    GHL refuses logs its failure but never the bearer token, nor puts it in the error."""
+    configure_logging("debug", "json")
     caplog.set_level(logging.DEBUG)
     client = GhlClient(ServiceClient("ghl", ghl_sim.url), StaticToken(LOC, "secret-token-value-123"), LOC)
     try:
-        with pytest.raises(RemoteUnauthorized):
+        with pytest.raises(RemoteUnauthorized) as refused:
             await client.list_users()
     finally:
         await client.aclose()
-    assert "secret-token-value-123" not in caplog.text
+        structlog.reset_defaults()
+    captured = capsys.readouterr()
+    assert "external_call_failed" in captured.err  # the failure was logged where we looked
+    assert "HTTP Request: GET" in caplog.text
+    for text in (captured.out, captured.err, caplog.text, str(refused.value), repr(client.credentials)):
+        assert "secret-token-value-123" not in text
 
 
 def test_simulator_cli_serves(tmp_path: Path) -> None:

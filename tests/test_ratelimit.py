@@ -106,3 +106,24 @@ def test_retry_after_forms() -> None:
     assert retry_after_seconds({}) is None
     assert retry_after_seconds({"retry-after": "soon"}) is None
     assert retry_after_seconds({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0
+
+
+async def test_a_long_pause_is_handed_back_instead_of_slept() -> None:
+    """A 429 with a long Retry-After must not park a worker slot: the call raises a retryable
+    error carrying the wait, which becomes the event's next attempt time."""
+    from df_middleware.connectors.ratelimit import LocationPaused
+
+    clock = VirtualClock()
+    limiter = _limiter(clock)
+    await limiter.acquire("loc")
+    limiter.observe("loc", 429, {"retry-after": "3600"})
+    with pytest.raises(LocationPaused) as paused:
+        await limiter.acquire("loc")
+    assert paused.value.retry_after == pytest.approx(3600.0)
+    assert clock.now == 1000.0  # nothing was slept
+
+
+def test_absurd_retry_after_values_are_bounded() -> None:
+    assert retry_after_seconds({"retry-after": "inf"}) == 24 * 3600.0
+    assert retry_after_seconds({"retry-after": "nan"}) is None
+    assert retry_after_seconds({"retry-after": "-5"}) == 0.0

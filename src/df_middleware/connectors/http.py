@@ -8,7 +8,7 @@ treatment:
   every attempt and told about every answer;
 - **bounded retries with jitter** (tenacity) for calls that are safe to repeat — GET, PUT, DELETE,
   and POSTs the connector marks idempotent (searches, upserts). A network error, a timeout, a
-  5xx, 408/425 or a 429 is retried a few times in-call; a `Retry-After` longer than the in-call
+  5xx, 408/409/425 or a 429 is retried a few times in-call; a `Retry-After` longer than the in-call
   wait cap is not slept here but handed to the worker as `retry_after`;
 - **classification** of what remains into `RemoteUnavailable` (a `RetryableError`: the event is
   retried later) or `RemoteRejected` (a `PermanentError`: retrying cannot help), with the status,
@@ -56,8 +56,9 @@ log = get_logger(__name__)
 
 #: Longest a single in-call retry sleeps; a longer Retry-After goes back to the worker instead.
 MAX_IN_CALL_WAIT_SECONDS = 5.0
-#: Statuses that say "try again": the request did not take effect or cannot yet.
-RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+#: Statuses that say "try again": the request did not take effect or cannot yet (409: a conflict
+#: with a concurrent change, which a later attempt re-decides; R-Q-3).
+RETRYABLE_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 #: Longest remote error text kept in an exception message (it ends up in sync_log).
 _MAX_ERROR_TEXT = 300
@@ -79,7 +80,7 @@ class RemoteError(Exception):
 
 
 class RemoteUnavailable(RetryableError, RemoteError):
-    """The call did not succeed but may later: network error, timeout, 5xx, 429, 408."""
+    """The call did not succeed but may later: network error, timeout, 5xx, 408, 409, 425, 429."""
 
     def __init__(
         self,

@@ -9,7 +9,9 @@ whatever shape that window has. It then adapts to what GHL says:
   they differ (GHL's answer is the truth for this app and location);
 - `X-RateLimit-Remaining: 0` while this process still thinks it has budget means somebody else
   (another process, a backfill script) is spending it: calls pause for one window;
-- a 429 pauses the key for `Retry-After` (or one window when absent).
+- a 429 pauses the key for `Retry-After` (or one window when absent). A call waits out a pause of
+  up to MAX_PAUSE_IN_CALL_SECONDS; a longer one raises `LocationPaused` (retryable, with
+  `retry_after`), so the event is retried later instead of holding a worker slot for an hour.
 
 Several processes divide the budget explicitly: each takes `max / processes`
 (`GHL_RATE_LIMIT_PROCESSES`), and the headers above catch what the division misses. Why not a
@@ -29,12 +31,22 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 
+from df_middleware.errors import RetryableError
 from df_middleware.observability import RATE_LIMITER_WAIT, get_logger
 
 log = get_logger(__name__)
 
 #: Seconds added to the window to absorb network jitter between sending and GHL's arrival clock.
 ARRIVAL_MARGIN_SECONDS = 0.25
+#: Longest pause (after a 429 or a drained budget) a call sits out in-call; a longer one is handed
+#: back to the worker as the event's retry time instead of holding a worker slot.
+MAX_PAUSE_IN_CALL_SECONDS = 15.0
+#: Retry-After values beyond this are not believed (a broken header must not park a location).
+MAX_RETRY_AFTER_SECONDS = 24 * 3600.0
+
+
+class LocationPaused(RetryableError):
+    """The location's GHL budget is paused for longer than a call should wait."""
 
 
 @dataclass
@@ -102,7 +114,12 @@ class SlidingWindowLimiter:
                 now = self._clock()
                 self._trim(window, now)
                 if now < window.paused_until:
-                    await self._sleep(window.paused_until - now)
+                    pause = window.paused_until - now
+                    if pause > MAX_PAUSE_IN_CALL_SECONDS:
+                        raise LocationPaused(
+                            f"GHL rate limit: location {key} paused for {pause:.0f} s", retry_after=pause
+                        )
+                    await self._sleep(pause)
                     continue
                 if len(window.starts) < self.budget:
                     window.starts.append(now)
@@ -150,11 +167,15 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        if seconds != seconds:  # NaN
+            return None
+        return min(max(0.0, seconds), MAX_RETRY_AFTER_SECONDS)
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    return max(0.0, when.timestamp() - time.time())
+    return min(max(0.0, when.timestamp() - time.time()), MAX_RETRY_AFTER_SECONDS)
