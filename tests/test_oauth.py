@@ -665,3 +665,40 @@ async def test_ghl_client_refreshes_once_on_401_and_repeats_the_call(
     assert ghl.refresh_calls() == 1
     new_access, _ = await stored_tokens(db, cipher)
     assert new_access != old_access
+
+
+async def test_a_cancelled_refresh_still_stores_the_rotated_tokens(
+    oauth_settings: Settings, ghl: Sim, db: Database, store: GhlTokenStore, cipher: TokenCipher
+) -> None:
+    """R-OA-3: once GHL has rotated the single-use refresh token, the new pair reaches the database
+    even when the caller is cancelled mid-call (a worker shutting down); otherwise the next refresh
+    would spend a dead token and the installation would be broken."""
+    await store.exchange_code(ghl.code())
+    _, old_refresh = await stored_tokens(db, cipher)
+    await ghl_faults(ghl, latency_ms=400)
+    caller = asyncio.create_task(store.refresh(LOCATION, force=True))
+    await asyncio.sleep(0.15)  # the token request is on the wire, GHL has not answered
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    await store.wait_for_refreshes()
+    await ghl_faults(ghl)
+    _, new_refresh = await stored_tokens(db, cipher)
+    assert new_refresh != old_refresh
+    await store.refresh(LOCATION, force=True)  # spends the stored (new) refresh token: accepted
+    assert ghl.refresh_calls() == 2
+
+
+async def test_a_refused_fresh_token_does_not_refresh_again_and_again(
+    oauth_settings: Settings, ghl: Sim, db: Database, store: GhlTokenStore, cipher: TokenCipher
+) -> None:
+    """A 401 that a refresh cannot fix (GHL also says 401 for a missing scope) costs at most one
+    refresh per location per minute, not one per API call."""
+    await store.exchange_code(ghl.code())
+    first, _ = await stored_tokens(db, cipher)
+    refreshed = await store.after_unauthorized(LOCATION, first)
+    assert refreshed is not None
+    assert refreshed != first
+    again = await store.after_unauthorized(LOCATION, refreshed)  # the fresh token is refused too
+    assert again == refreshed  # no second refresh: the caller surfaces the 401
+    assert ghl.refresh_calls() == 1

@@ -67,6 +67,7 @@ class Connectors:
         return client
 
     async def aclose(self) -> None:
+        await self.tokens.wait_for_refreshes()  # a rotated refresh token must reach the database
         await self.ghl_http.aclose()
         if self.aloware is not None:
             await self.aloware.aclose()

@@ -42,6 +42,7 @@ from typing import Any, Literal
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlalchemy import Select, delete, select
 from sqlalchemy.exc import IntegrityError
+from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential
 
 from df_middleware.config import Settings
 
@@ -78,6 +79,12 @@ SCHEDULED_REFRESH_WINDOW = timedelta(minutes=30)
 FAILED_REFRESH_BACKOFF = timedelta(seconds=60)
 #: A token with less life than this left is not handed out when its refresh failed.
 MIN_USABLE_LIFETIME = timedelta(seconds=30)
+#: At most one refresh per location per this interval is triggered by 401s: GHL also answers 401
+#: for a token that lacks a scope, and refreshing cannot fix that, so a stream of such calls must
+#: not become a stream of refreshes.
+UNAUTHORIZED_REFRESH_INTERVAL_SECONDS = 60.0
+#: Attempts to store a refreshed token after the first commit failed (GHL has already rotated it).
+_STORE_GRANT_ATTEMPTS = 5
 #: Longest failure reason kept on the token row (it is shown on the dashboard).
 _MAX_ERROR_CHARS = 500
 INSTALL_HINT = "GET /leadconnector/oauth/start (or `df-middleware oauth start-url`)"
@@ -450,6 +457,8 @@ class GhlTokenStore:
         self.http = http
         self.cipher = cipher
         self._locks: dict[str, asyncio.Lock] = {}
+        self._refreshes: set[asyncio.Task[str]] = set()
+        self._last_unauthorized_refresh: dict[str, float] = {}
 
     def __repr__(self) -> str:
         return f"GhlTokenStore(database={self.db.dialect!r}, cipher={self.cipher!r})"
@@ -563,10 +572,19 @@ class GhlTokenStore:
         refreshed (or the app was re-installed) meanwhile: that token is returned with no call.
         None when the location has no token row (nothing to refresh). Refresh failures raise.
         """
+        now = asyncio.get_running_loop().time()
+        last = self._last_unauthorized_refresh.get(location_id)
+
+        def still_rejected(row: GhlOauthToken) -> bool:
+            if self._decrypt(row.access_token) != rejected_token:
+                return False  # refreshed meanwhile: use the new one
+            if last is not None and now - last < UNAUTHORIZED_REFRESH_INTERVAL_SECONDS:
+                return False  # a fresh token was refused too: not an expiry (a scope?), do not spin
+            self._last_unauthorized_refresh[location_id] = now
+            return True
+
         try:
-            return await self._refresh_locked(
-                location_id, lambda row: self._decrypt(row.access_token) == rejected_token, "unauthorized"
-            )
+            return await self._refresh_locked(location_id, still_rejected, "unauthorized")
         except NotInstalled:
             return None
 
@@ -674,26 +692,49 @@ class GhlTokenStore:
         """Refresh under the in-process lock and the database row lock, unless `needs_refresh`,
         evaluated on the row re-read inside the lock, says another holder already did it.
 
-        The row lock is held across the HTTP call on purpose: it is what stops a second process
+        The refresh runs as its own task, shielded from the caller's cancellation: once GHL has
+        rotated the single-use refresh token, the new pair must reach the database even if the
+        handler that asked is cancelled (worker shutdown) — otherwise the installation is broken.
+        `wait_for_refreshes()` lets a shutdown wait for it.
+        """
+        task = asyncio.ensure_future(self._refresh_task(location_id, needs_refresh, why))
+        self._refreshes.add(task)
+        task.add_done_callback(self._refreshes.discard)
+        return await asyncio.shield(task)
+
+    async def wait_for_refreshes(self, max_wait_seconds: float = 30.0) -> None:
+        """Let refreshes in flight store their tokens (called before the process closes)."""
+        if self._refreshes:
+            await asyncio.wait(set(self._refreshes), timeout=max_wait_seconds)
+
+    async def _refresh_task(self, location_id: str, needs_refresh: RefreshNeed, why: str) -> str:
+        """The row lock is held across the HTTP call on purpose: it is what stops a second process
         from spending the same single-use refresh token. The failure is written in that same
-        transaction, and the error raised once it is committed.
+        transaction, and the error raised once it is committed. When GHL answered but the commit
+        of the new tokens fails, they are stored again in fresh transactions (`_store_grant`).
         """
         async with self._lock_for(location_id):
             failure: Exception | None = None
             token: str | None = None
-            async with self.db.session() as session:
-                row = await session.scalar(self._locked_row(location_id))
-                if row is None:
-                    raise NotInstalled(location_id)
-                if not needs_refresh(row):
-                    OAUTH_REFRESHES.labels(outcome="skipped").inc()
-                    return self._decrypt(row.access_token)
-                try:
-                    token = await self._call_refresh(row)
-                except (RefreshFailure, TokenResponseInvalid, TokenDecryptError) as exc:
-                    failure = exc
-                    row.refresh_failed_at = utcnow()
-                    row.refresh_error = str(exc)[:_MAX_ERROR_CHARS]
+            spent: list[tuple[_TokenGrant, datetime]] = []
+            try:
+                async with self.db.session() as session:
+                    row = await session.scalar(self._locked_row(location_id))
+                    if row is None:
+                        raise NotInstalled(location_id)
+                    if not needs_refresh(row):
+                        OAUTH_REFRESHES.labels(outcome="skipped").inc()
+                        return self._decrypt(row.access_token)
+                    try:
+                        token = await self._call_refresh(row, spent)
+                    except (RefreshFailure, TokenResponseInvalid, TokenDecryptError) as exc:
+                        failure = exc
+                        row.refresh_failed_at = utcnow()
+                        row.refresh_error = str(exc)[:_MAX_ERROR_CHARS]
+            except Exception:
+                if not spent:
+                    raise
+                token = await self._store_grant(location_id, *spent[0])
         if failure is not None or token is None:
             OAUTH_REFRESHES.labels(outcome="error").inc()
             log.warning(
@@ -708,8 +749,43 @@ class GhlTokenStore:
         log.info("oauth.token_refreshed", location_id=location_id, trigger=why)
         return token
 
-    async def _call_refresh(self, row: GhlOauthToken) -> str:
-        """Spend the row's refresh token; on success write the new tokens into the row."""
+    async def _store_grant(self, location_id: str, grant: _TokenGrant, issued_at: datetime) -> str:
+        """Store tokens GHL issued after the transaction that asked for them failed to commit.
+
+        GHL has already invalidated the old refresh token, so this retries with backoff; if the
+        database stays unavailable the new access token is still returned (it works for a day) and
+        the loss is logged as an error: without the new refresh token the location will need a
+        re-install when that access token expires.
+        """
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(_STORE_GRANT_ATTEMPTS),
+            wait=wait_exponential(multiplier=0.5, max=5.0),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    async with self.db.session() as session:
+                        row = await session.scalar(self._locked_row(location_id))
+                        if row is None:
+                            raise NotInstalled(location_id)
+                        self._apply_grant(row, grant, issued_at)
+        except NotInstalled:
+            log.info("oauth.refreshed_token_dropped_after_uninstall", location_id=location_id)
+        except Exception as exc:
+            log.error(
+                "oauth.refreshed_token_not_stored",
+                location_id=location_id,
+                error=type(exc).__name__,
+                consequence="the location must be re-installed once the current access token expires",
+            )
+        return grant.access_token
+
+    async def _call_refresh(
+        self, row: GhlOauthToken, spent: list[tuple[_TokenGrant, datetime]] | None = None
+    ) -> str:
+        """Spend the row's refresh token; on success write the new tokens into the row (and
+        remember them in `spent`, so they survive a failed commit)."""
         location_id = row.location_id
         if row.refresh_token is None:
             raise InstallationBroken(
@@ -742,6 +818,8 @@ class GhlTokenStore:
             raise TokenResponseInvalid(
                 f"GHL answered the refresh of location {location_id} with a token of another location"
             )
+        if spent is not None:
+            spent.append((grant, issued_at))
         self._apply_grant(row, grant, issued_at)
         return grant.access_token
 
