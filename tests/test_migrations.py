@@ -33,7 +33,7 @@ SEED_TABLES = {
     "reconcile_runs",
     "quarantine_events",
 }
-ADDED_TABLES = {"optout_events", "dnc_registry", "sync_effects", "echo_guard"}
+ADDED_TABLES = {"optout_events", "dnc_registry", "sync_effects", "echo_guard", "oauth_state_uses"}
 
 QUEUE_COLUMNS = {
     "attempts",
@@ -60,7 +60,14 @@ EXPECTED_COLUMNS = {
     "broadcast_webhook_events": {"broadcast_id", "event_type", "dedupe_key"} | QUEUE_COLUMNS,
     "contact_mappings": {"aloware_contact_id", "ghl_contact_id", "last_synced_fingerprint", "deleted_at"},
     "message_mappings": {"texting_message_id", "ghl_message_id", "status", "status_updated_at"},
-    "ghl_oauth_tokens": {"location_id", "access_token", "user_type", "company_id", "refresh_failed_at"},
+    "ghl_oauth_tokens": {
+        "location_id",
+        "access_token",
+        "user_type",
+        "company_id",
+        "refresh_failed_at",
+        "installed_at",
+    },
     "contact_agent_state": {"contact_id", "agent_key", "last_aloware_list_status"},
     "sync_effects": {"effect_key", "event_id", "target_system", "target_id", "created_at"},
     "echo_guard": {"system", "entity_id", "fingerprint", "expires_at"},

@@ -232,13 +232,13 @@ async def test_admin_routes_fail_closed_without_a_configured_secret(
     assert not token_key_path(make_settings(data_dir=str(tmp_path))).exists()  # nothing to encrypt yet
 
 
-def _state_signed_at(cipher: TokenCipher, seconds_ago: int) -> str:
+def _state_signed_at(cipher: TokenCipher, seconds_ago: int, nonce: str = "n") -> str:
     class PastSigner(TimestampSigner):
         def get_timestamp(self) -> int:
             return int(time.time()) - seconds_ago
 
     serializer = URLSafeTimedSerializer(cipher.derive_key(STATE_SALT), salt=STATE_SALT, signer=PastSigner)
-    return str(serializer.dumps({"nonce": "n"}))
+    return str(serializer.dumps({"nonce": nonce}))
 
 
 async def test_callback_refuses_bad_states_and_stores_nothing(
@@ -271,11 +271,21 @@ async def test_callback_refuses_bad_states_and_stores_nothing(
         "/leadconnector/oauth",
         params={"error": "access_denied", "error_description": "<b>no</b>", "state": good},
     )
+    # GHL's error text is shown only with a state we issued, and escaped.
+    unsigned_error = await client.get("/leadconnector/oauth", params={"error": "<i>x</i>"})
+    assert unsigned_error.status_code == 400
+    assert "x</i>" not in unsigned_error.text
+    assert "&lt;i&gt;" not in unsigned_error.text
     assert denied.status_code == 400
     assert "&lt;b&gt;no&lt;/b&gt;" in denied.text
     assert "<b>no</b>" not in denied.text
 
-    refused = await client.get("/leadconnector/oauth", params={"code": "not-a-code", "state": good})
+    replayed = await client.get("/leadconnector/oauth", params={"code": ghl.code(), "state": good})
+    assert replayed.status_code == 400  # a state is good for one callback
+    assert "already used" in replayed.text
+
+    fresh = _state_signed_at(cipher, 0, nonce="n2")
+    refused = await client.get("/leadconnector/oauth", params={"code": "not-a-code", "state": fresh})
     assert refused.status_code == 502
     assert "Nothing was stored" in refused.text
 
@@ -549,6 +559,15 @@ async def test_install_and_uninstall_webhooks(
     assert "uninstalled" in message
     assert await token_rows(db) == []
     assert (await run("AppUninstall", uninstall))[::2] == ("skipped", "not installed")
+
+    # A late (or replayed) uninstall that happened before a re-install keeps the newer install.
+    await store.exchange_code(ghl.code())
+    late = uninstall | {"timestamp": (utcnow() - timedelta(minutes=5)).isoformat()}
+    status, _, message = await run("UNINSTALL", late)
+    assert status == "skipped"
+    assert message is not None
+    assert "re-installed" in message
+    assert len(await token_rows(db)) == 1
 
 
 # --- the key (R-SEC-5) -----------------------------------------------------------------------------------

@@ -20,12 +20,15 @@ not travel on to any other site.
 from __future__ import annotations
 
 import secrets
+from datetime import timedelta
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from jinja2 import Environment
+from sqlalchemy import delete
+from sqlalchemy.exc import IntegrityError
 
 from df_middleware.admin.auth import require_admin
 from df_middleware.config import Settings
@@ -36,7 +39,9 @@ from df_middleware.connectors.tokens import (
     missing_oauth_settings,
     token_http_client,
 )
+from df_middleware.db.models import OAuthStateUse
 from df_middleware.db.session import Database
+from df_middleware.db.types import utcnow
 from df_middleware.errors import SyncError
 from df_middleware.observability import get_logger
 
@@ -64,19 +69,41 @@ def new_state(cipher: TokenCipher) -> str:
     return _state_serializer(cipher).dumps({"nonce": secrets.token_urlsafe(16)})
 
 
-def verify_state(cipher: TokenCipher, state: str | None) -> None:
-    """Raise `InvalidState`, with a reason fit for the person who followed the link, unless the
-    state is one we signed less than STATE_MAX_AGE_SECONDS ago."""
+def verify_state(cipher: TokenCipher, state: str | None) -> str:
+    """The state's nonce; raises `InvalidState`, with a reason fit for the person who followed
+    the link, unless the state is one we signed less than STATE_MAX_AGE_SECONDS ago."""
     if not state:
         raise InvalidState("the request carries no state")
     try:
-        _state_serializer(cipher).loads(state, max_age=STATE_MAX_AGE_SECONDS)
+        payload = _state_serializer(cipher).loads(state, max_age=STATE_MAX_AGE_SECONDS)
     except SignatureExpired:
         raise InvalidState(
             f"the install link expired (it is valid for {STATE_MAX_AGE_SECONDS // 60} minutes)"
         ) from None
     except BadSignature:
         raise InvalidState("the state was not issued by this service") from None
+    nonce = payload.get("nonce") if isinstance(payload, dict) else None
+    if not isinstance(nonce, str) or not nonce:
+        raise InvalidState("the state was not issued by this service")
+    return nonce
+
+
+async def use_state_once(db: Database, nonce: str) -> None:
+    """Record the state's nonce as used; raise `InvalidState` when it already was.
+
+    A state is good for one callback: a link copied from a browser history or a log cannot install
+    another location while it is still within its 15 minutes. Uses older than a day (well past
+    any state's lifetime) are forgotten on the way.
+    """
+    now = utcnow()
+    try:
+        async with db.session() as session:
+            await session.execute(
+                delete(OAuthStateUse).where(OAuthStateUse.used_at < now - timedelta(days=1))
+            )
+            session.add(OAuthStateUse(nonce=nonce, used_at=now))
+    except IntegrityError:
+        raise InvalidState("this install link was already used") from None
 
 
 def authorize_url(settings: Settings, cipher: TokenCipher) -> str:
@@ -184,13 +211,12 @@ def oauth_router() -> APIRouter:
         missing = missing_oauth_settings(settings)
         if missing:
             return _not_configured(missing)
-        if error:
-            log.warning("oauth.callback_refused", reason="ghl_error", ghl_error=error[:100])
-            detail = f"GHL answered: {error}" + (f" ({error_description})" if error_description else "")
-            return _page(400, "The app was not installed", detail[:500], "Nothing was stored.")
         cipher = _cipher(request)
+        db: Database = request.app.state.db
         try:
-            verify_state(cipher, state)
+            # The state is checked (and spent) first: nothing of an unauthenticated request,
+            # not even GHL's error text, is shown unless it carries a state we issued.
+            await use_state_once(db, verify_state(cipher, state))
         except InvalidState as exc:
             log.warning("oauth.callback_refused", reason=str(exc))
             return _page(
@@ -200,10 +226,13 @@ def oauth_router() -> APIRouter:
                 f"Installs must start from {START_PATH} (with the admin secret) or from "
                 "`df-middleware oauth start-url`; start again from there.",
             )
+        if error:
+            log.warning("oauth.callback_refused", reason="ghl_error", ghl_error=error[:100])
+            detail = f"GHL answered: {error}" + (f" ({error_description})" if error_description else "")
+            return _page(400, "The app was not installed", detail[:500], "Nothing was stored.")
         if not code:
             log.warning("oauth.callback_refused", reason="no code")
             return _page(400, "The app was not installed", "GHL sent no authorization code.")
-        db: Database = request.app.state.db
         http = token_http_client(settings)
         try:
             location_id = await GhlTokenStore(settings, db, http, cipher).exchange_code(code)

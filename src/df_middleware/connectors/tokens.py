@@ -400,6 +400,25 @@ async def installed_location(db: Database, location_id: str) -> bool:
     return found is not None
 
 
+UninstallOutcome = Literal["uninstalled", "not_installed", "reinstalled_since"]
+
+
+async def uninstall_token(db: Database, location_id: str, uninstalled_at: datetime) -> UninstallOutcome:
+    """Delete a location's token for an uninstall that happened at `uninstalled_at` — unless the
+    location was installed again after that moment (a late or replayed AppUninstall must not
+    remove the newer installation)."""
+    async with db.session() as session:
+        row = await session.scalar(
+            select(GhlOauthToken).where(GhlOauthToken.location_id == location_id).with_for_update()
+        )
+        if row is None:
+            return "not_installed"
+        if row.installed_at is not None and row.installed_at > uninstalled_at:
+            return "reinstalled_since"
+        await session.delete(row)
+        return "uninstalled"
+
+
 async def delete_token(db: Database, location_id: str) -> bool:
     """Delete a location's token row (uninstall). True when there was one.
 
@@ -515,6 +534,7 @@ class GhlTokenStore:
                         row = GhlOauthToken(location_id=grant.location_id)
                         session.add(row)
                     self._apply_grant(row, grant, issued_at)
+                    row.installed_at = issued_at
                 break
             except IntegrityError:
                 # Two installs of one new location raced to insert; the second now updates.

@@ -399,10 +399,22 @@ class GhlOauthToken(Base):
     company_id: Mapped[str | None] = mapped_column(Text)  # R-DM-5
     refresh_failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # R-DM-5
     refresh_error: Mapped[str | None] = mapped_column(Text)  # why the last refresh failed, for the dashboard
+    #: When the OAuth callback last stored this location's install: an uninstall that happened
+    #: before it (a late or replayed AppUninstall) must not delete the newer installation.
+    installed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     __table_args__ = (
         Index("ghl_oauth_tokens_location_id_unique", "location_id", unique=True),
         Index("ghl_oauth_tokens_expires_at_idx", "expires_at"),
     )
+
+
+class OAuthStateUse(Base):
+    """Nonces of OAuth install states already used at the callback: a state is good once."""
+
+    __tablename__ = "oauth_state_uses"
+    nonce: Mapped[str] = mapped_column(Text, primary_key=True)
+    used_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    __table_args__ = (Index("oauth_state_uses_used_at_idx", "used_at"),)
 
 
 class ReconcileRun(Base):

@@ -12,7 +12,9 @@ exempts them from the foreign-location guard (`GHL_INSTALL_EVENTS`).
 
 from __future__ import annotations
 
-from df_middleware.connectors.tokens import INSTALL_HINT, delete_token, installed_location
+from datetime import UTC, datetime
+
+from df_middleware.connectors.tokens import INSTALL_HINT, installed_location, uninstall_token
 from df_middleware.sync.registry import (
     ClaimedEvent,
     HandlerContext,
@@ -71,7 +73,8 @@ async def handle_app_uninstall(ctx: HandlerContext, event: ClaimedEvent) -> Hand
     """GHL `AppUninstall` / `UNINSTALL`: delete the location's token row. Idempotent.
 
     Effects: the ghl_oauth_tokens row of the location is deleted; one sync_log row — success
-    "uninstalled", or skipped "not installed" when there was no row (a redelivery, a replay).
+    "uninstalled", or skipped "not installed" when there was no row (a redelivery, a replay), or
+    skipped when the location was installed again after this uninstall happened.
     """
     ctx.direction = "internal"
     location_id = _location_id(event)
@@ -81,9 +84,25 @@ async def handle_app_uninstall(ctx: HandlerContext, event: ClaimedEvent) -> Hand
             "company-level uninstall (no locationId): location tokens are removed by each location's "
             "own uninstall event",
         )
-    if await delete_token(ctx.db, location_id):
+    outcome = await uninstall_token(ctx.db, location_id, _event_time(event))
+    if outcome == "uninstalled":
         return _success(event, location_id, "uninstalled: OAuth token deleted")
+    if outcome == "reinstalled_since":
+        return HandlerResult.skipped(event, "re-installed after this uninstall: the newer install is kept")
     return HandlerResult.skipped(event, NOT_INSTALLED)
+
+
+def _event_time(event: ClaimedEvent) -> datetime:
+    """When the event happened: GHL's `timestamp` (ISO-8601) when present, else when it arrived."""
+    stamp = event.payload.get("timestamp")
+    if isinstance(stamp, str):
+        try:
+            parsed = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+        except ValueError:
+            parsed = None
+        if parsed is not None:
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return event.received_at
 
 
 def register_handlers(registry: HandlerRegistry) -> None:
