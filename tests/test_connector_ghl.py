@@ -204,7 +204,7 @@ async def test_tags_change_only_through_tag_endpoints(ghl: GhlClient, ghl_sim: G
     await ghl.remove_tags(contact.id, ["Call: Interested"])
     current = await ghl.get_contact(contact.id)
     assert current is not None
-    assert sorted(current.tags) == ["Inbound Call", "keep"]
+    assert sorted(current.tags) == ["inbound call", "keep"]  # GHL keeps tags in lower case
     assert not [r for r in ghl_sim.requests("PUT") if "tags" in (r.json() or {})]
 
 
@@ -328,6 +328,19 @@ async def test_idempotent_calls_retry_through_faults_and_creates_do_not(ghl_sim:
         assert len(ghl_sim.requests("POST", f"/contacts/{contact.id}/notes")) == before + 1
     finally:
         await client.aclose()
+
+
+async def test_a_lost_answer_leaves_the_write_done_and_the_call_retryable(
+    ghl: GhlClient, ghl_sim: GhlSim
+) -> None:
+    """The case R-CALL-4's marker check exists for: GHL created the note but the answer was lost.
+    The connector reports a retryable failure, and the note is there to be found by its marker."""
+    contact = await ghl.create_contact(ContactCreate(locationId=LOC, phone="+19195550112"))
+    ghl_sim.faults(lost_response_rate=1.0)
+    with pytest.raises(RemoteUnavailable):
+        await ghl.create_note(contact.id, "Call summary\n[df:call:7]")
+    ghl_sim.faults()
+    assert [n.body for n in await ghl.list_notes(contact.id)] == ["Call summary\n[df:call:7]"]
 
 
 async def test_timeout_is_retryable(ghl_sim: GhlSim) -> None:

@@ -249,9 +249,9 @@ def test_tags_notes_custom_fields_and_dnd(ghl: Ghl) -> None:
 
     added = ghl.http.post(f"/contacts/{cid}/tags", json={"tags": ["HOT", "lead", "Call: Answered"]})
     assert added.status_code == 201
-    assert added.json()["tags"] == ["Lead", "HOT", "Call: Answered"]
+    assert added.json()["tags"] == ["lead", "hot", "call: answered"]  # GHL keeps tags in lower case
     removed = ghl.http.request("DELETE", f"/contacts/{cid}/tags", json={"tags": ["hot"]})
-    assert removed.json()["tags"] == ["Lead", "Call: Answered"]
+    assert removed.json()["tags"] == ["lead", "call: answered"]
 
     updated = ghl.http.put(
         f"/contacts/{cid}",
@@ -263,7 +263,7 @@ def test_tags_notes_custom_fields_and_dnd(ghl: Ghl) -> None:
     )
     assert updated.status_code == 200
     contact = ghl.http.get(f"/contacts/{cid}").json()["contact"]
-    assert contact["tags"] == ["Only"]  # PUT replaces the list, as GHL does
+    assert contact["tags"] == ["only"]  # PUT replaces the list, as GHL does
     assert contact["customFields"] == [{"id": field["id"], "value": "alice"}]
     assert contact["dndSettings"]["SMS"]["status"] == "active"
     fields = ghl.http.get(f"/locations/{LOC}/customFields", params={"model": "contact"}).json()
@@ -670,7 +670,7 @@ def test_contact_changes_and_agent_sms_are_posted_signed(
     assert created["phone"] == "+19195550140"
     assert created["timestamp"].endswith("Z")
     assert created["webhookId"]
-    assert by_type["ContactTagUpdate"][1]["tags"] == ["HOT"]
+    assert by_type["ContactTagUpdate"][1]["tags"] == ["hot"]
     assert by_type["ContactUpdate"][1]["lastName"] == "Adams"
     path, outbound = by_type["SMS"]
     assert path == "provider"

@@ -35,6 +35,8 @@ from pydantic import BaseModel, Field
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 CONTROL_PREFIX = "/_sim"
+#: Webhook deliveries kept for inspection (oldest dropped first), so a long benchmark stays bounded.
+MAX_DELIVERIES_KEPT = 10_000
 #: Headers whose values the request log keeps masked (tests never need the secret itself).
 _SECRET_HEADERS = frozenset({"authorization", "x-api-key"})
 
@@ -50,6 +52,13 @@ class FaultPlan(BaseModel):
     timeout_rate: float = Field(0.0, ge=0, le=1, description="Share of requests that hang.")
     timeout_seconds: float = Field(
         30.0, ge=0, description="How long a 'timed out' request hangs before answering 504."
+    )
+    lost_response_rate: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of requests that are processed (state changes) but answered 504, as when "
+        "a gateway times out after the backend did the work: the case effect ledgers exist for.",
     )
     seed: int | None = Field(None, description="Seed of the fault generator (reproducible runs).")
 
@@ -141,6 +150,10 @@ class FaultInjector:
             )
         return None, None
 
+    def lose_this_response(self) -> bool:
+        """Drawn after the route ran: whether its answer is replaced by a 504 (`lost_response_rate`)."""
+        return self.plan.lost_response_rate > 0 and self._rng.random() < self.plan.lost_response_rate
+
 
 def _masked_headers(request: Request) -> dict[str, str]:
     headers: dict[str, str] = {}
@@ -192,6 +205,9 @@ def build_simulator_app(
             return faulty
         response = await call_next(request)
         captured.status = response.status_code
+        if injector.lose_this_response():
+            captured.fault = "lost_response"
+            return JSONResponse({"message": "simulated gateway timeout after processing"}, status_code=504)
         return response
 
     @app.get(f"{CONTROL_PREFIX}/state")
@@ -299,6 +315,8 @@ class WebhookSender:
             request_headers.update(headers(body))
         delivery = WebhookDelivery(url=url, event=event, payload=payload, details=dict(details or {}))
         self.deliveries.append(delivery)
+        if len(self.deliveries) > MAX_DELIVERIES_KEPT:
+            del self.deliveries[: len(self.deliveries) - MAX_DELIVERIES_KEPT]
         retrying = AsyncRetrying(
             stop=stop_after_attempt(max(1, self.attempts)),
             wait=wait_random_exponential(multiplier=self.backoff_seconds, max=2.0),

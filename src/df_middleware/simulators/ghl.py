@@ -299,13 +299,12 @@ def _birth_date(raw: Any) -> Any:
 
 
 def _unique_tags(tags: Iterable[Any]) -> list[str]:
-    """Tags trimmed, empty ones dropped, repeats (compared case-insensitively) dropped."""
-    seen: set[str] = set()
+    """Tags as GHL keeps them: trimmed, lower-cased (GHL stores every tag in lower case, so
+    `Call: Interested` comes back as `call: interested`), empty ones and repeats dropped."""
     result: list[str] = []
     for tag in tags:
-        text = str(tag).strip()
-        if text and text.lower() not in seen:
-            seen.add(text.lower())
+        text = str(tag).strip().lower()
+        if text and text not in result:
             result.append(text)
     return result
 
