@@ -182,6 +182,25 @@ class Settings(BaseSettings):
         "beyond that the event's own retry schedule takes over.",
     )
 
+    # --- sync behaviour ----------------------------------------------------------------------------
+    contact_source_of_truth: Literal["ghl", "aloware", "merge"] = Field(
+        "ghl",
+        description="Who owns a contact's profile (R-C-2): `ghl` (Aloware only fills empty GHL fields), "
+        "`aloware` (Aloware's profile is written to GHL), `merge` (per field, the newer change wins).",
+    )
+    display_timezone: str = Field(
+        "America/New_York",
+        description="IANA time zone of times written into GHL notes (call time, R-CALL-1).",
+    )
+    ghl_disposition_field_key: str | None = Field(
+        None,
+        description="GHL custom field (key) that receives Aloware's contact disposition (R-CALL-3). "
+        "Unset: dispositions are kept as tags only.",
+    )
+    texting_sync_to_aloware: bool = Field(
+        False, description="Mirror texting messages to the mapped Aloware contact (R-TXT-4)."
+    )
+
     # --- ingest limits ---------------------------------------------------------------------------
     max_webhook_bytes: int = Field(
         1_048_576, ge=1024, description="Largest accepted webhook body (413 above)."

@@ -1,0 +1,220 @@
+"""Who is this person in each system: phones, emails, contact mappings (R-ID-1…R-ID-3).
+
+- Keys are E.164 phones (`phonenumbers`, DEFAULT_PHONE_REGION) and trimmed, lower-cased emails;
+  an invalid phone is never a key (`phones.py`).
+- A GHL contact is resolved in this order (R-ID-2): the mapping by the other system's id → the
+  mapping by E.164 phone → GHL itself by exact phone → by exact email (`GhlClient.find_contact`
+  accepts a search hit only when its phone or email really equals the key).
+- `ContactMappings.upsert` writes one row per person: found by GHL id, then Aloware id, then a
+  texting-only row with the same phone (null Aloware id), which is completed in place (R-ID-3).
+  Two events about one new phone are serialised by their ordering key; should two writers still
+  race, the unique indexes refuse the second and the event is retried (it then finds the row).
+
+Database sessions here are short and never held across a remote call (on SQLite a GHL token
+refresh needs the write lock).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import or_, select
+from sqlalchemy.exc import IntegrityError
+
+from df_middleware.connectors.ghl import GhlClient
+from df_middleware.connectors.ghl_models import Contact
+from df_middleware.db.models import ContactMapping
+from df_middleware.db.session import Database
+from df_middleware.db.types import utcnow
+from df_middleware.errors import RetryableError
+from df_middleware.phones import normalize_email, normalize_phone
+
+
+@dataclass(frozen=True)
+class PersonKeys:
+    """A person's match keys, normalised (None when absent or invalid)."""
+
+    phone: str | None
+    email: str | None
+
+    @classmethod
+    def of(cls, phone: object, email: object, region: str = "US") -> PersonKeys:
+        return cls(normalize_phone(phone, region), normalize_email(email))
+
+    @property
+    def empty(self) -> bool:
+        return self.phone is None and self.email is None
+
+
+@dataclass(frozen=True)
+class MappingView:
+    """A contact_mappings row as handlers see it (detached from any session)."""
+
+    id: str
+    ghl_contact_id: str
+    aloware_contact_id: str | None
+    phone: str | None
+    email: str | None
+    fingerprint: str | None
+    deleted_at: datetime | None
+
+    @classmethod
+    def of(cls, row: ContactMapping) -> MappingView:
+        return cls(
+            id=str(row.id),
+            ghl_contact_id=row.ghl_contact_id,
+            aloware_contact_id=row.aloware_contact_id,
+            phone=row.phone_number,
+            email=row.email,
+            fingerprint=row.last_synced_fingerprint,
+            deleted_at=row.deleted_at,
+        )
+
+
+class MappingConflict(RetryableError):
+    """Two writers raced on one person's mapping; the retry finds the row the other wrote."""
+
+
+class ContactMappings:
+    """Reads and upserts of `contact_mappings`."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def by_ghl_id(self, ghl_contact_id: str) -> MappingView | None:
+        return await self._one(ContactMapping.ghl_contact_id == ghl_contact_id)
+
+    async def by_aloware_id(self, aloware_contact_id: str) -> MappingView | None:
+        return await self._one(ContactMapping.aloware_contact_id == str(aloware_contact_id))
+
+    async def by_phone(self, phone: str) -> MappingView | None:
+        return await self._one(ContactMapping.phone_number == phone)
+
+    async def by_email(self, email: str) -> MappingView | None:
+        return await self._one(ContactMapping.email == email)
+
+    async def _one(self, condition: object) -> MappingView | None:
+        async with self.db.session() as session:
+            row = await session.scalar(
+                select(ContactMapping)
+                .where(condition)  # type: ignore[arg-type]
+                .order_by(ContactMapping.deleted_at.is_not(None), ContactMapping.updated_at.desc())
+                .limit(1)
+            )
+            return MappingView.of(row) if row is not None else None
+
+    async def upsert(
+        self,
+        *,
+        ghl_contact_id: str,
+        aloware_contact_id: str | None = None,
+        keys: PersonKeys | None = None,
+        direction: str,
+        fingerprint: str | None = None,
+    ) -> MappingView:
+        """Create or complete the person's mapping (R-ID-3); returns it as stored.
+
+        Identity columns only ever gain values: a known Aloware id is never replaced by None, and
+        a phone or email is updated only to a valid new value. A deleted mapping that comes back
+        (the contact is synced again) is revived.
+        """
+        keys = keys or PersonKeys(None, None)
+        aloware = str(aloware_contact_id) if aloware_contact_id is not None else None
+        try:
+            async with self.db.session() as session:
+                conditions = [ContactMapping.ghl_contact_id == ghl_contact_id]
+                if aloware is not None:
+                    conditions.append(ContactMapping.aloware_contact_id == aloware)
+                rows = list(await session.scalars(select(ContactMapping).where(or_(*conditions))))
+                row = next((r for r in rows if r.ghl_contact_id == ghl_contact_id), None)
+                row = row or next(
+                    (r for r in rows if aloware is not None and r.aloware_contact_id == aloware), None
+                )
+                if row is None and keys.phone is not None:
+                    row = await session.scalar(
+                        select(ContactMapping)
+                        .where(
+                            ContactMapping.phone_number == keys.phone,
+                            ContactMapping.aloware_contact_id.is_(None),
+                        )
+                        .limit(1)
+                    )
+                if row is None:
+                    row = ContactMapping(ghl_contact_id=ghl_contact_id, sync_direction=direction)
+                    session.add(row)
+                row.ghl_contact_id = ghl_contact_id
+                if aloware is not None:
+                    row.aloware_contact_id = aloware
+                if keys.phone is not None:
+                    row.phone_number = keys.phone
+                if keys.email is not None:
+                    row.email = keys.email
+                if fingerprint is not None:
+                    row.last_synced_fingerprint = fingerprint
+                row.sync_direction = direction
+                row.last_synced_at = utcnow()
+                row.deleted_at = None
+                await session.flush()
+                return MappingView.of(row)
+        except IntegrityError as exc:
+            raise MappingConflict(
+                f"contact mapping for GHL {ghl_contact_id} changed concurrently; retrying"
+            ) from exc
+
+    async def set_fingerprint(self, ghl_contact_id: str, fingerprint: str) -> None:
+        """What we last wrote for this person (R-C-3)."""
+        async with self.db.session() as session:
+            row = await session.scalar(
+                select(ContactMapping).where(ContactMapping.ghl_contact_id == ghl_contact_id)
+            )
+            if row is not None:
+                row.last_synced_fingerprint = fingerprint
+                row.last_synced_at = utcnow()
+
+    async def mark_deleted(self, ghl_contact_id: str) -> MappingView | None:
+        """R-C-4: the GHL contact was deleted; the mapping is kept, marked, for history."""
+        async with self.db.session() as session:
+            row = await session.scalar(
+                select(ContactMapping).where(ContactMapping.ghl_contact_id == ghl_contact_id)
+            )
+            if row is None:
+                return None
+            if row.deleted_at is None:
+                row.deleted_at = utcnow()
+            return MappingView.of(row)
+
+
+@dataclass(frozen=True)
+class ResolvedContact:
+    """A GHL contact found for a person, and how it was found (for sync_log messages)."""
+
+    ghl_contact_id: str
+    via: str  # 'mapping' | 'phone' | 'email'
+    contact: Contact | None = None
+
+
+async def resolve_ghl_contact(
+    mappings: ContactMappings,
+    ghl: GhlClient,
+    keys: PersonKeys,
+    *,
+    aloware_contact_id: str | None = None,
+) -> ResolvedContact | None:
+    """The person's GHL contact by R-ID-2's order, or None when GHL has nobody with these keys."""
+    if aloware_contact_id is not None:
+        mapped = await mappings.by_aloware_id(aloware_contact_id)
+        if mapped is not None and mapped.deleted_at is None:
+            return ResolvedContact(mapped.ghl_contact_id, "mapping")
+    if keys.phone is not None:
+        mapped = await mappings.by_phone(keys.phone)
+        if mapped is not None and mapped.deleted_at is None:
+            return ResolvedContact(mapped.ghl_contact_id, "mapping")
+        found = await ghl.find_contact(phone=keys.phone)
+        if found is not None:
+            return ResolvedContact(found.id, "phone", found)
+    if keys.email is not None:
+        found = await ghl.find_contact(email=keys.email)
+        if found is not None:
+            return ResolvedContact(found.id, "email", found)
+    return None
