@@ -54,7 +54,12 @@ GHL_INSTALL_EVENTS = frozenset({"appinstall", "install", "appuninstall", "uninst
 
 #: Modules whose `register_handlers(registry)` fills the production registry. Each later issue
 #: that adds a domain (contacts, calls, texting, optout, agents, broadcasts, oauth) appends here.
-DOMAIN_MODULES: tuple[str, ...] = ("df_middleware.sync.oauth",)
+DOMAIN_MODULES: tuple[str, ...] = (
+    "df_middleware.sync.oauth",
+    "df_middleware.sync.contacts",
+    "df_middleware.sync.calls",
+    "df_middleware.sync.texting",
+)
 
 
 @dataclass(frozen=True)

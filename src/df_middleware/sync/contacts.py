@@ -1,0 +1,545 @@
+"""Contact sync between GHL and Aloware (SPEC §6.1: R-C-1…R-C-4, with R-IDEM-* and R-LOOP-1).
+
+Both systems' contacts are read into one vocabulary, the `Profile`: first and last name, email,
+timezone, country, state, city, lead source and phone, stripped, with the phone in E.164 and the
+email lower-cased (R-ID-1), empty values left out. Everything that compares contacts compares
+profiles:
+
+- **Fingerprints (R-C-3).** `contact_mappings.last_synced_fingerprint` holds the fingerprint of the
+  *source* profile of the last sync, whichever way it ran. A webhook whose profile has that
+  fingerprint brings nothing new, so it is skipped before any API call.
+- **Echoes (R-LOOP-1).** After a write, the profile the target system now holds (read back from
+  its answer) is remembered; the webhook that write causes carries that same profile and is
+  skipped as an echo.
+- **Who wins (R-C-2).** `decide_ghl_changes` is the pure per-field decision for Aloware → GHL
+  under CONTACT_SOURCE_OF_TRUTH. An empty value never clears a field in either direction: the Lead
+  API ignores empty values, and "unknown" in one system is no reason to erase the other's data.
+
+The phone is the person's key in Aloware (the Lead API is keyed by it and has no way to change a
+contact's number), so a GHL phone change on a mapped contact is written only when Aloware already
+has the new number on the mapped contact; otherwise it is flagged as a conflict and nothing is
+written, because a Lead API call on the new number would silently create a second contact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeAlias
+
+from df_middleware.connectors.aloware import AlowareClient, AlowareContact, LeadFields
+from df_middleware.connectors.ghl import GhlClient
+from df_middleware.connectors.ghl_models import Contact, ContactUpdate, ContactUpsert
+from df_middleware.db.types import utcnow
+from df_middleware.errors import RetryableError
+from df_middleware.phones import normalize_email, normalize_phone
+from df_middleware.sync.effects import EchoGuard, EffectLedger, fingerprint, skipped, success
+from df_middleware.sync.identity import ContactMappings, MappingView, PersonKeys, resolve_ghl_contact
+from df_middleware.sync.registry import ClaimedEvent, HandlerContext, HandlerRegistry, HandlerResult
+
+SourceOfTruth: TypeAlias = Literal["ghl", "aloware", "merge"]
+#: A contact's profile in the shared vocabulary: canonical field name → non-empty value.
+Profile: TypeAlias = dict[str, str]
+
+GHL_TO_ALOWARE = "ghl_to_aloware"
+ALOWARE_TO_GHL = "aloware_to_ghl"
+
+#: Profile fields both systems hold, in the shared vocabulary (Aloware's own names).
+PROFILE_FIELDS: tuple[str, ...] = (
+    "first_name",
+    "last_name",
+    "email",
+    "timezone",
+    "country",
+    "state",
+    "city",
+    "lead_source",
+)
+#: The fields of a profile: the profile fields plus the phone, which is the key, not a field
+#: Aloware → GHL ever writes.
+ALL_FIELDS: tuple[str, ...] = (*PROFILE_FIELDS, "phone")
+
+#: Where each field is in a GHL contact or webhook: native webhooks and the API use camelCase,
+#: workflow (dotted) webhooks may use snake_case.
+GHL_KEYS: dict[str, tuple[str, ...]] = {
+    "first_name": ("firstName", "first_name"),
+    "last_name": ("lastName", "last_name"),
+    "email": ("email",),
+    "timezone": ("timezone",),
+    "country": ("country",),
+    "state": ("state",),
+    "city": ("city",),
+    "lead_source": ("source", "lead_source"),
+    "phone": ("phone", "phone_number"),
+}
+#: Where each field is in an Aloware contact (webhook body or phone lookup).
+ALOWARE_KEYS: dict[str, tuple[str, ...]] = {
+    **{name: (name,) for name in PROFILE_FIELDS},
+    "phone": ("phone_number",),
+}
+#: The GHL `ContactUpdate` / `ContactUpsert` attribute that receives each profile field.
+GHL_WRITE_ATTRIBUTES: dict[str, str] = {
+    "first_name": "first_name",
+    "last_name": "last_name",
+    "email": "email",
+    "timezone": "timezone",
+    "country": "country",
+    "state": "state",
+    "city": "city",
+    "lead_source": "source",
+}
+
+# Skip reasons (the sync_log message of a `skipped` row).
+NO_PHONE = "no phone"
+ECHO = "echo"
+UNCHANGED = "unchanged"
+NO_KEYS = "no phone or email"
+NOT_MAPPED = "not mapped to an Aloware contact"
+ALOWARE_OFF = "aloware not configured"
+GHL_OFF = "ghl not configured"
+TAGS_LATER = "tags: nothing to sync to Aloware contacts (tags drive power-dialer lists, not profiles)"
+
+
+# --- pure decisions -------------------------------------------------------------------------------
+
+
+def _text(value: Any) -> str | None:
+    """A field value as text, or None when empty (numbers are accepted: Aloware sends some)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        value = str(value)
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    return value or None
+
+
+def _profile(source: Mapping[str, Any], keys: Mapping[str, tuple[str, ...]], region: str) -> Profile:
+    profile: Profile = {}
+    for name, candidates in keys.items():
+        raw = next((source[key] for key in candidates if _text(source.get(key)) is not None), None)
+        value: str | None
+        if name == "phone":
+            value = normalize_phone(raw, region)
+        elif name == "email":
+            value = normalize_email(raw)
+        else:
+            value = _text(raw)
+        if value is not None:
+            profile[name] = value
+    return profile
+
+
+def ghl_profile(contact: Mapping[str, Any], region: str = "US") -> Profile:
+    """The profile of a GHL contact: a native webhook, a workflow webhook (fields possibly under
+    `contact`) or an API contact dumped by alias. An invalid phone is left out (R-ID-1)."""
+    nested = contact.get("contact")
+    source = nested if isinstance(nested, Mapping) else contact
+    return _profile(source, GHL_KEYS, region)
+
+
+def aloware_profile(contact: Mapping[str, Any], region: str = "US") -> Profile:
+    """The profile of an Aloware contact (a `Contact Created`/`Updated` body or a lookup answer)."""
+    return _profile(contact, ALOWARE_KEYS, region)
+
+
+def lead_fields(profile: Profile) -> LeadFields:
+    """The Lead API fields that carry a profile to Aloware (R-C-1); the phone goes separately."""
+    return LeadFields(**{name: profile[name] for name in PROFILE_FIELDS if name in profile})
+
+
+def ghl_update(changes: Profile) -> ContactUpdate:
+    """The `PUT /contacts/{id}` body writing these profile fields (tags never: R-C-5)."""
+    return ContactUpdate(
+        **{
+            GHL_WRITE_ATTRIBUTES[name]: value
+            for name, value in changes.items()
+            if name in GHL_WRITE_ATTRIBUTES
+        }
+    )
+
+
+def profile_fingerprint(profile: Profile) -> str:
+    """What `last_synced_fingerprint` and the echo guard store for a profile (R-C-3, R-LOOP-1)."""
+    return fingerprint(profile)
+
+
+def decide_ghl_changes(
+    mode: SourceOfTruth,
+    aloware: Profile,
+    ghl: Profile,
+    *,
+    aloware_changed_at: datetime | None,
+    ghl_changed_at: datetime | None,
+) -> Profile:
+    """The GHL profile fields to write for an Aloware contact change (R-C-2); {} = nothing to do.
+
+    Only fields Aloware has a value for and GHL holds differently are candidates (an empty Aloware
+    value never clears GHL). Then:
+    - `ghl`: GHL owns the profile, so Aloware only fills fields GHL has empty;
+    - `aloware`: Aloware's values are written;
+    - `merge`: a field GHL has empty is filled; otherwise the newer change wins, Aloware's
+      `updated_at` against GHL's `dateUpdated` (the finest times both systems give). A tie, or an
+      Aloware change of unknown time, keeps GHL's value; a GHL contact of unknown time loses.
+    The phone is never written: it is the person's key, changed in GHL only (R-C-1).
+    """
+    changes: Profile = {}
+    aloware_newer = aloware_changed_at is not None and (
+        ghl_changed_at is None or aloware_changed_at > ghl_changed_at
+    )
+    for name in PROFILE_FIELDS:
+        value = aloware.get(name)
+        current = ghl.get(name)
+        if value is None or value == current:
+            continue
+        if current is None or mode == "aloware" or (mode == "merge" and aloware_newer):
+            changes[name] = value
+    return changes
+
+
+@dataclass(frozen=True)
+class PhoneChange:
+    """What to do when the GHL contact's phone differs from its mapped Aloware contact's."""
+
+    write: bool
+    conflict: str | None = None
+
+
+def decide_phone_change(
+    mapping: MappingView | None, new_phone: str, holder_of_new_phone: str | None
+) -> PhoneChange:
+    """R-C-1 phone changes. `holder_of_new_phone` is the id of the Aloware contact that has the
+    new number (None when nobody has it, or when the lookup was not needed).
+
+    No mapping, or the mapping's phone is the new phone: a plain upsert. Otherwise the Lead API,
+    keyed by phone, can only reach the mapped contact if it already has the new number; with the
+    number free it would create a second contact, and with another contact on it it would
+    overwrite somebody else — both are conflicts, flagged and not written.
+    """
+    if mapping is None or mapping.deleted_at is not None or mapping.aloware_contact_id is None:
+        return PhoneChange(write=True)
+    if mapping.phone is None or mapping.phone == new_phone:
+        return PhoneChange(write=True)
+    mapped = mapping.aloware_contact_id
+    if holder_of_new_phone == mapped:
+        return PhoneChange(write=True)
+    if holder_of_new_phone is None:
+        return PhoneChange(
+            write=False,
+            conflict=(
+                f"conflict: phone changed in GHL from {mapping.phone} to {new_phone}; Aloware's Lead API "
+                f"cannot change the number of Aloware contact {mapped} and would create a second "
+                "contact, so nothing was written: change the number in Aloware"
+            ),
+        )
+    return PhoneChange(
+        write=False,
+        conflict=(
+            f"conflict: phone changed in GHL from {mapping.phone} to {new_phone}, but Aloware contact "
+            f"{holder_of_new_phone} already has {new_phone} (mapped contact is {mapped}); nothing was "
+            "written: merge or correct the contacts in Aloware"
+        ),
+    )
+
+
+def parse_time(value: Any) -> datetime | None:
+    """An ISO-8601 timestamp (Aloware's `updated_at`, GHL's `dateUpdated`) as aware UTC."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _describe(changes: Profile) -> str:
+    return ", ".join(sorted(changes))
+
+
+# --- handlers ---------------------------------------------------------------------------------
+
+
+def _aloware(ctx: HandlerContext) -> AlowareClient | None:
+    return ctx.connectors.aloware if ctx.connectors is not None else None
+
+
+def _ghl(ctx: HandlerContext) -> GhlClient | None:
+    """GHL_LOCATION_ID's client: Aloware is one account, synced with the configured location."""
+    return ctx.connectors.ghl if ctx.connectors is not None else None
+
+
+def _aloware_body(event: ClaimedEvent) -> Mapping[str, Any]:
+    body = event.payload.get("body")
+    return body if isinstance(body, Mapping) else {}
+
+
+async def handle_ghl_contact_upsert(ctx: HandlerContext, event: ClaimedEvent) -> HandlerResult:
+    """GHL `ContactCreate` / `ContactUpdate` (and `contact.created|updated|changed`) → Aloware (R-C-1).
+
+    Effects: at most one Lead API write (`POST /webhook/forms`, force_update), preceded by a
+    lookup by phone when the contact is not mapped yet or its phone changed (whose is the
+    number?) and followed by one to learn the Aloware id; the mapping is upserted with the
+    profile's fingerprint and the profile Aloware now holds is remembered as a possible echo.
+    Skipped (no API call) when the contact has no valid phone, when the webhook is the echo of
+    our own GHL write, when the profile is the one last synced, and — flagged as a conflict,
+    nothing written — when the number is another mapped person's or a phone change cannot
+    reach the mapped Aloware contact.
+    """
+    ctx.direction = GHL_TO_ALOWARE
+    aloware = _aloware(ctx)
+    if aloware is None:
+        return skipped(event, GHL_TO_ALOWARE, ALOWARE_OFF)
+    region = ctx.settings.default_phone_region
+    contact_id = event.entity_id or ""
+    profile = ghl_profile(event.payload, region)
+    phone = profile.get("phone")
+    if phone is None:
+        return skipped(event, GHL_TO_ALOWARE, NO_PHONE)
+    echoes = EchoGuard(ctx.db, ctx.settings.echo_ttl_seconds)
+    if await echoes.is_echo("ghl", contact_id, profile):
+        return skipped(event, GHL_TO_ALOWARE, ECHO)
+    mappings = ContactMappings(ctx.db)
+    mapping = await mappings.by_ghl_id(contact_id)
+    digest = profile_fingerprint(profile)
+    if mapping is not None and mapping.deleted_at is None and mapping.fingerprint == digest:
+        return skipped(event, GHL_TO_ALOWARE, UNCHANGED)
+
+    started = utcnow()
+    if mapping is not None and mapping.deleted_at is None and mapping.aloware_contact_id is not None:
+        holder: str | None = None
+        if mapping.phone is not None and mapping.phone != phone:
+            found = await aloware.find_contact_by_phone(phone)
+            holder = found.id if found is not None else None
+        decision = decide_phone_change(mapping, phone, holder)
+        if not decision.write:
+            return skipped(event, GHL_TO_ALOWARE, decision.conflict or "conflict")
+    else:
+        # A first sync must not take over an Aloware contact that is another GHL contact's (GHL
+        # may allow duplicates): the Lead API would overwrite that person's profile, and the
+        # mapping's unique index would refuse the second owner on every retry.
+        on_phone = await aloware.find_contact_by_phone(phone)
+        owner = await mappings.by_aloware_id(on_phone.id) if on_phone is not None else None
+        if owner is not None and owner.deleted_at is None and owner.ghl_contact_id != contact_id:
+            return skipped(
+                event,
+                GHL_TO_ALOWARE,
+                f"conflict: Aloware contact {owner.aloware_contact_id} on {phone} is already mapped to "
+                f"GHL contact {owner.ghl_contact_id}; nothing was written",
+            )
+
+    await aloware.upsert_lead(phone, fields=lead_fields(profile))
+    written = await aloware.find_contact_by_phone(phone)
+    if written is None:
+        raise RetryableError(f"aloware: no contact on {phone} right after the Lead API write")
+    await mappings.upsert(
+        ghl_contact_id=contact_id,
+        aloware_contact_id=written.id,
+        keys=PersonKeys(phone, profile.get("email")),
+        direction=GHL_TO_ALOWARE,
+        fingerprint=digest,
+    )
+    await echoes.remember("aloware", written.id, _aloware_contact_profile(written, region))
+    entry = success(
+        event,
+        GHL_TO_ALOWARE,
+        f"upserted Aloware contact {written.id} through the Lead API",
+        target_id=written.id,
+    )
+    entry.started_at = started
+    return HandlerResult(entries=[entry])
+
+
+def _aloware_contact_profile(contact: AlowareContact, region: str) -> Profile:
+    return aloware_profile(contact.model_dump(), region)
+
+
+def _ghl_contact_profile(contact: Contact, region: str) -> Profile:
+    return ghl_profile(contact.model_dump(by_alias=True), region)
+
+
+async def handle_ghl_contact_delete(ctx: HandlerContext, event: ClaimedEvent) -> HandlerResult:
+    """GHL `ContactDelete` (and `contact.deleted`) → Aloware (R-C-4).
+
+    Effects: the mapped Aloware contact is removed from every power-dialer list (nothing in
+    Aloware is deleted) and the mapping is marked `deleted_at`, keeping its history. Skipped when
+    the contact is not mapped to an Aloware contact, or the mapping is already marked (a replay).
+    """
+    ctx.direction = GHL_TO_ALOWARE
+    contact_id = event.entity_id or ""
+    mappings = ContactMappings(ctx.db)
+    mapping = await mappings.by_ghl_id(contact_id)
+    if mapping is None or mapping.aloware_contact_id is None:
+        if mapping is not None:
+            await mappings.mark_deleted(contact_id)
+        return skipped(event, GHL_TO_ALOWARE, NOT_MAPPED)
+    if mapping.deleted_at is not None:
+        return skipped(event, GHL_TO_ALOWARE, "already deleted")
+    aloware = _aloware(ctx)
+    if aloware is None:
+        return skipped(event, GHL_TO_ALOWARE, ALOWARE_OFF)
+    started = utcnow()
+    known = await aloware.remove_from_all_lists(mapping.aloware_contact_id)
+    await mappings.mark_deleted(contact_id)
+    target = mapping.aloware_contact_id
+    message = (
+        f"removed Aloware contact {target} from all power-dialer lists; mapping marked deleted"
+        if known
+        else f"Aloware does not know contact {target} (so it is on no list); mapping marked deleted"
+    )
+    entry = success(event, GHL_TO_ALOWARE, message, target_id=mapping.aloware_contact_id)
+    entry.started_at = started
+    return HandlerResult(entries=[entry])
+
+
+async def handle_ghl_contact_tags(ctx: HandlerContext, event: ClaimedEvent) -> HandlerResult:
+    """GHL `ContactTagUpdate` (and the tag workflow events): no contact effect.
+
+    Tags say which power-dialer lists a contact belongs on (§6.5, a later flow); the profile fields
+    R-C-1 syncs arrive with `ContactUpdate`. Effects: none; one skipped row saying so.
+    """
+    ctx.direction = GHL_TO_ALOWARE
+    return skipped(event, GHL_TO_ALOWARE, TAGS_LATER)
+
+
+async def handle_aloware_contact(ctx: HandlerContext, event: ClaimedEvent) -> HandlerResult:
+    """Aloware `Contact Created` / `Contact Updated` → GHL, by CONTACT_SOURCE_OF_TRUTH (R-C-2).
+
+    Effects: the person's GHL contact is found (R-ID-2) or created through `POST /contacts/upsert`
+    (a keyed effect, `ghl:contact-for-aloware:<id>`); otherwise at most one `PUT /contacts/{id}`
+    with the fields `decide_ghl_changes` picks. The mapping is upserted with the Aloware profile's
+    fingerprint and the GHL profile after the write is remembered as a possible echo. Skipped (no
+    API call) for echoes of our Lead API writes, profiles last synced, contacts with neither
+    phone nor email, and contacts whose GHL side was deleted (R-C-4: deletion in GHL stands).
+    """
+    ctx.direction = ALOWARE_TO_GHL
+    ghl = _ghl(ctx)
+    if ghl is None:
+        return skipped(event, ALOWARE_TO_GHL, GHL_OFF)
+    region = ctx.settings.default_phone_region
+    body = _aloware_body(event)
+    aloware_id = event.entity_id or ""
+    profile = aloware_profile(body, region)
+    echoes = EchoGuard(ctx.db, ctx.settings.echo_ttl_seconds)
+    if await echoes.is_echo("aloware", aloware_id, profile):
+        return skipped(event, ALOWARE_TO_GHL, ECHO)
+    keys = PersonKeys(profile.get("phone"), profile.get("email"))
+    if keys.empty:
+        return skipped(event, ALOWARE_TO_GHL, NO_KEYS)
+    mappings = ContactMappings(ctx.db)
+    mapping = await mappings.by_aloware_id(aloware_id)
+    digest = profile_fingerprint(profile)
+    if mapping is not None and mapping.deleted_at is not None:
+        return skipped(event, ALOWARE_TO_GHL, f"GHL contact {mapping.ghl_contact_id} was deleted")
+    if mapping is not None and mapping.fingerprint == digest:
+        return skipped(event, ALOWARE_TO_GHL, UNCHANGED)
+
+    started = utcnow()
+    resolved = await resolve_ghl_contact(mappings, ghl, keys, aloware_contact_id=aloware_id)
+    if resolved is None:
+        return await _create_ghl_contact(ctx, event, ghl, profile, digest, started)
+    owner = await mappings.by_ghl_id(resolved.ghl_contact_id)
+    if owner is not None and owner.deleted_at is None and owner.aloware_contact_id not in (None, aloware_id):
+        # Found by phone or email, but that GHL contact is another Aloware contact's (a phone
+        # change in GHL, or two Aloware contacts sharing an email): never remap it silently.
+        return skipped(
+            event,
+            ALOWARE_TO_GHL,
+            f"conflict: GHL contact {resolved.ghl_contact_id} (found by {resolved.via}) is mapped to "
+            f"Aloware contact {owner.aloware_contact_id}, not {aloware_id}; nothing was written",
+        )
+    current = resolved.contact or await ghl.get_contact(resolved.ghl_contact_id)
+    if current is None:
+        return skipped(event, ALOWARE_TO_GHL, f"GHL contact {resolved.ghl_contact_id} not found")
+    changes = decide_ghl_changes(
+        ctx.settings.contact_source_of_truth,
+        profile,
+        _ghl_contact_profile(current, region),
+        aloware_changed_at=parse_time(body.get("updated_at")) or event.received_at,
+        ghl_changed_at=parse_time(current.date_updated),
+    )
+    if changes:
+        updated = await ghl.update_contact(current.id, ghl_update(changes))
+        await echoes.remember("ghl", current.id, _ghl_contact_profile(updated, region))
+    await mappings.upsert(
+        ghl_contact_id=current.id,
+        aloware_contact_id=aloware_id,
+        keys=keys,
+        direction=ALOWARE_TO_GHL,
+        fingerprint=digest,
+    )
+    if not changes:
+        return skipped(
+            event,
+            ALOWARE_TO_GHL,
+            f"GHL contact {current.id} already up to date (source of truth: "
+            f"{ctx.settings.contact_source_of_truth})",
+        )
+    entry = success(
+        event,
+        ALOWARE_TO_GHL,
+        f"updated GHL contact {current.id} (found by {resolved.via}): {_describe(changes)}",
+        target_id=current.id,
+    )
+    entry.started_at = started
+    return HandlerResult(entries=[entry])
+
+
+async def _create_ghl_contact(
+    ctx: HandlerContext,
+    event: ClaimedEvent,
+    ghl: GhlClient,
+    profile: Profile,
+    digest: str,
+    started: datetime,
+) -> HandlerResult:
+    """GHL has nobody with the Aloware contact's keys: create it once (R-IDEM-2) and map it."""
+    aloware_id = event.entity_id or ""
+    region = ctx.settings.default_phone_region
+    created: list[Contact] = []
+
+    async def create() -> str | None:
+        fields = {GHL_WRITE_ATTRIBUTES[n]: v for n, v in profile.items() if n in GHL_WRITE_ATTRIBUTES}
+        answer = await ghl.upsert_contact(
+            ContactUpsert(location_id=ghl.location_id, phone=profile.get("phone"), **fields)
+        )
+        created.append(answer.contact)
+        return answer.contact.id
+
+    ledger = EffectLedger(ctx.db, event)
+    outcome = await ledger.perform(f"ghl:contact-for-aloware:{aloware_id}", "ghl", create)
+    if outcome.target_id is None:
+        raise RetryableError(f"ghl: contact upsert for Aloware contact {aloware_id} returned no id")
+    if created:
+        await EchoGuard(ctx.db, ctx.settings.echo_ttl_seconds).remember(
+            "ghl", outcome.target_id, _ghl_contact_profile(created[0], region)
+        )
+    await ContactMappings(ctx.db).upsert(
+        ghl_contact_id=outcome.target_id,
+        aloware_contact_id=aloware_id,
+        keys=PersonKeys(profile.get("phone"), profile.get("email")),
+        direction=ALOWARE_TO_GHL,
+        fingerprint=digest,
+    )
+    entry = success(
+        event,
+        ALOWARE_TO_GHL,
+        f"created GHL contact {outcome.target_id} for Aloware contact {aloware_id}",
+        target_id=outcome.target_id,
+    )
+    entry.started_at = started
+    return HandlerResult(entries=[entry], effects=list(ledger.performed))
+
+
+def register_handlers(registry: HandlerRegistry) -> None:
+    """The contact flows of §6.1 (GHL `ContactDndUpdate` belongs to opt-out, §6.4)."""
+    registry.register(
+        "ghl", "ContactCreate", "ContactUpdate", "contact.created", "contact.updated", "contact.changed"
+    )(handle_ghl_contact_upsert)
+    registry.register("ghl", "ContactDelete", "contact.deleted")(handle_ghl_contact_delete)
+    registry.register(
+        "ghl", "ContactTagUpdate", "tag.added", "tag.removed", "contact.tag.added", "contact.tag.removed"
+    )(handle_ghl_contact_tags)
+    registry.register("aloware", "Contact Created", "Contact Updated")(handle_aloware_contact)
