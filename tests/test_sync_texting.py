@@ -313,6 +313,25 @@ async def test_r_txt_5_send_refused_by_verity_is_retried_later_not_failed(world:
     assert await rows(world.db, SyncEffect) == []
 
 
+async def test_r_txt_5_a_send_that_never_goes_out_is_shown_failed_to_the_agent(world: SyncWorld) -> None:
+    """R-TXT-5: Verity unavailable through every retry — the event is dead-lettered and, so that the
+    agent does not believe a text went out, its GHL message is set failed (the dead-letter hook)."""
+    from df_middleware.queue.worker import Worker
+
+    world.verity.faults(error_rate=1.0, error_status=503)
+    payload = agent_send(world)
+    await world.deliver_provider_message(payload)
+    impatient = world.settings.model_copy(update={"max_attempts": 1})
+    await Worker(impatient, world.db, world.registry, connectors=world.connectors).run_once()
+
+    assert world.verity.sim.sent_messages == []
+    [event] = await rows(world.db, WebhookEvent)
+    assert event.status == "error"
+    in_ghl = ghl_message(world, payload["messageId"])
+    assert in_ghl["status"] == "failed"
+    assert in_ghl["error"]["code"] == "not_sent"
+
+
 async def test_r_txt_5_unconfirmed_send_is_never_repeated_automatically(world: SyncWorld) -> None:
     world.verity.faults(lost_response_rate=1.0)  # Verity sends, the answer is lost (504)
     payload = agent_send(world)

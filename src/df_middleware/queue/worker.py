@@ -409,6 +409,12 @@ class Worker:
         async with self.db.session() as session:
             await self._finish_claim(session, event, status="error", error_message=error)
             await self._write_log(session, event, [entry])
+        hook = self.registry.dead_letter_hook(event)
+        if hook is not None:
+            try:
+                await hook(context, event, error)
+            except Exception as exc:  # best effort: the dead letter itself is already recorded
+                log.warning("dead-letter hook failed", error=type(exc).__name__, reason=str(exc)[:200])
 
     async def _finish_claim(self, session: AsyncSession, event: ClaimedEvent, **values: Any) -> None:
         """Release our lease with the outcome's values, or raise LeaseLost if it is not ours."""

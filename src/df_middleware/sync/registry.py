@@ -151,6 +151,9 @@ class HandlerContext:
 
 
 Handler: TypeAlias = Callable[[HandlerContext, ClaimedEvent], Awaitable[HandlerResult]]
+#: Called once when an event is dead-lettered, with the reason: the place to tell the people who
+#: wait on the event (e.g. set an agent's GHL message `failed`), since its handler never finished.
+DeadLetterHook: TypeAlias = Callable[[HandlerContext, ClaimedEvent, str], Awaitable[None]]
 
 
 async def _unsupported_event(_ctx: HandlerContext, event: ClaimedEvent) -> HandlerResult:
@@ -205,6 +208,20 @@ class HandlerRegistry:
 
     def __init__(self) -> None:
         self._handlers: dict[tuple[str, str], tuple[str, Handler]] = {}
+        self._dead_letter_hooks: dict[tuple[str, str], DeadLetterHook] = {}
+
+    def on_dead_letter(self, source: str, *event_types: str) -> Callable[[DeadLetterHook], DeadLetterHook]:
+        """Decorator: `hook(ctx, event, reason)` runs after such an event is dead-lettered."""
+
+        def decorator(hook: DeadLetterHook) -> DeadLetterHook:
+            for event_type in event_types:
+                self._dead_letter_hooks[(source.lower(), event_type.lower())] = hook
+            return hook
+
+        return decorator
+
+    def dead_letter_hook(self, event: ClaimedEvent) -> DeadLetterHook | None:
+        return self._dead_letter_hooks.get((event.source.lower(), event.event_type.lower()))
 
     def register(self, source: str, *event_types: str) -> Callable[[Handler], Handler]:
         """Decorator: `@registry.register("ghl", "ContactCreate", "contact.created")`."""

@@ -795,8 +795,32 @@ def _refusal_text(exc: RemoteRejected) -> str:
     return f"HTTP {exc.status_code}"
 
 
+async def tell_agent_send_failed(ctx: HandlerContext, event: ClaimedEvent, reason: str) -> None:
+    """An agent's SMS event was dead-lettered (e.g. Verity unavailable through every retry): set its
+    GHL message `failed`, so the agent does not believe a text went out that never did. Messages
+    already sent or already failed (a mapping with a texting id or a final status) are left alone."""
+    payload = event.payload
+    ghl_message_id = _text(payload.get("messageId")) or event.entity_id
+    ghl = _ghl(ctx, payload.get("locationId"))
+    if not ghl_message_id or ghl is None:
+        return
+    existing = await MessageMappings(ctx.db).by_ghl_id(ghl_message_id)
+    if existing is not None and (existing.texting_message_id is not None or existing.status == "failed"):
+        return
+    await ghl.update_message_status(
+        ghl_message_id,
+        "failed",
+        error=ProviderError(
+            code="not_sent",
+            type=PROVIDER_ERROR_TYPE,
+            message="The SMS could not be sent; DF-Middleware gave up after repeated failures",
+        ),
+    )
+
+
 def register_handlers(registry: HandlerRegistry) -> None:
     registry.register("texting", "message.received")(handle_message_received)
     registry.register("texting", "message.sent")(handle_message_sent)
     registry.register("texting", "message.delivered", "message.failed")(handle_message_status)
     registry.register("ghl", PROVIDER_EVENT)(handle_provider_outbound)
+    registry.on_dead_letter("ghl", PROVIDER_EVENT)(tell_agent_send_failed)
