@@ -339,6 +339,8 @@ class Worker:
                     else f"gave up after {event.attempts} attempts"
                 )
                 await self._dead_letter(event, context, started_at, reason=reason, error=message)
+                if not isinstance(exc, PermanentError):
+                    await self._tell_retries_exhausted(event, context, message)
                 log.error(
                     "event dead-lettered",
                     handler=handler,
@@ -387,6 +389,7 @@ class Worker:
             reason=f"gave up after {event.attempts - 1} attempts",
             error="no outcome recorded for the last attempt (worker stopped or lost its lease)",
         )
+        await self._tell_retries_exhausted(event, context, "attempts exhausted without an outcome")
         log.error("event dead-lettered: attempts exhausted without an outcome")
         return "dead_letter"
 
@@ -409,12 +412,17 @@ class Worker:
         async with self.db.session() as session:
             await self._finish_claim(session, event, status="error", error_message=error)
             await self._write_log(session, event, [entry])
+
+    async def _tell_retries_exhausted(self, event: ClaimedEvent, context: HandlerContext, error: str) -> None:
+        """Run the event's hook for "retries ran out" (never for a PermanentError: the handler that
+        raised it decided, and could say so, itself). Best effort: the dead letter is recorded."""
         hook = self.registry.dead_letter_hook(event)
-        if hook is not None:
-            try:
-                await hook(context, event, error)
-            except Exception as exc:  # best effort: the dead letter itself is already recorded
-                log.warning("dead-letter hook failed", error=type(exc).__name__, reason=str(exc)[:200])
+        if hook is None:
+            return
+        try:
+            await hook(context, event, error)
+        except Exception as exc:
+            log.warning("retries-exhausted hook failed", error=type(exc).__name__, reason=str(exc)[:200])
 
     async def _finish_claim(self, session: AsyncSession, event: ClaimedEvent, **values: Any) -> None:
         """Release our lease with the outcome's values, or raise LeaseLost if it is not ours."""

@@ -151,8 +151,9 @@ class HandlerContext:
 
 
 Handler: TypeAlias = Callable[[HandlerContext, ClaimedEvent], Awaitable[HandlerResult]]
-#: Called once when an event is dead-lettered, with the reason: the place to tell the people who
-#: wait on the event (e.g. set an agent's GHL message `failed`), since its handler never finished.
+#: Called once when an event is dead-lettered because its retries ran out (not on a PermanentError,
+#: which the handler raised knowingly), with the last error: the place to tell the people who wait
+#: on the event (e.g. set an agent's GHL message `failed`), since its handler never finished.
 DeadLetterHook: TypeAlias = Callable[[HandlerContext, ClaimedEvent, str], Awaitable[None]]
 
 
@@ -211,7 +212,7 @@ class HandlerRegistry:
         self._dead_letter_hooks: dict[tuple[str, str], DeadLetterHook] = {}
 
     def on_dead_letter(self, source: str, *event_types: str) -> Callable[[DeadLetterHook], DeadLetterHook]:
-        """Decorator: `hook(ctx, event, reason)` runs after such an event is dead-lettered."""
+        """Decorator: `hook(ctx, event, error)` runs when such an event's retries run out."""
 
         def decorator(hook: DeadLetterHook) -> DeadLetterHook:
             for event_type in event_types:
