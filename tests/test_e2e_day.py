@@ -200,15 +200,6 @@ async def test_processing_every_event_twice_changes_nothing(world: SyncWorld) ->
     assert len(world.verity.sim.sent_messages) == 1  # the agent's SMS was not sent again
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R-IDEM-1 not met for GHL contact events replayed after later changes: "
-    "contacts.handle_ghl_contact_upsert writes whenever the payload's profile differs from "
-    "contact_mappings.last_synced_fingerprint, which the Aloware→GHL handler has since set to the "
-    "Aloware profile's digest, and it never compares event times; so the replayed ContactCreate "
-    "rewrites the old email/city into Aloware and the replayed ContactUpdate overwrites the first "
-    "name an agent changed in Aloware afterwards (Aloware ends 'Dana' instead of 'Dani')",
-)
 async def test_replaying_every_event_of_the_day_afterwards_changes_nothing(world: SyncWorld) -> None:
     """R-IDEM-1, R-IDEM-2: replaying the whole day after it ended (every `done` event back to
     pending, as `events replay --status done` does) leaves every simulator exactly as it was."""

@@ -210,6 +210,10 @@ class ContactMapping(Base):
     updated_at: Mapped[datetime] = _updated()
     last_synced_fingerprint: Mapped[str | None] = mapped_column(Text)  # R-DM-5
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # R-DM-5
+    #: Event time of the newest GHL / Aloware contact change already applied: an older event (a
+    #: replay, a late retry) about this person is stale and must not write old data back (R-IDEM-1).
+    ghl_event_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    aloware_event_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     __table_args__ = (
         Index("contact_mappings_aloware_contact_id_unique", "aloware_contact_id", unique=True),
         Index("contact_mappings_ghl_contact_id_unique", "ghl_contact_id", unique=True),

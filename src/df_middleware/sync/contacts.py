@@ -94,6 +94,7 @@ GHL_WRITE_ATTRIBUTES: dict[str, str] = {
 NO_PHONE = "no phone"
 ECHO = "echo"
 UNCHANGED = "unchanged"
+STALE = "stale: a newer change of this contact was already synced"
 NO_KEYS = "no phone or email"
 NOT_MAPPED = "not mapped to an Aloware contact"
 ALOWARE_OFF = "aloware not configured"
@@ -255,6 +256,17 @@ def parse_time(value: Any) -> datetime | None:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
+def ghl_event_time(event: ClaimedEvent) -> datetime | None:
+    """When a GHL contact change happened: the webhook's `timestamp` (or the contact's
+    `dateUpdated` in workflow payloads); None when neither is there (then no staleness check)."""
+    payload = event.payload
+    nested = payload.get("contact")
+    updated = nested.get("dateUpdated") if isinstance(nested, Mapping) else None
+    return (
+        parse_time(payload.get("timestamp")) or parse_time(payload.get("dateUpdated")) or parse_time(updated)
+    )
+
+
 def _describe(changes: Profile) -> str:
     return ", ".join(sorted(changes))
 
@@ -303,8 +315,12 @@ async def handle_ghl_contact_upsert(ctx: HandlerContext, event: ClaimedEvent) ->
         return skipped(event, GHL_TO_ALOWARE, ECHO)
     mappings = ContactMappings(ctx.db)
     mapping = await mappings.by_ghl_id(contact_id)
+    event_at = ghl_event_time(event)
+    if mapping is not None and mapping.is_stale("ghl", event_at):
+        return skipped(event, GHL_TO_ALOWARE, STALE)
     digest = profile_fingerprint(profile)
     if mapping is not None and mapping.deleted_at is None and mapping.fingerprint == digest:
+        await mappings.mark_applied(contact_id, "ghl", event_at)
         return skipped(event, GHL_TO_ALOWARE, UNCHANGED)
 
     started = utcnow()
@@ -341,6 +357,7 @@ async def handle_ghl_contact_upsert(ctx: HandlerContext, event: ClaimedEvent) ->
         direction=GHL_TO_ALOWARE,
         fingerprint=digest,
     )
+    await mappings.mark_applied(contact_id, "ghl", event_at)
     await echoes.remember("aloware", written.id, _aloware_contact_profile(written, region))
     entry = success(
         event,
@@ -433,7 +450,11 @@ async def handle_aloware_contact(ctx: HandlerContext, event: ClaimedEvent) -> Ha
     digest = profile_fingerprint(profile)
     if mapping is not None and mapping.deleted_at is not None:
         return skipped(event, ALOWARE_TO_GHL, f"GHL contact {mapping.ghl_contact_id} was deleted")
+    event_at = parse_time(body.get("updated_at"))
+    if mapping is not None and mapping.is_stale("aloware", event_at):
+        return skipped(event, ALOWARE_TO_GHL, STALE)
     if mapping is not None and mapping.fingerprint == digest:
+        await mappings.mark_applied(mapping.ghl_contact_id, "aloware", event_at)
         return skipped(event, ALOWARE_TO_GHL, UNCHANGED)
 
     started = utcnow()
@@ -470,6 +491,7 @@ async def handle_aloware_contact(ctx: HandlerContext, event: ClaimedEvent) -> Ha
         direction=ALOWARE_TO_GHL,
         fingerprint=digest,
     )
+    await mappings.mark_applied(current.id, "aloware", event_at)
     if not changes:
         return skipped(
             event,
@@ -522,6 +544,9 @@ async def _create_ghl_contact(
         keys=PersonKeys(profile.get("phone"), profile.get("email")),
         direction=ALOWARE_TO_GHL,
         fingerprint=digest,
+    )
+    await ContactMappings(ctx.db).mark_applied(
+        outcome.target_id, "aloware", parse_time(_aloware_body(event).get("updated_at"))
     )
     entry = success(
         event,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
@@ -29,6 +30,9 @@ from df_middleware.db.session import Database
 from df_middleware.db.types import utcnow
 from df_middleware.errors import RetryableError
 from df_middleware.phones import normalize_email, normalize_phone
+
+#: Which system a contact change came from.
+Side = Literal["ghl", "aloware"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,8 @@ class MappingView:
     email: str | None
     fingerprint: str | None
     deleted_at: datetime | None
+    ghl_event_at: datetime | None = None
+    aloware_event_at: datetime | None = None
 
     @classmethod
     def of(cls, row: ContactMapping) -> MappingView:
@@ -69,7 +75,15 @@ class MappingView:
             email=row.email,
             fingerprint=row.last_synced_fingerprint,
             deleted_at=row.deleted_at,
+            ghl_event_at=row.ghl_event_at,
+            aloware_event_at=row.aloware_event_at,
         )
+
+    def is_stale(self, side: Side, event_at: datetime | None) -> bool:
+        """Whether a `side` contact event of `event_at` is no newer than the last one applied
+        (a replay or a late retry of an old change: applying it would write old data back)."""
+        applied = self.ghl_event_at if side == "ghl" else self.aloware_event_at
+        return event_at is not None and applied is not None and event_at <= applied
 
 
 class MappingConflict(RetryableError):
@@ -171,6 +185,22 @@ class ContactMappings:
             if row is not None:
                 row.last_synced_fingerprint = fingerprint
                 row.last_synced_at = utcnow()
+
+    async def mark_applied(self, ghl_contact_id: str, side: Side, event_at: datetime | None) -> None:
+        """Remember that `side`'s contact change of `event_at` is applied (the watermark only
+        moves forward)."""
+        if event_at is None:
+            return
+        async with self.db.session() as session:
+            row = await session.scalar(
+                select(ContactMapping).where(ContactMapping.ghl_contact_id == ghl_contact_id)
+            )
+            if row is None:
+                return
+            if side == "ghl" and (row.ghl_event_at is None or event_at > row.ghl_event_at):
+                row.ghl_event_at = event_at
+            if side == "aloware" and (row.aloware_event_at is None or event_at > row.aloware_event_at):
+                row.aloware_event_at = event_at
 
     async def mark_deleted(self, ghl_contact_id: str) -> MappingView | None:
         """R-C-4: the GHL contact was deleted; the mapping is kept, marked, for history."""
