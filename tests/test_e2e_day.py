@@ -359,21 +359,11 @@ LOST_ANSWERS = [
         "ghl",
         "add_inbound_message",
         id="ghl-inbound-message",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="texting._add_to_conversation's find_existing only reads message_mappings, "
-            "never GHL (no altId look-up): a retry after a lost answer adds the text twice",
-        ),
     ),
     pytest.param(
         "ghl",
         "add_outbound_call",
         id="ghl-call-log",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="calls._log_call performs the call-log effect with no find_existing: a retry "
-            "after a lost answer logs the call twice in the conversation",
-        ),
     ),
     pytest.param(
         "verity",

@@ -70,6 +70,7 @@ REQUIRED_ENDPOINTS = {
     ("POST", "/conversations/"),
     ("GET", "/conversations/search"),
     ("POST", "/conversations/messages/inbound"),
+    ("GET", "/conversations/{conversationId}/messages"),
     ("POST", "/conversations/messages/outbound"),
     ("PUT", "/conversations/messages/{messageId}/status"),
     ("GET", "/users/"),
@@ -228,6 +229,7 @@ async def _drive_every_call(url: str, sim: GhlSimulator, database_url: str, tmp_
                 direction="outbound",
             )
         )
+        await ghl.find_message(conversation.id, alt_id="tlx_1", body="Hello")
         await ghl.update_message_status(outbound.message_id, "delivered")
         await ghl.update_message_status(
             inbound.message_id,

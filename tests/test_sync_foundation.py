@@ -25,7 +25,7 @@ from df_middleware.sync.registry import ClaimedEvent
 from tests.servers import serve_app
 
 
-def _event() -> ClaimedEvent:
+def _event(attempts: int = 1) -> ClaimedEvent:
     return ClaimedEvent(
         kind="webhook",
         id=uuid.uuid4(),
@@ -35,7 +35,7 @@ def _event() -> ClaimedEvent:
         entity_id="42",
         ordering_key="phone:+19195550100",
         payload={},
-        attempts=1,
+        attempts=attempts,
         received_at=datetime.now(UTC),
     )
 
@@ -72,19 +72,25 @@ async def test_a_failed_write_records_nothing(db: Database) -> None:
 
 
 async def test_a_write_found_remotely_is_recorded_not_repeated(db: Database) -> None:
-    """R-CALL-4: when the answer was lost but the write happened, the remote look-up finds it."""
+    """R-CALL-4: on a retry, when the earlier answer was lost but the write happened, the remote
+    look-up finds it; on a first run nothing can exist yet and no look-up (no API call) is made."""
     writes: list[str] = []
+    lookups: list[str] = []
 
     async def write() -> str:
         writes.append("x")
         return "new"
 
     async def found() -> str | None:
+        lookups.append("looked")
         return "already-there"
 
-    outcome = await EffectLedger(db, _event()).perform("k", "ghl", write, find_existing=found)
-    assert (outcome.already_done, outcome.target_id, writes) == (True, "already-there", [])
+    retry = await EffectLedger(db, _event(attempts=2)).perform("k", "ghl", write, find_existing=found)
+    assert (retry.already_done, retry.target_id, writes) == (True, "already-there", [])
     assert await _effect_rows(db) == 1
+
+    first = await EffectLedger(db, _event()).perform("k2", "ghl", write, find_existing=found)
+    assert (first.already_done, first.target_id, writes, lookups) == (False, "new", ["x"], ["looked"])
 
 
 async def test_echo_guard_recognises_our_own_write(db: Database) -> None:

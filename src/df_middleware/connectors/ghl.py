@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 from df_middleware.config import Settings
@@ -34,6 +35,7 @@ from df_middleware.connectors.ghl_models import (
     ContactWrite,
     Conversation,
     ConversationMessage,
+    ConversationMessageRecord,
     CustomFieldDefinition,
     CustomFieldValue,
     CustomObjectRecord,
@@ -404,6 +406,43 @@ class GhlClient:
         )
         return MessageResult.model_validate(body)
 
+    async def list_messages(
+        self, conversation_id: str, *, limit: int = 100, message_type: str | None = None
+    ) -> list[ConversationMessageRecord]:
+        """The conversation's most recent messages, newest first (one page of up to 100)."""
+        params: dict[str, Any] = {"limit": min(max(limit, 1), 100)}
+        if message_type:
+            params["type"] = message_type
+        body = await self._call(
+            "GET",
+            f"/conversations/{conversation_id}/messages",
+            endpoint="GET /conversations/{id}/messages",
+            version=VERSION_CONVERSATIONS,
+            params=params,
+        )
+        return [ConversationMessageRecord.model_validate(m) for m in _field(body, "messages") or []]
+
+    async def find_message(
+        self,
+        conversation_id: str,
+        *,
+        alt_id: str | None = None,
+        body: str | None = None,
+        date: str | None = None,
+        message_type: str | None = None,
+    ) -> str | None:
+        """The id of a recent message we may already have added (its answer lost): the one with
+        our `altId` when GHL shows it, else the one with the same text and the same date (we set
+        both). None when there is none; callers then add the message."""
+        wanted_at = _instant(date)
+        for message in await self.list_messages(conversation_id, message_type=message_type):
+            if alt_id is not None and message.alt_id == alt_id:
+                return message.id
+            same_text = message.alt_id is None and body is not None and (message.body or "") == body
+            if same_text and (wanted_at is None or _instant(message.date_added) == wanted_at):
+                return message.id
+        return None
+
     async def log_external_call(self, call: ExternalCall) -> MessageResult:
         """`POST /conversations/messages/outbound` with type Call (R-CALL-1)."""
         body = await self._call(
@@ -551,6 +590,17 @@ class GhlClient:
 
 class UnknownCustomField(PermanentError):
     """A custom field key that the location does not define: a configuration error."""
+
+
+def _instant(value: str | None) -> datetime | None:
+    """An ISO-8601 time as an aware instant (so `…Z` and `…+00:00` compare equal)."""
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _field(body: Any, name: str) -> Any:

@@ -213,6 +213,18 @@ class ExternalCall(_Request):
     call: CallData
 
 
+class ConversationMessageRecord(_Response):
+    """A message as `GET /conversations/{id}/messages` lists it."""
+
+    id: str
+    message_type: str | None = Field(None, alias="messageType")
+    direction: str | None = None
+    status: str | None = None
+    body: str | None = None
+    date_added: str | None = Field(None, alias="dateAdded")
+    alt_id: str | None = Field(None, alias="altId")
+
+
 class MessageResult(_Response):
     success: bool = True
     conversation_id: str = Field(alias="conversationId")

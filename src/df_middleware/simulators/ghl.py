@@ -1264,6 +1264,31 @@ class GhlSimulator:
             items.append(item)
         return {"conversations": items, "total": len(found)}
 
+    @_synchronized
+    def list_messages(self, location_id: str, conversation_id: str, query: Mapping[str, str]) -> JSON:
+        """`GET /conversations/{id}/messages`: newest first, pages of `limit` (max 100) continued
+        with `lastMessageId`, optionally filtered by `type` (comma list of TYPE_… codes)."""
+        conversation = self._conversation(location_id, conversation_id)
+        found = sorted(
+            (m for m in self.messages.values() if m.conversation_id == conversation.id),
+            key=lambda m: (m.date_added, m.id),
+            reverse=True,
+        )
+        types = {t.strip() for t in query.get("type", "").split(",") if t.strip()}
+        if types:
+            found = [m for m in found if m.as_ghl()["messageType"] in types]
+        after = query.get("lastMessageId")
+        if after:
+            ids = [m.id for m in found]
+            found = found[ids.index(after) + 1 :] if after in ids else []
+        limit = min(max(int(float(query.get("limit", "20"))), 1), 100)
+        page = found[:limit]
+        return {
+            "lastMessageId": page[-1].id if page else "",
+            "nextPage": len(found) > limit,
+            "messages": [m.as_ghl() for m in page],
+        }
+
     def _record_message(self, conversation: Conversation, message: Message) -> None:
         self.messages[message.id] = message
         conversation.last_message_date = message.date_added
@@ -2006,6 +2031,15 @@ def _add_api_routes(router: APIRouter, sim: GhlSimulator) -> None:
     async def search_conversations(request: Request) -> Response:
         call = _call(request)
         return _ok(sim.search_conversations(call.location_id, dict(request.query_params)))
+
+    @router.get("/conversations/{conversationId}/messages")
+    async def conversation_messages(request: Request) -> Response:
+        call = _call(request)
+        return _ok(
+            sim.list_messages(
+                call.location_id, request.path_params["conversationId"], dict(request.query_params)
+            )
+        )
 
     @router.post("/conversations/messages/inbound")
     async def inbound_message(request: Request) -> Response:

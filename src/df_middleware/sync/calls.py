@@ -572,7 +572,18 @@ async def _log_call(run: _Run, ghl_contact_id: str, activity: CallActivity) -> N
         )
         return result.message_id
 
-    outcome = await run.ledger.perform(activity.call_log_key, "ghl", write)
+    async def already_logged() -> str | None:
+        # Our altId, or (if GHL does not show altIds) a call message with the same date.
+        conversation = await run.ghl.ensure_conversation(ghl_contact_id)
+        return await run.ghl.find_message(
+            conversation.id,
+            alt_id=f"aloware-call-{call.call_id}",
+            body="" if call.date else None,
+            date=call.date,
+            message_type="TYPE_CALL",
+        )
+
+    outcome = await run.ledger.perform(activity.call_log_key, "ghl", write, find_existing=already_logged)
     verb = "call already logged" if outcome.already_done else "call logged in conversation"
     run.log(verb, outcome.target_id, entity_type="call")
 

@@ -28,7 +28,7 @@ from sqlalchemy import delete, select
 
 from df_middleware.canonical import canonical_sha256
 from df_middleware.db.models import EchoGuard as EchoGuardRow
-from df_middleware.db.models import SyncEffect
+from df_middleware.db.models import SyncEffect, SyncLog
 from df_middleware.db.session import Database
 from df_middleware.db.types import utcnow
 from df_middleware.sync.registry import ClaimedEvent, EffectRecord, HandlerResult, SyncLogEntry
@@ -54,6 +54,23 @@ class EffectLedger:
     db: Database
     event: ClaimedEvent
     performed: list[EffectRecord] = field(default_factory=list)
+    _ran_before: bool | None = None
+
+    async def ran_before(self) -> bool:
+        """Whether an earlier run of this event may have made writes we did not record: a retry
+        (attempts > 1, which includes a crash: the lease expired and the event was re-claimed) or a
+        replay of an event that had already ended (it has sync_log rows). On a first run nothing
+        can exist remotely yet, so remote look-ups are skipped and cost no API call."""
+        if self._ran_before is None:
+            if self.event.attempts > 1:
+                self._ran_before = True
+            else:
+                async with self.db.session() as session:
+                    earlier = await session.scalar(
+                        select(SyncLog.id).where(SyncLog.correlation_id == str(self.event.id)).limit(1)
+                    )
+                self._ran_before = earlier is not None
+        return self._ran_before
 
     async def lookup(self, key: str) -> SyncEffect | None:
         async with self.db.session() as session:
@@ -88,13 +105,13 @@ class EffectLedger:
         """Make `write` once per `key`, ever; returns the target id (from the ledger when done).
 
         `find_existing`, when given, looks for the write in the remote system before making it
-        (a note's marker, a message's altId): a write whose answer was lost is then recorded,
-        not repeated.
+        (a note's marker, a message's altId) whenever an earlier run may have made it
+        (`ran_before`): a write whose answer was lost is then recorded, not repeated.
         """
         existing = await self.lookup(key)
         if existing is not None:
             return EffectOutcome(key, existing.target_id, already_done=True)
-        if find_existing is not None:
+        if find_existing is not None and await self.ran_before():
             found = await find_existing()
             if found is not None:
                 await self.record(key, target_system, found)

@@ -495,7 +495,19 @@ async def _add_to_conversation(
 
     async def already_mapped() -> str | None:
         mapped = await messages.by_texting_id(key) if texting.message_id else None
-        return mapped.ghl_message_id if mapped is not None else None
+        if mapped is not None:
+            return mapped.ghl_message_id
+        # Added by an earlier run whose answer was lost: GHL has it (our altId, or text and date).
+        if not conversation_id:
+            return None
+        sent = message(conversation_id)
+        return await ghl.find_message(
+            conversation_id,
+            alt_id=sent.alt_id,
+            body=sent.message or "",
+            date=sent.date,
+            message_type="TYPE_SMS",
+        )
 
     outcome = await ledger.perform(f"ghl:message:texting:{key}", "ghl", add, find_existing=already_mapped)
     if outcome.target_id is None:  # pragma: no cover - add() always returns an id
