@@ -354,7 +354,9 @@ class ServiceClient:
         body = _decode(response)
         reason = remote_error_text(body, response.reason_phrase or f"HTTP {status}")
         message = f"{self.system} {endpoint}: HTTP {status}: {reason}"
-        log.warning("external_call_failed", system=self.system, endpoint=endpoint, status=status)
+        # A 404 is routine for look-ups ("is this phone known?"): not worth a warning.
+        level = log.info if status == 404 else log.warning
+        level("external_call_failed", system=self.system, endpoint=endpoint, status=status)
         if status in RETRYABLE_STATUSES or status >= 500:
             raise RemoteUnavailable(
                 message,
