@@ -1,0 +1,493 @@
+"""R-REL-4: random interleavings of contact, call, message and opt-out events converge.
+
+Hypothesis draws a handful of people and, for each, which of these happen:
+
+- a GHL `ContactCreate` of the person (who then exists in GHL before anything is processed);
+- an Aloware `Call Disposed` and maybe its `Call Summarized` (the person exists in Aloware);
+- zero to two inbound texts (`message.received`);
+- an agent's SMS from GHL (`ProviderOutboundMessage`), to a number that may be opted out
+  (opt-out here = an `optout_registry` row `opted_out` written before anything is processed).
+
+The events are delivered through the real ingest (signed) in a drawn order, about one in five
+delivered twice (the copy anywhere in the sequence; a GHL copy sometimes with a fresh
+`webhookId`, as GHL resends), with the worker run at drawn points in between; Verity's receipts
+come back by themselves. Asserted, on the final state:
+
+- zero duplicate contacts (GHL and Aloware, by phone), notes (by `[df:…]` marker) or messages
+  (by `altId`; agent messages by their GHL id), every event `done`;
+- zero Verity sends to opted-out numbers, exactly one per agent message otherwise;
+- and the state equals that of the same events delivered once, in canonical order (a summary
+  without generated ids and timestamps).
+
+`test_r_rel_4_interleavings_converge` asserts all of this except the GHL contacts' name and source;
+`test_r_rel_4_contact_profile_does_not_depend_on_order` asserts those too, on the scenario where
+they differ (strict xfail: a known gap, see its reason). R_REL_4_EXAMPLES (default 8) sets how many
+scenarios the first draws; examples are derandomised, so a run is reproducible.
+
+The world (`sync_world`, both engines) is reset between runs: simulators emptied, tables emptied,
+connectors rebuilt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, Phase, example, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import delete, func, select
+
+from df_middleware.connectors.suite import Connectors
+from df_middleware.db.models import (
+    Base,
+    BroadcastWebhookEvent,
+    ContactMapping,
+    MessageMapping,
+    OptoutRegistry,
+    TextingWebhookEvent,
+    WebhookEvent,
+)
+from df_middleware.simulators.ghl import LocationRateLimiter, contact_webhook
+from tests.sync_world import CONVERSATION_PROVIDER, LOCATION, SyncWorld
+
+pytestmark = pytest.mark.slow
+
+BUSINESS_LINE = "+19195550000"
+
+
+@dataclass(frozen=True)
+class Person:
+    index: int
+    contact_event: bool
+    call: bool
+    summary: bool
+    texts: int
+    agent_send: bool
+    opted_out: bool
+
+    @property
+    def phone(self) -> str:
+        return f"+1919555{4000 + self.index:04d}"
+
+    @property
+    def in_ghl(self) -> bool:
+        """Known to GHL beforehand: its contact webhook, or an agent texting it, says so."""
+        return self.contact_event or self.agent_send
+
+    @property
+    def call_id(self) -> int:
+        return 6_600_000 + self.index
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One event of the scenario: kind, person, and which one of its kind (texts)."""
+
+    kind: str  # 'contact' | 'call' | 'summary' | 'text' | 'send'
+    person: int
+    n: int = 0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    people: tuple[Person, ...]
+    events: tuple[Spec, ...]  # canonical order
+    order: tuple[int, ...]  # delivery order: indexes into `events` (duplicates included)
+    fresh_webhook_id: frozenset[int]  # positions in `order` of GHL copies with a new webhookId
+    process_after: frozenset[int]  # positions in `order` after which the worker runs
+
+
+def canonical_events(people: tuple[Person, ...]) -> tuple[Spec, ...]:
+    events: list[Spec] = []
+    for p in people:
+        if p.contact_event:
+            events.append(Spec("contact", p.index))
+        if p.call:
+            events.append(Spec("call", p.index))
+            if p.summary:
+                events.append(Spec("summary", p.index))
+        events += [Spec("text", p.index, n) for n in range(p.texts)]
+        if p.agent_send:
+            events.append(Spec("send", p.index))
+    return tuple(events)
+
+
+@st.composite
+def people_strategy(draw: st.DrawFn) -> tuple[Person, ...]:
+    count = draw(st.integers(2, 4))
+    people = []
+    for index in range(count):
+        call = draw(st.booleans())
+        person = Person(
+            index=index,
+            contact_event=draw(st.booleans()),
+            call=call,
+            summary=call and draw(st.booleans()),
+            texts=draw(st.integers(0, 2)),
+            agent_send=draw(st.booleans()),
+            opted_out=draw(st.booleans()),
+        )
+        if not (person.contact_event or person.call or person.texts or person.agent_send):
+            person = replace(person, texts=1)  # everybody does something
+        people.append(person)
+    return tuple(people)
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> Scenario:
+    people = draw(people_strategy())
+    events = canonical_events(people)
+    order = list(draw(st.permutations(range(len(events)))))
+    for index in range(len(events)):
+        if draw(st.integers(0, 4)) == 0:  # ~20 % delivered twice, the copy anywhere
+            order.insert(draw(st.integers(0, len(order))), index)
+    fresh = frozenset(i for i, e in enumerate(order) if events[e].kind == "contact" and draw(st.booleans()))
+    process_after = frozenset(draw(st.sets(st.integers(0, max(0, len(order) - 1)), max_size=4)))
+    return Scenario(people, events, tuple(order), fresh, process_after)
+
+
+# --- the world, reset per run -------------------------------------------------------------------------
+
+
+@dataclass
+class Setup:
+    """What exists before any event: ids the events' payloads need."""
+
+    ghl_ids: dict[int, str] = field(default_factory=dict)
+    aloware_ids: dict[int, int] = field(default_factory=dict)
+    sends: dict[int, dict[str, Any]] = field(default_factory=dict)
+    contact_payloads: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+async def reset(world: SyncWorld) -> None:
+    await world.verity.sim.drain()
+    world.ghl.sim.reset()
+    world.aloware.sim.reset()
+    world.verity.sim.reset()
+    async with world.db.session() as session:
+        for table in reversed(Base.metadata.sorted_tables):
+            await session.execute(delete(table))
+    await world.connectors.aclose()
+    world.connectors = Connectors.from_settings(world.settings, world.db)
+
+
+async def set_up(world: SyncWorld, people: tuple[Person, ...]) -> Setup:
+    setup = Setup()
+    for p in people:
+        names = {"first_name": f"Al{p.index}", "last_name": "Ware"}
+        if p.call:
+            setup.aloware_ids[p.index] = int(world.aloware.sim.add_contact(p.phone, **names)["id"])
+        if p.in_ghl:
+            contact = world.ghl.sim.create_contact(
+                LOCATION, {"phone": p.phone, "firstName": f"Gh{p.index}", "lastName": "Ell"}
+            ).contact
+            setup.ghl_ids[p.index] = contact["id"]
+            setup.contact_payloads[p.index] = contact_webhook("ContactCreate", contact)
+        if p.agent_send:
+            _, payload = world.ghl.sim.send_sms_as_user(
+                LOCATION,
+                setup.ghl_ids[p.index],
+                f"Agent says hi to {p.index}",
+                conversation_provider_id=CONVERSATION_PROVIDER,
+            )
+            setup.sends[p.index] = dict(payload)
+        if p.opted_out:
+            async with world.db.session() as session:
+                session.add(
+                    OptoutRegistry(phone_number=p.phone, status="opted_out", source="manual", reason="STOP")
+                )
+    return setup
+
+
+def aloware_body(p: Person, setup: Setup) -> dict[str, Any]:
+    return {
+        "id": setup.aloware_ids[p.index],
+        "first_name": f"Al{p.index}",
+        "last_name": "Ware",
+        "phone_number": p.phone,
+    }
+
+
+async def deliver(world: SyncWorld, spec: Spec, p: Person, setup: Setup, *, fresh_id: bool) -> None:
+    if spec.kind == "contact":
+        payload = dict(setup.contact_payloads[p.index])
+        if fresh_id:
+            payload["webhookId"] = f"resent-{time.monotonic_ns()}"
+        await world.deliver_ghl(payload)
+    elif spec.kind == "call":
+        await world.deliver_aloware(
+            "Call Disposed",
+            {
+                "id": p.call_id,
+                "direction": "outbound",
+                "contact": aloware_body(p, setup),
+                "disposition_status": "Interested",
+                "status": "completed",
+                "duration": 42,
+                "created_at": "2026-11-24T16:30:00Z",
+            },
+        )
+    elif spec.kind == "summary":
+        await world.deliver_aloware(
+            "Call Summarized",
+            {
+                "id": 55_000 + p.index,
+                "call_id": p.call_id,
+                "contact": aloware_body(p, setup),
+                "summary": f"Summary for {p.index}",
+                "outcomes": ["Interested"],
+                "created_at": "2026-11-24T16:35:00Z",
+            },
+        )
+    elif spec.kind == "text":
+        await world.deliver_texting(
+            {
+                "eventType": "message.received",
+                "messageId": f"tlx_R4_{p.index}_{spec.n}",
+                "conversationId": f"chat_r4_{p.index}",
+                "direction": "inbound",
+                "from": p.phone,
+                "to": BUSINESS_LINE,
+                "body": f"text {spec.n} from {p.index}",
+                "timestamp": f"2026-11-24T17:0{spec.n}:00.000Z",
+                "status": "received",
+            }
+        )
+    else:
+        await world.deliver_provider_message(setup.sends[p.index])
+
+
+async def event_statuses(world: SyncWorld) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    async with world.db.session() as session:
+        for model in (WebhookEvent, TextingWebhookEvent, BroadcastWebhookEvent):
+            for status, n in await session.execute(select(model.status, func.count()).group_by(model.status)):
+                counts[str(status)] += int(n)
+    return counts
+
+
+async def settle(world: SyncWorld, deadline_s: float = 30.0) -> None:
+    """Process until every event is done (or dead) and Verity has nothing more to post back."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        await world.process()
+        assert await world.verity.sim.drain()
+        counts = await event_statuses(world)
+        if counts["pending"] == 0 and counts["processing"] == 0:
+            await world.process()
+            if (await event_statuses(world)) == counts and world.verity.sim.receipts_pending == 0:
+                return
+        assert time.monotonic() < deadline, f"did not settle: {counts}"
+        await asyncio.sleep(0.05)
+
+
+async def run(world: SyncWorld, scenario: Scenario, *, canonical: bool) -> Setup:
+    await reset(world)
+    setup = await set_up(world, scenario.people)
+    people = {p.index: p for p in scenario.people}
+    order = tuple(range(len(scenario.events))) if canonical else scenario.order
+    for position, index in enumerate(order):
+        spec = scenario.events[index]
+        fresh = not canonical and position in scenario.fresh_webhook_id
+        await deliver(world, spec, people[spec.person], setup, fresh_id=fresh)
+        if not canonical and position in scenario.process_after:
+            await settle(world)
+    await settle(world)
+    return setup
+
+
+# --- what is compared ------------------------------------------------------------------------------------
+
+
+def markers(contact: dict[str, Any]) -> list[str]:
+    return [
+        line.strip()[len("[df:") : -1]
+        for note in contact["notes"]
+        for line in note["body"].splitlines()
+        if line.strip().startswith("[df:") and line.strip().endswith("]")
+    ]
+
+
+async def summary(world: SyncWorld, *, profiles: bool = True) -> dict[str, Any]:
+    """The final state without generated ids or timestamps; `profiles=False` leaves out the GHL
+    contacts' name and source (see `test_r_rel_4_contact_profile_does_not_depend_on_order`)."""
+    ghl = world.ghl.sim.snapshot()
+    contacts = [c for c in ghl["contacts"] if not c["deleted"]]
+    phone_of = {c["id"]: c["phone"] for c in contacts}
+    ghl_people = {
+        c["phone"]: {
+            **(
+                {"name": (c.get("firstName"), c.get("lastName")), "source": c.get("source")}
+                if profiles
+                else {}
+            ),
+            "tags": sorted(c.get("tags") or []),
+            "notes": sorted(markers(c)),
+        }
+        for c in contacts
+    }
+    messages = sorted(
+        (
+            phone_of.get(m["contactId"], "?"),
+            m["type"],
+            m["direction"],
+            m.get("altId") or m["body"],
+            m["status"],
+            (m.get("error") or {}).get("code"),
+        )
+        for m in ghl["messages"]
+    )
+    aloware = sorted(
+        (c["phone_number"], c.get("first_name"), c.get("last_name"))
+        for c in world.aloware.sim.snapshot()["contacts"]
+    )
+    verity = sorted((m["to"], m["body"], m["status"]) for m in world.verity.sim.sent_messages)
+    async with world.db.session() as session:
+        mappings = sorted(
+            (r.phone_number or "", r.aloware_contact_id is not None, r.deleted_at is not None)
+            for r in await session.scalars(select(ContactMapping))
+        )
+        message_rows = sorted(
+            (r.direction or "", r.status or "", r.texting_message_id is not None)
+            for r in await session.scalars(select(MessageMapping))
+        )
+    return {
+        "ghl_contacts": ghl_people,
+        "ghl_messages": messages,
+        "aloware_contacts": aloware,
+        "verity_sends": verity,
+        "contact_mappings": mappings,
+        "message_mappings": message_rows,
+        "event_statuses": sorted(await event_statuses(world)),
+    }
+
+
+def differences(got: Any, expected: Any, path: str = "") -> list[str]:
+    """Where two summaries differ, one line per leaf (for a readable failure)."""
+    if isinstance(got, dict) and isinstance(expected, dict):
+        lines: list[str] = []
+        for key in sorted(set(got) | set(expected), key=str):
+            lines += differences(got.get(key), expected.get(key), f"{path}/{key}")
+        return lines
+    if isinstance(got, list) and isinstance(expected, list) and got != expected:
+        extra = [v for v in got if v not in expected]
+        missing = [v for v in expected if v not in got]
+        return [f"{path}: interleaved has {extra}, canonical has {missing} (or counts differ)"]
+    return [] if got == expected else [f"{path}: interleaved {got!r} != canonical {expected!r}"]
+
+
+def duplicates(values: list[Any]) -> dict[Any, int]:
+    return {v: n for v, n in Counter(values).items() if n > 1}
+
+
+def check_safety(world: SyncWorld, scenario: Scenario, setup: Setup) -> None:
+    """No duplicate contact, note or message; no SMS to an opted-out number; every send once."""
+    ghl = world.ghl.sim.snapshot()
+    contacts = [c for c in ghl["contacts"] if not c["deleted"]]
+    assert not duplicates([c["phone"] for c in contacts]), "duplicate GHL contacts"
+    aloware = world.aloware.sim.snapshot()["contacts"]
+    assert not duplicates([c["phone_number"] for c in aloware]), "duplicate Aloware contacts"
+    for contact in contacts:
+        assert not duplicates(markers(contact)), f"duplicate notes on {contact['phone']}"
+    alt_ids = [m["altId"] for m in ghl["messages"] if m.get("altId")]
+    assert not duplicates(alt_ids), "duplicate GHL messages (same altId)"
+    verity = world.verity.sim.sent_messages
+    sent_to = Counter(m["to"] for m in verity)
+    assert not duplicates([m["correlationId"] for m in verity]), "an agent message sent twice"
+    for p in scenario.people:
+        if p.opted_out:
+            assert sent_to[p.phone] == 0, f"SMS sent to opted-out {p.phone}"
+        else:
+            assert sent_to[p.phone] == int(p.agent_send), f"agent SMS to {p.phone} sent {sent_to[p.phone]}x"
+        if p.agent_send:
+            message_id = setup.sends[p.index]["messageId"]
+            [message] = [m for m in ghl["messages"] if m["id"] == message_id]
+            if p.opted_out:
+                assert (message["status"], message["error"]["code"]) == ("failed", "opted_out")
+            else:
+                assert message["status"] == "delivered"
+
+
+class World:
+    """`sync_world` with a short repr (hypothesis prints the arguments of a failing example)."""
+
+    def __init__(self, world: SyncWorld) -> None:
+        self.world = world
+
+    def __repr__(self) -> str:
+        return f"<sync_world on {'PostgreSQL' if self.world.db.is_postgres else 'SQLite'}>"
+
+
+@pytest.fixture
+def world(sync_world: SyncWorld) -> World:
+    # GHL's rate limits are not what this test is about: lifted on both sides.
+    sync_world.ghl.sim.rate_limits = LocationRateLimiter(100_000, 10.0)
+    sync_world.settings = sync_world.settings.model_copy(update={"ghl_rate_limit_max": 100_000})
+    return World(sync_world)
+
+
+async def converges(world: SyncWorld, scenario: Scenario, *, profiles: bool) -> None:
+    """Run the scenario in canonical order, then interleaved; both safe, both the same state."""
+    canonical_setup = await run(world, scenario, canonical=True)
+    check_safety(world, scenario, canonical_setup)
+    expected = await summary(world, profiles=profiles)
+    assert expected["event_statuses"] == ["done"]
+
+    setup = await run(world, scenario, canonical=False)
+    check_safety(world, scenario, setup)
+    got = await summary(world, profiles=profiles)
+    assert got == expected, "\n".join(differences(got, expected))
+
+
+@settings(
+    max_examples=int(os.environ.get("R_REL_4_EXAMPLES", "8")),
+    deadline=None,
+    derandomize=True,
+    # Each example runs the world twice (seconds): a failure is reported as found, not shrunk.
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(scenario=scenarios())
+async def test_r_rel_4_interleavings_converge(world: World, scenario: Scenario) -> None:
+    """Safety (no duplicates, no SMS to opted-out numbers, every event done) and convergence of
+    everything but the GHL contacts' name and source, which the next test covers."""
+    await converges(world.world, scenario, profiles=False)
+
+
+#: The smallest scenario hypothesis found (by hand-shrinking its report) where the order matters:
+#: a person GHL does not know calls (Aloware) and texts (Verity); the text is processed first.
+TEXT_BEFORE_CALL = Scenario(
+    people=(
+        Person(
+            index=0, contact_event=False, call=True, summary=False, texts=1, agent_send=False, opted_out=False
+        ),
+    ),
+    events=(Spec("call", 0), Spec("text", 0)),
+    order=(1, 0),
+    fresh_webhook_id=frozenset(),
+    process_after=frozenset({0}),
+)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="R-REL-4 / R-ID-3: the GHL contact a person gets depends on which event creates it: a text "
+    "first creates it from the phone alone (source 'SMS', no name) and the later call does not fill "
+    "the name from the Aloware contact; the call first creates it with the Aloware name, source "
+    "'Aloware'",
+)
+@settings(
+    deadline=None,
+    phases=[Phase.explicit],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@example(scenario=TEXT_BEFORE_CALL)
+@given(scenario=scenarios())
+async def test_r_rel_4_contact_profile_does_not_depend_on_order(world: World, scenario: Scenario) -> None:
+    """The full state, GHL contact profiles included, is the same whatever the order."""
+    await converges(world.world, scenario, profiles=True)
