@@ -41,12 +41,20 @@ from df_middleware.connectors.ghl import GhlClient
 from df_middleware.connectors.ghl_models import (
     CallData,
     CallStatus,
+    Contact,
     ContactUpdate,
     ContactUpsert,
     CustomFieldValue,
     ExternalCall,
 )
-from df_middleware.sync.effects import EffectLedger, skipped, success
+from df_middleware.sync.contacts import (
+    aloware_profile,
+    decide_ghl_changes,
+    ghl_profile,
+    ghl_update,
+)
+from df_middleware.sync.contacts import parse_time as parse_iso_time
+from df_middleware.sync.effects import EchoGuard, EffectLedger, skipped, success
 from df_middleware.sync.identity import ContactMappings, PersonKeys, resolve_ghl_contact
 from df_middleware.sync.registry import (
     ClaimedEvent,
@@ -507,9 +515,12 @@ async def _resolve_contact(run: _Run, contact: Mapping[str, Any]) -> str | None:
     if aloware_contact_id is None and keys.empty:
         return None
     mappings = ContactMappings(run.ctx.db)
+    first_link = aloware_contact_id is not None and await mappings.by_aloware_id(aloware_contact_id) is None
     resolved = await resolve_ghl_contact(mappings, run.ghl, keys, aloware_contact_id=aloware_contact_id)
     if resolved is not None:
         ghl_contact_id = resolved.ghl_contact_id
+        if first_link:
+            await _fill_from_aloware(run, resolved.ghl_contact_id, resolved.contact, contact)
     elif keys.empty:
         return None  # a mapping miss with no phone or email: nothing to create a contact from
     else:
@@ -532,6 +543,32 @@ async def _resolve_contact(run: _Run, contact: Mapping[str, Any]) -> str | None:
         direction=DIRECTION,
     )
     return ghl_contact_id
+
+
+async def _fill_from_aloware(
+    run: _Run, ghl_contact_id: str, known: Contact | None, aloware_contact: Mapping[str, Any]
+) -> None:
+    """The first time an Aloware contact is linked to an existing GHL contact (one a text created
+    from a phone alone, say), its profile is applied as R-C-2 says for CONTACT_SOURCE_OF_TRUTH —
+    in `ghl` mode, GHL's empty fields are filled — so a person ends with the same profile whichever
+    event reached us first (R-REL-4). Later calls cost no extra API call."""
+    region = run.ctx.settings.default_phone_region
+    current = known or await run.ghl.get_contact(ghl_contact_id)
+    if current is None:
+        return
+    changes = decide_ghl_changes(
+        run.ctx.settings.contact_source_of_truth,
+        aloware_profile(aloware_contact, region),
+        ghl_profile(current.model_dump(by_alias=True), region),
+        aloware_changed_at=parse_time(aloware_contact.get("updated_at")),
+        ghl_changed_at=parse_iso_time(current.date_updated),
+    )
+    if not changes:
+        return
+    updated = await run.ghl.update_contact(ghl_contact_id, ghl_update(changes))
+    echoes = EchoGuard(run.ctx.db, run.ctx.settings.echo_ttl_seconds)
+    await echoes.remember("ghl", ghl_contact_id, ghl_profile(updated.model_dump(by_alias=True), region))
+    run.log(f"filled GHL contact from Aloware: {', '.join(sorted(changes))}", ghl_contact_id, "contact")
 
 
 async def _write_note(run: _Run, ghl_contact_id: str, activity: CallActivity) -> None:
