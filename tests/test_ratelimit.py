@@ -127,3 +127,20 @@ def test_absurd_retry_after_values_are_bounded() -> None:
     assert retry_after_seconds({"retry-after": "inf"}) == 24 * 3600.0
     assert retry_after_seconds({"retry-after": "nan"}) is None
     assert retry_after_seconds({"retry-after": "-5"}) == 0.0
+
+
+async def test_a_slow_answer_is_not_mistaken_for_budget_spent_elsewhere() -> None:
+    """GHL's `Remaining: 0` describes the window when the request *arrived*. With a slow round
+    trip our own calls of that window may have aged out of the window by the time the answer is
+    read; counted as of the send, they still explain the zero, so the location is not paused."""
+    clock = VirtualClock()
+    limiter = _limiter(clock, max_calls=10, interval=10.0)
+    for _ in range(9):
+        await limiter.acquire("loc")  # at t=1000
+    clock.now = 1009.9
+    await limiter.acquire("loc")  # the tenth call of the window
+    sent_at = clock.now
+    clock.now = 1010.4  # its answer arrives 0.5 s later: the first nine have left our window
+    limiter.observe("loc", 200, {"x-ratelimit-remaining": "0"}, sent_at=sent_at)
+    waited = await limiter.acquire("loc")
+    assert waited == pytest.approx(0.0)  # no pause: the budget was spent by us, and has freed up

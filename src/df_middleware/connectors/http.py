@@ -124,7 +124,9 @@ class RemoteUnauthorized(RetryableError, RemoteError):
 class RateLimiter(Protocol):
     async def acquire(self, key: str) -> float: ...
 
-    def observe(self, key: str, status_code: int, headers: Mapping[str, str]) -> None: ...
+    def observe(
+        self, key: str, status_code: int, headers: Mapping[str, str], *, sent_at: float | None = None
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -307,6 +309,7 @@ class ServiceClient:
         label = (self.system, endpoint)
         if self.limiter is not None and rate_key is not None:
             await self.limiter.acquire(rate_key)
+        sent_at = time.monotonic()  # the limiter's clock: GHL counts this request from about now
         started = time.perf_counter()
         try:
             response = await self._client.request(
@@ -329,7 +332,7 @@ class ServiceClient:
         status = response.status_code
         self._count(label, _outcome(status), started)
         if self.limiter is not None and rate_key is not None:
-            self.limiter.observe(rate_key, status, response.headers)
+            self.limiter.observe(rate_key, status, response.headers, sent_at=sent_at)
         log.debug(
             "external_call",
             system=self.system,

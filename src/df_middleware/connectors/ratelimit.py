@@ -97,9 +97,15 @@ class SlidingWindowLimiter:
         return window
 
     def _trim(self, window: _KeyWindow, now: float) -> None:
-        horizon = now - self.window
+        # Starts are kept for two windows, not one: `observe` counts them as of when a request was
+        # *sent*, which with a slow round trip is well before the answer came back.
+        horizon = now - 2 * self.window
         while window.starts and window.starts[0] <= horizon:
             window.starts.popleft()
+
+    def _in_window(self, window: _KeyWindow, at: float) -> list[float]:
+        """The call starts counted against the budget at instant `at`."""
+        return [t for t in window.starts if at - self.window < t <= at]
 
     async def acquire(self, key: str) -> float:
         """Wait until a call for `key` may start, record its start; returns the seconds waited.
@@ -121,17 +127,25 @@ class SlidingWindowLimiter:
                         )
                     await self._sleep(pause)
                     continue
-                if len(window.starts) < self.budget:
+                current = self._in_window(window, now)
+                if len(current) < self.budget:
                     window.starts.append(now)
                     waited = now - started
                     RATE_LIMITER_WAIT.labels(self.system).observe(waited)
                     return waited
-                await self._sleep(window.starts[0] + self.window - now)
+                await self._sleep(current[0] + self.window - now)
 
-    def observe(self, key: str, status_code: int, headers: Mapping[str, str]) -> None:
-        """Adapt to GHL's answer: its own limit figures, a drained budget, a 429."""
+    def observe(
+        self, key: str, status_code: int, headers: Mapping[str, str], *, sent_at: float | None = None
+    ) -> None:
+        """Adapt to GHL's answer: its own limit figures, a drained budget, a 429.
+
+        `sent_at` (this limiter's clock) is when the request left: GHL's `X-RateLimit-Remaining`
+        describes the window as of its arrival, so our own count is taken as of then too.
+        """
         window = self._window_for(key)
         now = self._clock()
+        as_of = sent_at if sent_at is not None else now
         limit = _int_header(headers, "x-ratelimit-max")
         interval_ms = _int_header(headers, "x-ratelimit-interval-milliseconds")
         if limit and limit != self.max_calls:
@@ -146,7 +160,7 @@ class SlidingWindowLimiter:
             pause = retry_after if retry_after is not None else self.window
             window.paused_until = max(window.paused_until, now + pause)
             log.warning("ghl_rate_limited", key=key, pause_seconds=round(pause, 3))
-        elif remaining is not None and remaining <= 0 and len(window.starts) < self.budget:
+        elif remaining is not None and remaining <= 0 and len(self._in_window(window, as_of)) < self.budget:
             window.paused_until = max(window.paused_until, now + self.window)
             log.info("ghl_budget_spent_elsewhere", key=key, pause_seconds=round(self.window, 3))
 
