@@ -12,29 +12,26 @@ on the database:
         assert sync_world.aloware.sim.contact_by_phone("+1…")
 
 Handlers under test are registered with `sync_world.registry` (a fresh `HandlerRegistry` filled
-from the modules given to `SyncWorld.registry_from(...)`, or the production registry).
+from the modules given to `SyncWorld.use_modules(...)`, or the production registry).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from types import ModuleType
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 
 from df_middleware.app import create_app as create_service
 from df_middleware.config import Settings
 from df_middleware.connectors.suite import Connectors
 from df_middleware.db.session import Database
+from df_middleware.demo_run import LOCATION as DEMO_LOCATION
+from df_middleware.demo_run import DemoDeliverer
 from df_middleware.queue.worker import Worker
 from df_middleware.simulators.aloware import AlowareSimulator
 from df_middleware.simulators.aloware import create_app as create_aloware
@@ -46,7 +43,7 @@ from df_middleware.sync.registry import HandlerRegistry, default_registry
 from tests.conftest import CONTRACTS, TEST_SECRETS, Keys
 from tests.servers import serve_app
 
-LOCATION = "loc_sim"
+LOCATION = DEMO_LOCATION  # the simulator's default location, which deliveries name
 ALOWARE_TOKEN = "aloware-world-token"
 VERITY_KEY = "verity-world-key"
 CONVERSATION_PROVIDER = "prov-sms-world"
@@ -107,43 +104,28 @@ class SyncWorld:
 
     # --- delivering webhooks through the real ingest -------------------------------------------
 
-    async def _post(self, path: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
-        async with httpx.AsyncClient(base_url=self.service_url, timeout=10) as client:
-            answer = await client.post(
-                path, content=body, headers={"content-type": "application/json", **headers}
-            )
-        assert answer.status_code == 200, answer.text
-        return answer
+    @property
+    def deliverer(self) -> DemoDeliverer:
+        """Signed deliveries to the service (GHL webhooks get `locationId`, `timestamp` and a
+        fresh `webhookId`), the same code `df-middleware demo` delivers with."""
+        return DemoDeliverer(
+            self.service_url,
+            self.keys.ed25519_private,
+            TEST_SECRETS["aloware_webhook_bearer_token"],
+            TEST_SECRETS["verity_webhook_secret"],
+        )
 
     async def deliver_ghl(self, payload: dict[str, Any]) -> httpx.Response:
-        """A GHL webhook, Ed25519-signed, with `locationId`, `timestamp` and `webhookId` filled in."""
-        body = orjson.dumps(
-            {
-                "locationId": LOCATION,
-                "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-                "webhookId": str(uuid.uuid4()),
-                **payload,
-            }
-        )
-        return await self._post("/api/webhooks/ghl", body, {"x-ghl-signature": self.keys.ed25519_sign(body)})
+        return await self.deliverer.deliver_ghl(payload)
 
     async def deliver_provider_message(self, payload: dict[str, Any]) -> httpx.Response:
-        """A GHL conversation-provider delivery (`ProviderOutboundMessage`)."""
-        body = orjson.dumps({"locationId": LOCATION, **payload})
-        return await self._post(
-            "/api/webhooks/ghl/provider-delivery", body, {"x-ghl-signature": self.keys.ed25519_sign(body)}
-        )
+        return await self.deliverer.deliver_provider_message(payload)
 
     async def deliver_aloware(self, event: str, body: dict[str, Any]) -> httpx.Response:
-        raw = orjson.dumps({"event": event, "body": body})
-        token = TEST_SECRETS["aloware_webhook_bearer_token"]
-        return await self._post("/api/webhooks/aloware", raw, {"authorization": f"Bearer {token}"})
+        return await self.deliverer.deliver_aloware(event, body)
 
     async def deliver_texting(self, payload: dict[str, Any]) -> httpx.Response:
-        raw = orjson.dumps(payload)
-        secret = TEST_SECRETS["verity_webhook_secret"].encode()
-        signature = hmac.new(secret, raw, hashlib.sha256).hexdigest()
-        return await self._post("/api/webhooks/texting", raw, {"x-texting-signature": signature})
+        return await self.deliverer.deliver_texting(payload)
 
 
 @pytest.fixture

@@ -31,11 +31,11 @@ from df_middleware.sync.contacts import (
     ghl_profile,
     ghl_update,
     lead_fields,
-    parse_time,
     profile_fingerprint,
 )
 from df_middleware.sync.identity import MappingView
 from df_middleware.sync.registry import HandlerRegistry
+from df_middleware.timestamps import parse_iso8601
 from tests.conftest import TEST_SECRETS
 from tests.sync_world import LOCATION, SyncWorld
 
@@ -177,13 +177,13 @@ def test_phone_change_decisions() -> None:
     assert "second contact" in free.conflict
 
 
-def test_parse_time() -> None:
+def test_parse_iso8601() -> None:
     """Event times: ISO-8601 with Z or offset, naive taken as UTC, junk as unknown."""
-    assert parse_time("2026-11-24T16:45:00Z") == datetime(2026, 11, 24, 16, 45, tzinfo=UTC)
-    assert parse_time("2026-11-24T17:45:00+01:00") == datetime(2026, 11, 24, 16, 45, tzinfo=UTC)
-    assert parse_time("2026-11-24T16:45:00") == datetime(2026, 11, 24, 16, 45, tzinfo=UTC)
-    assert parse_time("yesterday") is None
-    assert parse_time(None) is None
+    assert parse_iso8601("2026-11-24T16:45:00Z") == datetime(2026, 11, 24, 16, 45, tzinfo=UTC)
+    assert parse_iso8601("2026-11-24T17:45:00+01:00") == datetime(2026, 11, 24, 16, 45, tzinfo=UTC)
+    assert parse_iso8601("2026-11-24T16:45:00") == datetime(2026, 11, 24, 16, 45, tzinfo=UTC)
+    assert parse_iso8601("yesterday") is None
+    assert parse_iso8601(None) is None
 
 
 _values = st.one_of(st.none(), st.sampled_from(["Ann", "Bo", "Raleigh", "NC", "Web"]))

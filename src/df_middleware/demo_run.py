@@ -51,7 +51,9 @@ CALL_PROVIDER = "demo-call-provider"
 
 @dataclass
 class DemoDeliverer:
-    """Delivers webhooks to the service's real endpoints, signed as each system signs them."""
+    """Delivers webhooks to the service's real endpoints, signed as each system signs them (GHL
+    Ed25519, Aloware Bearer, Verity HMAC), with GHL's `locationId`/`timestamp`/`webhookId` filled
+    in. The demo and the test world (`tests/sync_world.py`) both deliver through it."""
 
     service_url: str
     ghl_key: Ed25519PrivateKey
@@ -63,7 +65,8 @@ class DemoDeliverer:
             answer = await client.post(
                 path, content=body, headers={"content-type": "application/json", **headers}
             )
-        answer.raise_for_status()
+        if answer.status_code != 200:
+            raise RuntimeError(f"{path} answered {answer.status_code}: {answer.text[:500]}")
         return answer
 
     def _signed(self, body: bytes) -> dict[str, str]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 from df_middleware.config import Settings
@@ -60,6 +59,7 @@ from df_middleware.connectors.ratelimit import SlidingWindowLimiter
 from df_middleware.connectors.status import ConnectionReport
 from df_middleware.errors import PermanentError, SyncError
 from df_middleware.phones import normalize_email, normalize_phone
+from df_middleware.timestamps import parse_iso8601
 
 _W = TypeVar("_W", bound=ContactWrite)
 
@@ -434,12 +434,12 @@ class GhlClient:
         """The id of a recent message we may already have added (its answer lost): the one with
         our `altId` when GHL shows it, else the one with the same text and the same date (we set
         both). None when there is none; callers then add the message."""
-        wanted_at = _instant(date)
+        wanted_at = parse_iso8601(date)
         for message in await self.list_messages(conversation_id, message_type=message_type):
             if alt_id is not None and message.alt_id == alt_id:
                 return message.id
             same_text = message.alt_id is None and body is not None and (message.body or "") == body
-            if same_text and (wanted_at is None or _instant(message.date_added) == wanted_at):
+            if same_text and (wanted_at is None or parse_iso8601(message.date_added) == wanted_at):
                 return message.id
         return None
 
@@ -590,17 +590,6 @@ class GhlClient:
 
 class UnknownCustomField(PermanentError):
     """A custom field key that the location does not define: a configuration error."""
-
-
-def _instant(value: str | None) -> datetime | None:
-    """An ISO-8601 time as an aware instant (so `…Z` and `…+00:00` compare equal)."""
-    if not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _field(body: Any, name: str) -> Any:

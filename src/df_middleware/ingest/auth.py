@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from pydantic import SecretStr
 
 from df_middleware.config import Settings
+from df_middleware.timestamps import parse_iso8601
 
 #: GHL's published webhook key (the default of GHL_WEBHOOK_PUBLIC_KEY).
 GHL_PUBLISHED_KEY = Path(__file__).with_name("ghl_webhook_rsa_public_key.pem")
@@ -120,11 +121,7 @@ def parse_event_time(value: Any) -> datetime | None:
         if text.isdigit():
             value = int(text)
         else:
-            try:
-                parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-            except ValueError:
-                return None
-            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+            return parse_iso8601(text)
     if isinstance(value, int | float):
         seconds = value / 1000 if abs(value) > 1e11 else value
         try:

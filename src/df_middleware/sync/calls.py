@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -53,7 +53,6 @@ from df_middleware.sync.contacts import (
     ghl_profile,
     ghl_update,
 )
-from df_middleware.sync.contacts import parse_time as parse_iso_time
 from df_middleware.sync.effects import EchoGuard, EffectLedger, skipped, success
 from df_middleware.sync.identity import ContactMappings, PersonKeys, resolve_ghl_contact
 from df_middleware.sync.registry import (
@@ -63,6 +62,7 @@ from df_middleware.sync.registry import (
     HandlerResult,
     SyncLogEntry,
 )
+from df_middleware.timestamps import parse_iso8601
 
 DIRECTION = "aloware_to_ghl"
 
@@ -206,21 +206,9 @@ def display_zone(name: str) -> ZoneInfo:
         return ZoneInfo("UTC")
 
 
-def parse_time(value: object) -> datetime | None:
-    """An Aloware timestamp (ISO-8601, `Z` or offset, or `YYYY-MM-DD HH:MM:SS` in UTC)."""
-    text = _text(value)
-    if text is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
 def format_time(value: object, zone: ZoneInfo) -> str | None:
     """`2026-11-24 11:30 EST`: the time as the team reads it, with the zone's abbreviation."""
-    moment = parse_time(value)
+    moment = parse_iso8601(value)
     if moment is None:
         return None
     local = moment.astimezone(zone)
@@ -329,7 +317,7 @@ def call_log_of(body: Mapping[str, Any], event_type: str, call_id: str) -> CallL
     contact_phone = _text(_mapping(body.get("contact")).get("phone_number"))
     direction = call_direction(body, event_type)
     status = _CALL_LOG_STATUS.get(call_status(body, event_type) or "")
-    moment = parse_time(body.get("created_at"))
+    moment = parse_iso8601(body.get("created_at"))
     date = moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z") if moment else None
     if direction == "inbound":
         return CallLog(call_id=call_id, to=None, from_=contact_phone, status=status, date=date)
@@ -560,8 +548,8 @@ async def _fill_from_aloware(
         run.ctx.settings.contact_source_of_truth,
         aloware_profile(aloware_contact, region),
         ghl_profile(current.model_dump(by_alias=True), region),
-        aloware_changed_at=parse_time(aloware_contact.get("updated_at")),
-        ghl_changed_at=parse_iso_time(current.date_updated),
+        aloware_changed_at=parse_iso8601(aloware_contact.get("updated_at")),
+        ghl_changed_at=parse_iso8601(current.date_updated),
     )
     if not changes:
         return

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal, TypeAlias
 
 from df_middleware.connectors.aloware import AlowareClient, AlowareContact, LeadFields
@@ -37,6 +37,7 @@ from df_middleware.phones import normalize_email, normalize_phone
 from df_middleware.sync.effects import EchoGuard, EffectLedger, fingerprint, skipped, success
 from df_middleware.sync.identity import ContactMappings, MappingView, PersonKeys, resolve_ghl_contact
 from df_middleware.sync.registry import ClaimedEvent, HandlerContext, HandlerRegistry, HandlerResult
+from df_middleware.timestamps import parse_iso8601
 
 SourceOfTruth: TypeAlias = Literal["ghl", "aloware", "merge"]
 #: A contact's profile in the shared vocabulary: canonical field name → non-empty value.
@@ -245,17 +246,6 @@ def decide_phone_change(
     )
 
 
-def parse_time(value: Any) -> datetime | None:
-    """An ISO-8601 timestamp (Aloware's `updated_at`, GHL's `dateUpdated`) as aware UTC."""
-    if not isinstance(value, str) or not value.strip():
-        return None
-    try:
-        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
 def ghl_event_time(event: ClaimedEvent) -> datetime | None:
     """When a GHL contact change happened: the webhook's `timestamp` (or the contact's
     `dateUpdated` in workflow payloads); None when neither is there (then no staleness check)."""
@@ -263,7 +253,9 @@ def ghl_event_time(event: ClaimedEvent) -> datetime | None:
     nested = payload.get("contact")
     updated = nested.get("dateUpdated") if isinstance(nested, Mapping) else None
     return (
-        parse_time(payload.get("timestamp")) or parse_time(payload.get("dateUpdated")) or parse_time(updated)
+        parse_iso8601(payload.get("timestamp"))
+        or parse_iso8601(payload.get("dateUpdated"))
+        or parse_iso8601(updated)
     )
 
 
@@ -450,7 +442,7 @@ async def handle_aloware_contact(ctx: HandlerContext, event: ClaimedEvent) -> Ha
     digest = profile_fingerprint(profile)
     if mapping is not None and mapping.deleted_at is not None:
         return skipped(event, ALOWARE_TO_GHL, f"GHL contact {mapping.ghl_contact_id} was deleted")
-    event_at = parse_time(body.get("updated_at"))
+    event_at = parse_iso8601(body.get("updated_at"))
     if mapping is not None and mapping.is_stale("aloware", event_at):
         return skipped(event, ALOWARE_TO_GHL, STALE)
     if mapping is not None and mapping.fingerprint == digest:
@@ -478,8 +470,8 @@ async def handle_aloware_contact(ctx: HandlerContext, event: ClaimedEvent) -> Ha
         ctx.settings.contact_source_of_truth,
         profile,
         _ghl_contact_profile(current, region),
-        aloware_changed_at=parse_time(body.get("updated_at")) or event.received_at,
-        ghl_changed_at=parse_time(current.date_updated),
+        aloware_changed_at=parse_iso8601(body.get("updated_at")) or event.received_at,
+        ghl_changed_at=parse_iso8601(current.date_updated),
     )
     if changes:
         updated = await ghl.update_contact(current.id, ghl_update(changes))
@@ -546,7 +538,7 @@ async def _create_ghl_contact(
         fingerprint=digest,
     )
     await ContactMappings(ctx.db).mark_applied(
-        outcome.target_id, "aloware", parse_time(_aloware_body(event).get("updated_at"))
+        outcome.target_id, "aloware", parse_iso8601(_aloware_body(event).get("updated_at"))
     )
     entry = success(
         event,

@@ -12,7 +12,7 @@ exempts them from the foreign-location guard (`GHL_INSTALL_EVENTS`).
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from df_middleware.connectors.tokens import INSTALL_HINT, installed_location, uninstall_token
 from df_middleware.sync.registry import (
@@ -22,6 +22,7 @@ from df_middleware.sync.registry import (
     HandlerResult,
     SyncLogEntry,
 )
+from df_middleware.timestamps import parse_iso8601
 
 INSTALL_EVENTS = ("AppInstall", "INSTALL")
 UNINSTALL_EVENTS = ("AppUninstall", "UNINSTALL")
@@ -94,15 +95,7 @@ async def handle_app_uninstall(ctx: HandlerContext, event: ClaimedEvent) -> Hand
 
 def _event_time(event: ClaimedEvent) -> datetime:
     """When the event happened: GHL's `timestamp` (ISO-8601) when present, else when it arrived."""
-    stamp = event.payload.get("timestamp")
-    if isinstance(stamp, str):
-        try:
-            parsed = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-        except ValueError:
-            parsed = None
-        if parsed is not None:
-            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-    return event.received_at
+    return parse_iso8601(event.payload.get("timestamp")) or event.received_at
 
 
 def register_handlers(registry: HandlerRegistry) -> None:

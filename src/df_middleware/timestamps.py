@@ -1,0 +1,21 @@
+"""ISO-8601 times as the systems we sync send them, read one way everywhere.
+
+GHL (`timestamp`, `dateUpdated`), Aloware (`updated_at`, `created_at`) and Verity write ISO-8601
+with `Z`, with an offset, or without a zone (which they mean as UTC). Comparisons across systems
+(staleness, merge by time, replay windows) need one reading of all three.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+
+def parse_iso8601(value: object) -> datetime | None:
+    """ISO-8601 text as an aware UTC datetime (naive means UTC); None when it is not one."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
