@@ -1,8 +1,8 @@
 """GHL calls per processed Aloware event, and the share of GHL's rate budget the worker uses (not a test).
 
 `python bench/pipeline.py [--events N] [--locations K] [--latency-ms 40] [--concurrency C]
-[--contacts mapped|unmapped|new] [--calls-per-person R] [--no-call-log]` measures R-PERF-3 with
-the real handlers:
+[--contacts mapped|mapped-cold|unmapped|new] [--calls-per-person R] [--call-mix disposed|call]
+[--no-call-log]` measures R-PERF-3 with the real handlers:
 
 1. starts the GHL simulator (100 requests / 10 s per location, GHL's published limit, `--latency-ms`
    added to every request) and the Aloware simulator as subprocesses (`df-middleware simulate …`),
@@ -15,16 +15,21 @@ the real handlers:
    first location and the others stay idle (they are set up to show it, and counted in `budget_used`);
 3. seeds N people: with `--contacts mapped` (default, the steady state) GHL already has each contact
    (created through `/_sim/ui/contacts`, which is not rate limited) and `contact_mappings` links it to
-   its Aloware contact; `unmapped`: GHL has the contact but no mapping exists yet; `new`: GHL has
+   its Aloware contact, with the GHL profile last seen (what syncing the contact or GHL's webhook
+   about it leaves); `mapped-cold`: the same without the last-seen profile (mappings from before
+   migration 0005); `unmapped`: GHL has the contact but no mapping exists yet; `new`: GHL has
    nobody;
 4. phase `contact_updates`: N Aloware `Contact Updated` events (R-C-2; each fills empty GHL fields
    under the default CONTACT_SOURCE_OF_TRUTH=ghl), inserted into `webhook_events` with the columns
    ingest writes (`classify_aloware`), then one in-process `Worker` (`Connectors.from_settings`)
    runs until the queue is drained;
-5. phase `call_events`: N `Call Disposed` events (R-CALL-1: note, tags and, with
-   GHL_CALL_PROVIDER_ID set unless `--no-call-log`, the call log), same way: one call per person,
-   or with `--calls-per-person R` R calls each for the first N/R people (later calls find the
-   contact's conversation).
+5. phase `call_events`: N call events, same way. `--call-mix disposed` (default): N `Call Disposed`
+   (R-CALL-1: note, tags and, with GHL_CALL_PROVIDER_ID set unless `--no-call-log`, the call log);
+   `--call-mix call`: N/4 calls, each with the four events Aloware sends about a finished call
+   (`Call Disposed`, `Recording Saved`, `Transcription Saved`, `Call Summarized`: R-CALL-2 adds a
+   note each, and the summary's tags). One call per person, or with `--calls-per-person R` R calls
+   each for the first people (a contact's first logged call looks its conversation up; later ones
+   use the remembered id).
 
 One JSON line. Per phase: seconds, processed/s, GHL calls (from the simulator's request log) per
 event and by endpoint, 429s, event outcomes, and two budget figures:
@@ -77,6 +82,8 @@ from df_middleware.simulators.ghl import (
     DEFAULT_LOCATION_ID,
     DEFAULT_TOKEN,
 )
+from df_middleware.sync.identity import GhlSighting
+from df_middleware.timestamps import parse_iso8601
 
 ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 WINDOW_SECONDS = 10.0
@@ -147,10 +154,26 @@ def contact_updated(i: int) -> dict[str, Any]:
     return {"event": "Contact Updated", "body": body}
 
 
-def call_disposed(call: int, i: int) -> dict[str, Any]:
-    """Aloware's `Call Disposed` for call number `call`, with person i."""
-    _, body = aloware_example("Call Disposed")
-    body.update(id=9_000_000 + call, contact_id=aloware_contact_id(i))
+#: The events Aloware sends about one finished call, in the order they usually come (`--call-mix call`).
+CALL_EVENT_KINDS: tuple[str, ...] = (
+    "Call Disposed",
+    "Recording Saved",
+    "Transcription Saved",
+    "Call Summarized",
+)
+
+
+def call_event(call: int, i: int, kind: str = "Call Disposed") -> dict[str, Any]:
+    """Aloware's `kind` event (`Call Disposed` or one of its children) for call `call`, person i."""
+    _, body = aloware_example(kind)
+    call_id = 9_000_000 + call
+    if kind == "Call Disposed":
+        body.update(id=call_id, contact_id=aloware_contact_id(i))
+        body["recording_url"] = f"https://recordings.example.com/{call_id}.mp3"
+    else:
+        child = CALL_EVENT_KINDS.index(kind)
+        body.update(id=10 * call_id + child, call_id=call_id, communication_id=call_id)
+        body.update(contact_id=aloware_contact_id(i))
     body["contact"].update(
         id=aloware_contact_id(i),
         first_name=f"First{i}",
@@ -159,8 +182,18 @@ def call_disposed(call: int, i: int) -> dict[str, Any]:
         phone_number=phone_of(i),
         email=f"person{i}@example.com",
     )
-    body["recording_url"] = f"https://recordings.example.com/{9_000_000 + call}.mp3"
-    return {"event": "Call Disposed", "body": body}
+    return {"event": kind, "body": body}
+
+
+def call_events(count: int, people: int, mix: str) -> list[dict[str, Any]]:
+    """`count` call events: `Call Disposed` only (mix `disposed`), or each call's four events."""
+    if mix == "disposed":
+        return [call_event(j, j % people) for j in range(count)]
+    per_call = len(CALL_EVENT_KINDS)
+    return [
+        call_event(j // per_call, (j // per_call) % people, CALL_EVENT_KINDS[j % per_call])
+        for j in range(count)
+    ]
 
 
 def event_row(payload: dict[str, Any]) -> dict[str, Any]:
@@ -217,10 +250,13 @@ async def install_locations(
 
 
 async def seed_people(ghl_url: str, db: Database, events: int, scenario: str) -> None:
-    """GHL contacts (name and phone only) and, for `mapped`, their contact_mappings rows."""
+    """GHL contacts (name and phone only) and, for `mapped` / `mapped-cold`, their
+    contact_mappings rows: `mapped` with the GHL profile last seen (as syncing the contact, or
+    GHL's webhook about it, leaves), `mapped-cold` without (rows from before migration 0005)."""
     if scenario == "new":
         return
     ghl_ids: dict[int, str] = {}
+    changed: dict[int, str | None] = {}
     limit = asyncio.Semaphore(16)
     async with httpx.AsyncClient(base_url=ghl_url, timeout=30) as client:
 
@@ -236,10 +272,12 @@ async def seed_people(ghl_url: str, db: Database, events: int, scenario: str) ->
                     },
                 )
                 answer.raise_for_status()
-                ghl_ids[i] = answer.json()["contact"]["id"]
+                created = answer.json()["contact"]
+                ghl_ids[i] = created["id"]
+                changed[i] = created.get("dateUpdated") or created.get("dateAdded")
 
         await asyncio.gather(*(create(i) for i in range(events)))
-    if scenario != "mapped":
+    if scenario not in ("mapped", "mapped-cold"):
         return
     now = utcnow()
     rows = [
@@ -254,6 +292,13 @@ async def seed_people(ghl_url: str, db: Database, events: int, scenario: str) ->
             "created_at": now,
             "updated_at": now,
             "last_synced_fingerprint": "seeded-by-bench",
+            "ghl_profile": GhlSighting(
+                {"first_name": f"First{i}", "last_name": f"Last{i}", "phone": phone_of(i)},
+                parse_iso8601(changed[i]),
+            ).dump()
+            if scenario == "mapped"
+            else None,
+            "ghl_profile_at": now if scenario == "mapped" else None,
         }
         for i in range(events)
     ]
@@ -457,13 +502,14 @@ async def run(args: argparse.Namespace, ghl_url: str, aloware_url: str, aloware_
                 "latency_s": args.latency_ms / 1000,
                 "max_seconds": args.max_seconds,
             }
-            people = max(1, -(-args.events // args.calls_per_person))
+            calls_made = (
+                args.events if args.call_mix == "disposed" else -(-args.events // len(CALL_EVENT_KINDS))
+            )
+            people = max(1, -(-calls_made // args.calls_per_person))
             contacts = await run_phase(
                 "contact_updates", [contact_updated(i) for i in range(args.events)], **common
             )
-            calls = await run_phase(
-                "call_events", [call_disposed(j, j % people) for j in range(args.events)], **common
-            )
+            calls = await run_phase("call_events", call_events(args.events, people, args.call_mix), **common)
             await connectors.aclose()
             connectors = None
     finally:
@@ -485,6 +531,7 @@ async def run(args: argparse.Namespace, ghl_url: str, aloware_url: str, aloware_
         "contacts": args.contacts,
         "call_log": not args.no_call_log,
         "calls_per_person": args.calls_per_person,
+        "call_mix": args.call_mix,
         "seconds": round(seconds, 2),
         "processed_per_s": round(processed / seconds, 2) if seconds else None,
         "ghl_calls_per_contact_update": contacts["ghl_calls_per_event"],
@@ -519,12 +566,19 @@ def main() -> None:
     parser.add_argument("--locations", type=int, default=1, help="GHL locations set up (1 PIT + OAuth).")
     parser.add_argument("--latency-ms", type=float, default=40.0, help="Added by the GHL simulator.")
     parser.add_argument("--concurrency", type=int, default=8, help="WORKER_CONCURRENCY.")
-    parser.add_argument("--contacts", choices=("mapped", "unmapped", "new"), default="mapped")
+    parser.add_argument("--contacts", choices=("mapped", "mapped-cold", "unmapped", "new"), default="mapped")
     parser.add_argument(
         "--calls-per-person",
         type=int,
         default=1,
         help="R: the call phase's N calls go to the first N/R people (R calls each, interleaved).",
+    )
+    parser.add_argument(
+        "--call-mix",
+        choices=("disposed", "call"),
+        default="disposed",
+        help="disposed: every call event is a `Call Disposed`; call: each call's Disposed, Recording, "
+        "Transcription and Summarized events.",
     )
     parser.add_argument("--no-call-log", action="store_true", help="Leave GHL_CALL_PROVIDER_ID unset.")
     parser.add_argument("--max-seconds", type=float, default=1800.0, help="Give up on a phase after this.")

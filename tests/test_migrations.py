@@ -33,7 +33,14 @@ SEED_TABLES = {
     "reconcile_runs",
     "quarantine_events",
 }
-ADDED_TABLES = {"optout_events", "dnc_registry", "sync_effects", "echo_guard", "oauth_state_uses"}
+ADDED_TABLES = {
+    "optout_events",
+    "dnc_registry",
+    "sync_effects",
+    "echo_guard",
+    "oauth_state_uses",
+    "ghl_conversations",
+}
 
 QUEUE_COLUMNS = {
     "attempts",

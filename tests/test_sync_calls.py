@@ -19,7 +19,7 @@ from sqlalchemy import select, update
 
 import df_middleware.sync.calls
 from df_middleware.config import Settings
-from df_middleware.db.models import ContactMapping, SyncEffect, SyncLog, WebhookEvent
+from df_middleware.db.models import ContactMapping, GhlConversation, SyncEffect, SyncLog, WebhookEvent
 from df_middleware.db.session import Database
 from df_middleware.db.types import utcnow
 from df_middleware.queue.operations import replay_event
@@ -498,3 +498,43 @@ async def test_without_ghl_the_call_is_skipped(make_settings: Any, db: Database)
     result = await handle_finished_call(ctx, event)
     assert [(e.status, e.message) for e in result.entries] == [("skipped", GHL_NOT_CONFIGURED)]
     assert ctx.direction == "aloware_to_ghl"
+
+
+async def test_later_calls_reuse_the_remembered_conversation(sync_world: SyncWorld) -> None:
+    """R-PERF-3, R-CALL-1: a contact's first logged call looks its conversation up (search, then
+    create); its later calls cost note + tags + call log only. When GHL no longer has the
+    remembered conversation, the call is logged in a fresh one, once."""
+    sync_world.use_modules(df_middleware.sync.calls)
+    await sync_world.deliver_aloware("Call Disposed", call_disposed(9912345))
+    await sync_world.process()
+    assert len(sync_world.ghl.requests("GET", "/conversations/search")) == 1
+    assert [r.path for r in sync_world.ghl.requests("POST", "/conversations/")].count("/conversations/") == 1
+    [first] = call_messages(sync_world)
+
+    before = len(sync_world.ghl.requests())
+    await sync_world.deliver_aloware("Call Disposed", call_disposed(9912346))
+    await sync_world.process()
+    second_call = [(r.method, r.path) for r in sync_world.ghl.requests()[before:]]
+    contact_id = only_contact(sync_world)["id"]
+    assert sorted(second_call) == sorted(
+        [
+            ("POST", f"/contacts/{contact_id}/notes"),
+            ("POST", f"/contacts/{contact_id}/tags"),
+            ("POST", "/conversations/messages/outbound"),
+        ]
+    )
+    messages = call_messages(sync_world)
+    assert len(messages) == 2
+    assert {m["conversationId"] for m in messages} == {first["conversationId"]}
+
+    # The conversation is deleted in GHL: the third call finds out and logs in a new one.
+    sync_world.ghl.sim.conversations[first["conversationId"]].deleted = True
+    await sync_world.deliver_aloware("Call Disposed", call_disposed(9912347))
+    await sync_world.process()
+    assert await event_statuses(sync_world.db) == ["done"] * 3
+    third = [m for m in call_messages(sync_world) if m["conversationId"] != first["conversationId"]]
+    assert len(third) == 1
+    async with sync_world.db.session() as session:
+        remembered = await session.get(GhlConversation, contact_id)
+    assert remembered is not None
+    assert remembered.conversation_id == third[0]["conversationId"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,6 +20,7 @@ from sqlalchemy import select
 
 import df_middleware.sync.contacts as contacts
 from df_middleware.db.models import ContactMapping, SyncEffect, SyncLog, WebhookEvent
+from df_middleware.db.session import Database
 from df_middleware.queue.operations import replay_event
 from df_middleware.simulators.ghl import contact_webhook
 from df_middleware.sync.contacts import (
@@ -33,7 +35,7 @@ from df_middleware.sync.contacts import (
     lead_fields,
     profile_fingerprint,
 )
-from df_middleware.sync.identity import MappingView
+from df_middleware.sync.identity import ContactMappings, GhlSighting, MappingView
 from df_middleware.sync.registry import HandlerRegistry
 from df_middleware.timestamps import parse_iso8601
 from tests.conftest import TEST_SECRETS
@@ -579,3 +581,126 @@ async def test_phone_change_onto_another_aloware_contact_is_a_conflict(sync_worl
     (mapping,) = await _mappings(sync_world)
     assert (mapping.aloware_contact_id, mapping.phone_number) == (str(created["id"]), PHONE)
     assert await _statuses(sync_world) == ["done"] * 3
+
+
+def _calls_since(world: SyncWorld, before: int) -> list[tuple[str, str]]:
+    return [(r.method, r.path) for r in world.ghl.requests()[before:]]
+
+
+async def _hold(world: SyncWorld, event_id: str, until: datetime) -> None:
+    """Keep a queued event waiting (as if its delivery were still on its way through the queue)."""
+    async with world.db.session() as session:
+        row = await session.get(WebhookEvent, uuid.UUID(event_id))
+        assert row is not None
+        row.next_attempt_at = until
+
+
+async def test_mapped_contact_update_is_decided_from_the_last_seen_ghl_profile(sync_world: SyncWorld) -> None:
+    """R-PERF-3: an Aloware change of a mapped contact costs one `PUT` (no `GET`), decided (R-C-2,
+    `ghl` mode) from the GHL profile last seen — GHL's answer to our write, or GHL's own contact
+    webhook. While a GHL change of the contact is still queued the last-seen profile is not
+    trusted: the contact is read, and GHL's newer value is kept."""
+    ghl_id, aloware_id = await _aloware_and_ghl_person(sync_world)
+    await sync_world.deliver_aloware("Contact Updated", _aloware_update(sync_world, aloware_id, T0))
+    await sync_world.process()
+    assert sync_world.ghl.sim.get_contact(LOCATION, ghl_id).get("city") == "Raleigh"
+
+    # Aloware fills the state GHL lacks: one call, the PUT.
+    sync_world.aloware.sim.update_contact(aloware_id, state="NC")
+    before = len(sync_world.ghl.requests())
+    await sync_world.deliver_aloware(
+        "Contact Updated", _aloware_update(sync_world, aloware_id, T0 + timedelta(minutes=1))
+    )
+    await sync_world.process()
+    assert [(r.method, r.path) for r in sync_world.ghl.requests()[before:]] == [
+        ("PUT", f"/contacts/{ghl_id}")
+    ]
+    assert sync_world.ghl.sim.get_contact(LOCATION, ghl_id)["state"] == "NC"
+
+    # Someone fills the country in GHL; GHL's (workflow) webhook, which names no phone and so
+    # is not queued behind the person's other events, still waits in the queue when Aloware's
+    # different country arrives: GHL is read, and its value stands.
+    sync_world.ghl.sim.update_contact(LOCATION, ghl_id, {"country": "US"})
+    workflow = {"type": "contact.updated", "locationId": LOCATION, "contact_id": ghl_id, "country": "US"}
+    held = await sync_world.deliver_ghl(workflow)
+    await _hold(sync_world, held.json()["id"], datetime.now(UTC) + timedelta(hours=1))
+    sync_world.aloware.sim.update_contact(aloware_id, country="CA")
+    before = len(sync_world.ghl.requests())
+    await sync_world.deliver_aloware(
+        "Contact Updated", _aloware_update(sync_world, aloware_id, T0 + timedelta(minutes=2))
+    )
+    await sync_world.process()
+    assert [(r.method, r.path) for r in sync_world.ghl.requests()[before:]] == [
+        ("GET", f"/contacts/{ghl_id}")
+    ]
+    assert sync_world.ghl.sim.get_contact(LOCATION, ghl_id)["country"] == "US"
+
+    # The held webhook, processed late, is older than that read and changes nothing of what we
+    # know: later Aloware changes that GHL's values override cost no call at all.
+    await _hold(sync_world, held.json()["id"], datetime.now(UTC) - timedelta(seconds=1))
+    await sync_world.process()
+    for minute, changes in ((3, {"country": "MX"}), (4, {"first_name": "Sarita"})):
+        sync_world.aloware.sim.update_contact(aloware_id, **changes)
+        before = len(sync_world.ghl.requests())
+        await sync_world.deliver_aloware(
+            "Contact Updated", _aloware_update(sync_world, aloware_id, T0 + timedelta(minutes=minute))
+        )
+        await sync_world.process()
+        assert sync_world.ghl.requests()[before:] == []
+    contact = sync_world.ghl.sim.get_contact(LOCATION, ghl_id)
+    assert (contact["firstName"], contact["country"], contact["state"]) == ("Sarah", "US", "NC")
+    assert (await _logs(sync_world))[-1].message.startswith(f"GHL contact {ghl_id} already up to date")
+
+
+async def test_timezone_survives_ghl_webhooks_in_the_last_seen_profile(sync_world: SyncWorld) -> None:
+    """R-C-2 with R-PERF-3: GHL's contact webhooks carry no timezone, so seeing one keeps the
+    timezone last read from GHL's API instead of taking it for empty (which would let Aloware's
+    timezone overwrite GHL's in `ghl` mode)."""
+    ghl_id, aloware_id = await _aloware_and_ghl_person(sync_world)
+    sync_world.ghl.sim.update_contact(LOCATION, ghl_id, {"timezone": "America/Chicago"})
+    await sync_world.deliver_aloware("Contact Updated", _aloware_update(sync_world, aloware_id, T0))
+    await sync_world.process()  # reads GHL (timezone included) and fills the city
+
+    changed = sync_world.ghl.sim.update_contact(LOCATION, ghl_id, {"state": "NC"}).contact
+    webhook = contact_webhook("ContactUpdate", changed)
+    assert "timezone" not in webhook
+    await sync_world.deliver_ghl(webhook)
+    await sync_world.process()
+
+    # The native webhook is GHL's whole contact but its timezone: it becomes the profile last
+    # seen, with the timezone read before, so deciding costs no call and keeps Chicago.
+    sync_world.aloware.sim.update_contact(aloware_id, timezone="America/Denver", state="SC")
+    before = len(sync_world.ghl.requests())
+    await sync_world.deliver_aloware(
+        "Contact Updated", _aloware_update(sync_world, aloware_id, T0 + timedelta(minutes=1))
+    )
+    await sync_world.process()
+    assert sync_world.ghl.requests()[before:] == []
+    contact = sync_world.ghl.sim.get_contact(LOCATION, ghl_id)
+    assert (contact["timezone"], contact["state"]) == ("America/Chicago", "NC")
+
+
+async def test_last_seen_ghl_profile_rules(db: Database) -> None:
+    """R-PERF-3 safety (R-C-2): a sighting older than the one stored never replaces it; GHL
+    changes we cannot read make the profile unknown; a webhook's missing timezone is taken from
+    the sighting before it, and with none before the profile stays unknown."""
+    mappings = ContactMappings(db)
+    await mappings.upsert(ghl_contact_id="g1", aloware_contact_id="a1", direction="ghl_to_aloware")
+
+    async def seen() -> GhlSighting | None:
+        mapping = await mappings.by_ghl_id("g1")
+        assert mapping is not None
+        return await mappings.trusted_ghl_profile(mapping)
+
+    webhook = {"first_name": "Sarah", "state": "NC"}
+    await mappings.see_ghl_profile("g1", webhook, changed_at=T0, seen_at=T0, unseen=("timezone",))
+    assert await seen() is None  # no timezone known yet
+    read = {"first_name": "Sarah", "timezone": "America/Chicago"}
+    await mappings.see_ghl_profile("g1", read, changed_at=T0, seen_at=T0 + timedelta(minutes=1))
+    await mappings.see_ghl_profile("g1", {"first_name": "Old"}, seen_at=T0)  # older: ignored
+    assert await seen() == GhlSighting(read, T0)
+    later = T0 + timedelta(minutes=2)
+    await mappings.see_ghl_profile("g1", webhook, changed_at=later, seen_at=later, unseen=("timezone",))
+    assert await seen() == GhlSighting({**webhook, "timezone": "America/Chicago"}, later)
+    await mappings.see_ghl_profile("g1", None, seen_at=T0 + timedelta(minutes=3))
+    assert await seen() is None

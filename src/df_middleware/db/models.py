@@ -214,12 +214,27 @@ class ContactMapping(Base):
     #: replay, a late retry) about this person is stale and must not write old data back (R-IDEM-1).
     ghl_event_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     aloware_event_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: The GHL contact's profile as last seen (an API answer or a native contact webhook) and
+    #: GHL's time of it: lets an Aloware change of a mapped contact be decided without a GET
+    #: (R-PERF-3). Null when unknown or when a GHL change we could not read replaced it.
+    ghl_profile: Mapped[dict[str, Any] | None] = mapped_column(JSONPayload)
+    ghl_profile_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     __table_args__ = (
         Index("contact_mappings_aloware_contact_id_unique", "aloware_contact_id", unique=True),
         Index("contact_mappings_ghl_contact_id_unique", "ghl_contact_id", unique=True),
         Index("contact_mappings_phone_idx", "phone_number"),
         Index("contact_mappings_email_idx", "email"),
     )
+
+
+class GhlConversation(Base):
+    """A GHL contact's conversation id, cached: saves a search per call log entry or text."""
+
+    __tablename__ = "ghl_conversations"
+    ghl_contact_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    conversation_id: Mapped[str] = mapped_column(Text, nullable=False)
+    location_id: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = _updated()
 
 
 class MessageMapping(Base):

@@ -47,12 +47,14 @@ from df_middleware.connectors.ghl_models import (
     CustomFieldValue,
     ExternalCall,
 )
+from df_middleware.connectors.http import RemoteNotFound, RemoteRejected
 from df_middleware.sync.contacts import (
     aloware_profile,
     decide_ghl_changes,
     ghl_profile,
     ghl_update,
 )
+from df_middleware.sync.conversations import ConversationCache
 from df_middleware.sync.effects import EchoGuard, EffectLedger, skipped, success
 from df_middleware.sync.identity import ContactMappings, PersonKeys, resolve_ghl_contact
 from df_middleware.sync.registry import (
@@ -584,25 +586,37 @@ async def _log_call(run: _Run, ghl_contact_id: str, activity: CallActivity) -> N
     if not provider_id or call is None or activity.call_log_key is None:
         return
 
-    async def write() -> str | None:
-        conversation = await run.ghl.ensure_conversation(ghl_contact_id)
-        result = await run.ghl.log_external_call(
-            ExternalCall(
-                conversation_id=conversation.id,
-                conversation_provider_id=provider_id,
-                date=call.date,
-                alt_id=f"aloware-call-{call.call_id}",
-                call=CallData(to=call.to, from_=call.from_, status=call.status),
-            )
+    conversations = ConversationCache(run.ctx.db)
+    alt_id = f"aloware-call-{call.call_id}"
+
+    def entry(conversation_id: str) -> ExternalCall:
+        return ExternalCall(
+            conversation_id=conversation_id,
+            conversation_provider_id=provider_id,
+            date=call.date,
+            alt_id=alt_id,
+            call=CallData(to=call.to, from_=call.from_, status=call.status),
         )
+
+    async def write() -> str | None:
+        conversation_id = await conversations.conversation_for(run.ghl, ghl_contact_id)
+        try:
+            result = await run.ghl.log_external_call(entry(conversation_id))
+        except (RemoteRejected, RemoteNotFound):
+            # A remembered conversation GHL no longer has (deleted): look it up again, once.
+            fresh = await conversations.refresh(run.ghl, ghl_contact_id, conversation_id)
+            if fresh is None:
+                raise
+            result = await run.ghl.log_external_call(entry(fresh))
+        await conversations.remember(ghl_contact_id, result.conversation_id, run.ghl.location_id)
         return result.message_id
 
     async def already_logged() -> str | None:
         # Our altId, or (if GHL does not show altIds) a call message with the same date.
-        conversation = await run.ghl.ensure_conversation(ghl_contact_id)
+        conversation_id = await conversations.conversation_for(run.ghl, ghl_contact_id)
         return await run.ghl.find_message(
-            conversation.id,
-            alt_id=f"aloware-call-{call.call_id}",
+            conversation_id,
+            alt_id=alt_id,
             body="" if call.date else None,
             date=call.date,
             message_type="TYPE_CALL",

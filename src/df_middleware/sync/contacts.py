@@ -31,6 +31,7 @@ from typing import Any, Literal, TypeAlias
 from df_middleware.connectors.aloware import AlowareClient, AlowareContact, LeadFields
 from df_middleware.connectors.ghl import GhlClient
 from df_middleware.connectors.ghl_models import Contact, ContactUpdate, ContactUpsert
+from df_middleware.connectors.http import RemoteNotFound
 from df_middleware.db.types import utcnow
 from df_middleware.errors import RetryableError
 from df_middleware.phones import normalize_email, normalize_phone
@@ -90,6 +91,12 @@ GHL_WRITE_ATTRIBUTES: dict[str, str] = {
     "city": "city",
     "lead_source": "source",
 }
+
+#: GHL contact webhooks that carry the whole contact (GHL's native webhooks); workflow webhooks
+#: carry what the workflow author chose.
+FULL_CONTACT_EVENTS: frozenset[str] = frozenset({"ContactCreate", "ContactUpdate"})
+#: Profile fields GHL's contact webhooks do not carry (contracts/ghl/webhooks/ContactUpdate.json).
+NOT_IN_WEBHOOKS: tuple[str, ...] = ("timezone",)
 
 # Skip reasons (the sync_log message of a `skipped` row).
 NO_PHONE = "no phone"
@@ -299,15 +306,23 @@ async def handle_ghl_contact_upsert(ctx: HandlerContext, event: ClaimedEvent) ->
     region = ctx.settings.default_phone_region
     contact_id = event.entity_id or ""
     profile = ghl_profile(event.payload, region)
+    mappings = ContactMappings(ctx.db)
+    event_at = ghl_event_time(event)
+    # GHL's own word on the contact, first of all (even when nothing is written to Aloware):
+    # a native webhook carries the whole contact but its timezone; a workflow webhook may carry
+    # anything, so then the last-seen profile is forgotten rather than trusted.
+    full = event.event_type in FULL_CONTACT_EVENTS
+    seen_at = event_at or event.received_at
+    await mappings.see_ghl_profile(
+        contact_id, profile if full else None, changed_at=seen_at, seen_at=seen_at, unseen=NOT_IN_WEBHOOKS
+    )
     phone = profile.get("phone")
     if phone is None:
         return skipped(event, GHL_TO_ALOWARE, NO_PHONE)
     echoes = EchoGuard(ctx.db, ctx.settings.echo_ttl_seconds)
     if await echoes.is_echo("ghl", contact_id, profile):
         return skipped(event, GHL_TO_ALOWARE, ECHO)
-    mappings = ContactMappings(ctx.db)
     mapping = await mappings.by_ghl_id(contact_id)
-    event_at = ghl_event_time(event)
     if mapping is not None and mapping.is_stale("ghl", event_at):
         return skipped(event, GHL_TO_ALOWARE, STALE)
     digest = profile_fingerprint(profile)
@@ -450,9 +465,81 @@ async def handle_aloware_contact(ctx: HandlerContext, event: ClaimedEvent) -> Ha
         return skipped(event, ALOWARE_TO_GHL, UNCHANGED)
 
     started = utcnow()
+    known = await mappings.trusted_ghl_profile(mapping) if mapping is not None else None
+    if mapping is not None and known is not None:
+        # The mapped contact as last seen: decided without a GET (R-PERF-3).
+        target = GhlTarget(mapping.ghl_contact_id, "mapping", known.profile, known.changed_at)
+    else:
+        found = await _find_ghl_target(ctx, event, ghl, mappings, keys)
+        if found is None:
+            return await _create_ghl_contact(ctx, event, ghl, profile, digest, started)
+        if isinstance(found, HandlerResult):
+            return found
+        target = found
+    ghl_contact_id = target.ghl_contact_id
+    changes = decide_ghl_changes(
+        ctx.settings.contact_source_of_truth,
+        profile,
+        target.profile,
+        aloware_changed_at=event_at or event.received_at,
+        ghl_changed_at=target.seen_at,
+    )
+    seen_profile, seen_at = target.profile, target.seen_at
+    if changes:
+        try:
+            updated = await ghl.update_contact(ghl_contact_id, ghl_update(changes))
+        except RemoteNotFound:
+            await mappings.see_ghl_profile(ghl_contact_id, None)
+            return skipped(event, ALOWARE_TO_GHL, f"GHL contact {ghl_contact_id} not found")
+        seen_profile = _ghl_contact_profile(updated, region)
+        seen_at = parse_iso8601(updated.date_updated)
+        await echoes.remember("ghl", ghl_contact_id, seen_profile)
+    await mappings.upsert(
+        ghl_contact_id=ghl_contact_id,
+        aloware_contact_id=aloware_id,
+        keys=keys,
+        direction=ALOWARE_TO_GHL,
+        fingerprint=digest,
+    )
+    if changes or known is None:  # GHL just answered with the contact: remember it
+        await mappings.see_ghl_profile(ghl_contact_id, seen_profile, changed_at=seen_at, seen_at=started)
+    await mappings.mark_applied(ghl_contact_id, "aloware", event_at)
+    if not changes:
+        return skipped(
+            event,
+            ALOWARE_TO_GHL,
+            f"GHL contact {ghl_contact_id} already up to date (source of truth: "
+            f"{ctx.settings.contact_source_of_truth})",
+        )
+    entry = success(
+        event,
+        ALOWARE_TO_GHL,
+        f"updated GHL contact {ghl_contact_id} (found by {target.via}): {_describe(changes)}",
+        target_id=ghl_contact_id,
+    )
+    entry.started_at = started
+    return HandlerResult(entries=[entry])
+
+
+@dataclass(frozen=True)
+class GhlTarget:
+    """The GHL contact an Aloware change goes to, and its profile as of `seen_at`."""
+
+    ghl_contact_id: str
+    via: str
+    profile: Profile
+    seen_at: datetime | None
+
+
+async def _find_ghl_target(
+    ctx: HandlerContext, event: ClaimedEvent, ghl: GhlClient, mappings: ContactMappings, keys: PersonKeys
+) -> GhlTarget | HandlerResult | None:
+    """Resolve the Aloware contact's GHL contact (R-ID-2) and read it: the target, a skip (the
+    contact is another person's, or gone), or None when GHL has nobody with these keys."""
+    aloware_id = event.entity_id or ""
     resolved = await resolve_ghl_contact(mappings, ghl, keys, aloware_contact_id=aloware_id)
     if resolved is None:
-        return await _create_ghl_contact(ctx, event, ghl, profile, digest, started)
+        return None
     owner = await mappings.by_ghl_id(resolved.ghl_contact_id)
     if owner is not None and owner.deleted_at is None and owner.aloware_contact_id not in (None, aloware_id):
         # Found by phone or email, but that GHL contact is another Aloware contact's (a phone
@@ -466,39 +553,10 @@ async def handle_aloware_contact(ctx: HandlerContext, event: ClaimedEvent) -> Ha
     current = resolved.contact or await ghl.get_contact(resolved.ghl_contact_id)
     if current is None:
         return skipped(event, ALOWARE_TO_GHL, f"GHL contact {resolved.ghl_contact_id} not found")
-    changes = decide_ghl_changes(
-        ctx.settings.contact_source_of_truth,
-        profile,
-        _ghl_contact_profile(current, region),
-        aloware_changed_at=parse_iso8601(body.get("updated_at")) or event.received_at,
-        ghl_changed_at=parse_iso8601(current.date_updated),
+    region = ctx.settings.default_phone_region
+    return GhlTarget(
+        current.id, resolved.via, _ghl_contact_profile(current, region), parse_iso8601(current.date_updated)
     )
-    if changes:
-        updated = await ghl.update_contact(current.id, ghl_update(changes))
-        await echoes.remember("ghl", current.id, _ghl_contact_profile(updated, region))
-    await mappings.upsert(
-        ghl_contact_id=current.id,
-        aloware_contact_id=aloware_id,
-        keys=keys,
-        direction=ALOWARE_TO_GHL,
-        fingerprint=digest,
-    )
-    await mappings.mark_applied(current.id, "aloware", event_at)
-    if not changes:
-        return skipped(
-            event,
-            ALOWARE_TO_GHL,
-            f"GHL contact {current.id} already up to date (source of truth: "
-            f"{ctx.settings.contact_source_of_truth})",
-        )
-    entry = success(
-        event,
-        ALOWARE_TO_GHL,
-        f"updated GHL contact {current.id} (found by {resolved.via}): {_describe(changes)}",
-        target_id=current.id,
-    )
-    entry.started_at = started
-    return HandlerResult(entries=[entry])
 
 
 async def _create_ghl_contact(
@@ -537,7 +595,16 @@ async def _create_ghl_contact(
         direction=ALOWARE_TO_GHL,
         fingerprint=digest,
     )
-    await ContactMappings(ctx.db).mark_applied(
+    mappings = ContactMappings(ctx.db)
+    if created:
+        contact = created[0]
+        await mappings.see_ghl_profile(
+            outcome.target_id,
+            _ghl_contact_profile(contact, region),
+            changed_at=parse_iso8601(contact.date_updated),
+            seen_at=started,
+        )
+    await mappings.mark_applied(
         outcome.target_id, "aloware", parse_iso8601(_aloware_body(event).get("updated_at"))
     )
     entry = success(

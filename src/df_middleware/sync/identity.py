@@ -16,20 +16,24 @@ refresh needs the write lock).
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 
 from df_middleware.connectors.ghl import GhlClient
 from df_middleware.connectors.ghl_models import Contact
-from df_middleware.db.models import ContactMapping
+from df_middleware.db.models import ContactMapping, WebhookEvent
 from df_middleware.db.session import Database
 from df_middleware.db.types import utcnow
 from df_middleware.errors import RetryableError
 from df_middleware.phones import normalize_email, normalize_phone
+
+#: Queue statuses of an event not yet processed.
+ACTIVE_STATUSES = ("pending", "processing")
 
 #: Which system a contact change came from.
 Side = Literal["ghl", "aloware"]
@@ -52,6 +56,29 @@ class PersonKeys:
 
 
 @dataclass(frozen=True)
+class GhlSighting:
+    """A GHL contact's profile as we last saw it (`contact_mappings.ghl_profile`), and when GHL
+    says it last changed (`dateUpdated`, or the webhook's time): what R-C-2's `merge` compares."""
+
+    profile: dict[str, str]
+    changed_at: datetime | None
+
+    @classmethod
+    def load(cls, stored: Mapping[str, Any] | None) -> GhlSighting | None:
+        if not stored or not isinstance(stored.get("profile"), Mapping):
+            return None
+        changed = stored.get("changed_at")
+        return cls(
+            {str(k): str(v) for k, v in stored["profile"].items()},
+            datetime.fromisoformat(changed) if isinstance(changed, str) else None,
+        )
+
+    def dump(self) -> dict[str, Any]:
+        changed = self.changed_at.isoformat() if self.changed_at is not None else None
+        return {"profile": dict(self.profile), "changed_at": changed}
+
+
+@dataclass(frozen=True)
 class MappingView:
     """A contact_mappings row as handlers see it (detached from any session)."""
 
@@ -64,6 +91,7 @@ class MappingView:
     deleted_at: datetime | None
     ghl_event_at: datetime | None = None
     aloware_event_at: datetime | None = None
+    ghl_seen: GhlSighting | None = None
 
     @classmethod
     def of(cls, row: ContactMapping) -> MappingView:
@@ -77,6 +105,7 @@ class MappingView:
             deleted_at=row.deleted_at,
             ghl_event_at=row.ghl_event_at,
             aloware_event_at=row.aloware_event_at,
+            ghl_seen=GhlSighting.load(row.ghl_profile),
         )
 
     def is_stale(self, side: Side, event_at: datetime | None) -> bool:
@@ -201,6 +230,60 @@ class ContactMappings:
                 row.ghl_event_at = event_at
             if side == "aloware" and (row.aloware_event_at is None or event_at > row.aloware_event_at):
                 row.aloware_event_at = event_at
+
+    async def see_ghl_profile(
+        self,
+        ghl_contact_id: str,
+        profile: Mapping[str, str] | None,
+        *,
+        changed_at: datetime | None = None,
+        seen_at: datetime | None = None,
+        unseen: Collection[str] = (),
+    ) -> None:
+        """Record the GHL contact's profile as of `seen_at` (a webhook's time, or now for what
+        GHL's API just answered), with GHL's `changed_at`; or forget it (`profile` None: GHL
+        changed the contact in a way we could not read). An older sighting never replaces a
+        newer one. `unseen` names fields the sighting cannot show (GHL's contact webhooks carry
+        no timezone): those keep their last-seen values, and with no earlier sighting to take
+        them from the profile stays unknown."""
+        seen_at = seen_at or utcnow()
+        async with self.db.session() as session:
+            row = await session.scalar(
+                select(ContactMapping).where(ContactMapping.ghl_contact_id == ghl_contact_id)
+            )
+            if row is None or (row.ghl_profile_at is not None and seen_at < row.ghl_profile_at):
+                return
+            sighting = GhlSighting(dict(profile), changed_at) if profile is not None else None
+            previous = GhlSighting.load(row.ghl_profile)
+            if sighting is not None and unseen:
+                if previous is None:
+                    sighting = None
+                else:
+                    for name in unseen:
+                        sighting.profile.pop(name, None)
+                        if name in previous.profile:
+                            sighting.profile[name] = previous.profile[name]
+            row.ghl_profile = sighting.dump() if sighting is not None else None
+            row.ghl_profile_at = seen_at
+
+    async def trusted_ghl_profile(self, mapping: MappingView) -> GhlSighting | None:
+        """The mapped GHL contact's last-seen profile, when it can stand in for a `GET` (R-PERF-3):
+        it is known, and no GHL event about the contact is still waiting in the queue (one would
+        mean GHL changed the contact after we saw it)."""
+        if mapping.ghl_seen is None or mapping.deleted_at is not None:
+            return None
+        async with self.db.session() as session:
+            waiting = await session.scalar(
+                select(WebhookEvent.id)
+                .where(
+                    WebhookEvent.entity_type == "contact",
+                    WebhookEvent.entity_id == mapping.ghl_contact_id,
+                    WebhookEvent.source == "ghl",
+                    WebhookEvent.status.in_(ACTIVE_STATUSES),
+                )
+                .limit(1)
+            )
+        return None if waiting is not None else mapping.ghl_seen
 
     async def mark_deleted(self, ghl_contact_id: str) -> MappingView | None:
         """R-C-4: the GHL contact was deleted; the mapping is kept, marked, for history."""

@@ -8,7 +8,7 @@ receipt are processed one after the other, in that order.
 
 - **R-TXT-1 `message.received`.** Resolve the sender's GHL contact (mapping → GHL by exact
   phone → create it with `POST /contacts/upsert`, an effect), upsert a texting-only contact
-  mapping, find or create the conversation (its id cached in `message_mappings`), add the
+  mapping, find or create the conversation (its id cached in `ghl_conversations`), add the
   message (`type SMS`, provider id, `date` = the texting timestamp, `altId` = the texting id) as
   an effect keyed by the texting id, and record the `message_mappings` row (inbound).
 - **R-TXT-2 `message.sent`.** A texting id we already map is our own send coming back (R-TXT-5):
@@ -69,6 +69,7 @@ from df_middleware.db.session import Database
 from df_middleware.db.types import utcnow
 from df_middleware.errors import PermanentError, RetryableError
 from df_middleware.phones import normalize_phone
+from df_middleware.sync.conversations import ConversationCache
 from df_middleware.sync.effects import EffectLedger, skipped, success
 from df_middleware.sync.identity import ContactMappings, PersonKeys, resolve_ghl_contact
 from df_middleware.sync.registry import (
@@ -248,20 +249,6 @@ class MessageMappings:
                 select(MessageMapping).where(MessageMapping.ghl_message_id == ghl_message_id)
             )
             return MessageView.of(row) if row is not None else None
-
-    async def conversation_of(self, ghl_contact_id: str) -> str | None:
-        """The contact's GHL conversation as last recorded (saves a search per message)."""
-        async with self.db.session() as session:
-            found: str | None = await session.scalar(
-                select(MessageMapping.conversation_id)
-                .where(
-                    MessageMapping.ghl_contact_id == ghl_contact_id,
-                    MessageMapping.conversation_id.is_not(None),
-                )
-                .order_by(MessageMapping.created_at.desc())
-                .limit(1)
-            )
-            return found
 
     async def record(
         self,
@@ -443,9 +430,7 @@ async def _person_in_ghl(
     )
     if mapping is None:
         mapping = await mappings.upsert(ghl_contact_id=contact_id, keys=keys, direction=ctx.direction)
-    conversation_id = await MessageMappings(ctx.db).conversation_of(contact_id)
-    if conversation_id is None:
-        conversation_id = (await ghl.ensure_conversation(contact_id)).id
+    conversation_id = await ConversationCache(ctx.db).conversation_for(ghl, contact_id)
     return _Person(contact_id, mapping.aloware_contact_id, conversation_id)
 
 
@@ -483,14 +468,17 @@ async def _add_to_conversation(
 
     async def add() -> str:
         nonlocal conversation_id
+        conversations = ConversationCache(ctx.db)
         try:
             result = await ghl.add_message(message(conversation_id))
-        except RemoteRejected:
-            fresh = (await ghl.ensure_conversation(person.ghl_contact_id)).id
-            if fresh == conversation_id:
+        except (RemoteRejected, RemoteNotFound):
+            # A remembered conversation GHL no longer has (deleted): look it up again, once.
+            fresh = await conversations.refresh(ghl, person.ghl_contact_id, conversation_id)
+            if fresh is None:
                 raise
             conversation_id = fresh
             result = await ghl.add_message(message(conversation_id))
+        await conversations.remember(person.ghl_contact_id, result.conversation_id, ghl.location_id)
         return result.message_id
 
     async def already_mapped() -> str | None:
