@@ -332,23 +332,60 @@ async def test_r_txt_5_a_send_that_never_goes_out_is_shown_failed_to_the_agent(w
     assert in_ghl["error"]["code"] == "not_sent"
 
 
-async def test_r_txt_5_unconfirmed_send_is_never_repeated_automatically(world: SyncWorld) -> None:
+async def test_r_txt_5_unconfirmed_send_is_never_repeated_and_its_receipt_resolves_it(
+    world: SyncWorld,
+) -> None:
+    """R-TXT-5, R-IDEM-2: Verity sends but its answer is lost (504). The send is not repeated: the
+    event is dead-lettered and the agent sees the message failed. Verity's `message.sent` for the
+    same number and text then shows it went out: the dead letter is resolved, the GHL message
+    follows the receipts to `delivered`, and no second copy is written (R-TXT-2)."""
     world.verity.faults(lost_response_rate=1.0)  # Verity sends, the answer is lost (504)
     payload = agent_send(world)
     await world.deliver_provider_message(payload)
     await world.process()
+    event = next(e for e in await rows(world.db, WebhookEvent) if e.event_type == "ProviderOutboundMessage")
+    assert event.status == "error"
+    original = ghl_message(world, payload["messageId"])
+    assert (original["status"], original["error"]["code"]) == ("failed", "send_unconfirmed")
+
     world.verity.faults()
     await settle(world)
 
     assert len(world.verity.sim.sent_messages) == 1
-    event = next(e for e in await rows(world.db, WebhookEvent) if e.event_type == "ProviderOutboundMessage")
-    assert event.status == "error"  # dead-lettered for an operator, who checks Verity first
+    async with world.db.session() as session:
+        resolved = await session.get(WebhookEvent, event.id)
+        assert resolved is not None
+        assert resolved.status == "done"
     original = ghl_message(world, payload["messageId"])
-    assert original["status"] == "failed"
-    assert original["error"]["code"] == "send_unconfirmed"
-    # The text did go out: its receipts put the truth in the conversation, once.
-    copies = [m for m in ghl_messages(world) if m["id"] != payload["messageId"]]
-    assert [(m["direction"], m["status"]) for m in copies] == [("outbound", "delivered")]
+    assert original["status"] == "delivered"
+    assert [m["id"] for m in ghl_messages(world) if m["direction"] == "outbound"] == [payload["messageId"]]
+    [mapping] = await rows(world.db, MessageMapping)
+    assert (mapping.ghl_message_id, mapping.status) == (payload["messageId"], "delivered")
+    assert mapping.texting_message_id == world.verity.sim.sent_messages[0]["messageId"]
+    messages = [r.message or "" for r in await log_rows(world.db)]
+    assert any(m.startswith("marked done by df-middleware: Verity confirmed the send") for m in messages)
+
+
+async def test_r_txt_5_other_text_to_the_number_does_not_resolve_an_unconfirmed_send(
+    world: SyncWorld,
+) -> None:
+    """R-TXT-2 / R-TXT-5: only the same number *and* the same text count as the unconfirmed send
+    going out; another text to that person (sent outside GHL) is recorded as its own message and
+    the dead letter stays for an operator."""
+    world.verity.faults(lost_response_rate=1.0)
+    world.verity.sim.receipt_delay_seconds = 3600  # the send's own receipts have not come yet
+    payload = agent_send(world)
+    await world.deliver_provider_message(payload)
+    await world.process()
+    world.verity.faults()
+
+    await world.deliver_texting(sent("tlx_OTHER_TEXT"))  # same person, different text
+    await world.process()
+    assert [e.status for e in await rows(world.db, WebhookEvent)] == ["error"]
+    assert [e.status for e in await rows(world.db, TextingWebhookEvent)] == ["done"]
+    copies = [m for m in ghl_messages(world) if m.get("altId") == "tlx_OTHER_TEXT"]
+    assert len(copies) == 1
+    assert ghl_message(world, payload["messageId"])["status"] == "failed"
 
 
 # --- R-TXT-2 ---------------------------------------------------------------------------------------

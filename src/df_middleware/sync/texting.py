@@ -41,9 +41,11 @@ Database sessions are short and never held across a remote call.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import httpx
@@ -69,6 +71,7 @@ from df_middleware.db.session import Database
 from df_middleware.db.types import utcnow
 from df_middleware.errors import PermanentError, RetryableError
 from df_middleware.phones import normalize_phone
+from df_middleware.queue.operations import mark_done
 from df_middleware.sync.conversations import ConversationCache
 from df_middleware.sync.effects import EffectLedger, skipped, success
 from df_middleware.sync.identity import ContactMappings, PersonKeys, resolve_ghl_contact
@@ -91,6 +94,10 @@ PROVIDER_EVENT = "ProviderOutboundMessage"
 PROVIDER_ERROR_TYPE = "saas"
 #: Effect key prefix of Verity sends (R-TXT-5); the rest is the GHL message id.
 SEND_EFFECT_PREFIX = "verity:send:"
+#: What the error message of a dead-lettered send Verity never confirmed says (`_send`).
+UNCONFIRMED_ERROR = "Verity send not confirmed"
+#: How long after it a `message.sent` with the same number and text is taken for that send.
+UNCONFIRMED_WINDOW = timedelta(hours=24)
 OPTED_OUT_ERROR = ProviderError(
     code="opted_out", type=PROVIDER_ERROR_TYPE, message="Recipient has opted out of SMS"
 )
@@ -581,6 +588,10 @@ async def handle_message_sent(ctx: HandlerContext, event: ClaimedEvent) -> Handl
     )
     branch = sent_branch(mapped is not None, own_ghl_id is not None)
     if branch == "record_copy":
+        region = ctx.settings.default_phone_region
+        unconfirmed = await unconfirmed_send_for(ctx.db, texting.to_number, texting.body, region)
+        if unconfirmed is not None:
+            return await _confirm_late(ctx, event, texting, unconfirmed)
         return await _record_text_in_ghl(ctx, event, texting, "outbound")
     assert texting.message_id is not None  # both other branches found it by this id
     await messages.record(
@@ -677,9 +688,7 @@ async def handle_provider_outbound(ctx: HandlerContext, event: ClaimedEvent) -> 
     phone = normalize_phone(payload.get("phone"), ctx.settings.default_phone_region)
     contact_id = _text(payload.get("contactId"))
     conversation_id = _text(payload.get("conversationId"))
-    text = _text(payload.get("message")) or ""
-    attachments = [a for a in payload.get("attachments") or [] if isinstance(a, str) and a.strip()]
-    body = "\n".join([text, *attachments]).strip()
+    body = outbound_body(payload)
 
     async def refuse(error: ProviderError, reason: str) -> HandlerResult:
         if ghl is not None:
@@ -782,10 +791,115 @@ async def _send(
                 ),
             )
         raise PermanentError(
-            f"Verity send not confirmed ({exc}); it may have been sent: check Verity for correlation "
-            f"id {ghl_message_id} before replaying (a replay sends again)"
+            f"{UNCONFIRMED_ERROR} ({exc}); it may have been sent: if Verity's message.sent for the "
+            f"same number and text arrives within 24 h this event is resolved by it; otherwise check "
+            f"Verity for correlation id {ghl_message_id} before replaying (a replay sends again)"
         ) from exc
     return sent.message_id
+
+
+def outbound_body(payload: Mapping[str, Any]) -> str:
+    """The SMS text Verity is asked to send for a provider delivery: the message, then one line per
+    attachment URL (Verity's send API takes text only)."""
+    text = _text(payload.get("message")) or ""
+    attachments = [a for a in payload.get("attachments") or [] if isinstance(a, str) and a.strip()]
+    return "\n".join([text, *attachments]).strip()
+
+
+@dataclass(frozen=True)
+class UnconfirmedSend:
+    """An agent's SMS whose Verity send got no answer, dead-lettered (see `_send`)."""
+
+    event_id: uuid.UUID
+    ghl_message_id: str
+    location_id: str | None
+
+
+async def unconfirmed_send_for(
+    db: Database, to_number: str | None, body: str | None, region: str, *, now: datetime | None = None
+) -> UnconfirmedSend | None:
+    """The dead-lettered agent SMS of the last `UNCONFIRMED_WINDOW` whose send Verity never
+    confirmed, to this number with exactly this text (the oldest first), or None.
+
+    Verity's receipts do not echo our `correlationId`, so a send whose answer was lost can only be
+    recognised by what was sent: the recipient and the whole text. A `message.sent` that matches
+    is that send going out after all.
+    """
+    if to_number is None or not body:
+        return None
+    since = (now or utcnow()) - UNCONFIRMED_WINDOW
+    async with db.session() as session:
+        rows = await session.execute(
+            select(WebhookEvent.id, WebhookEvent.payload_json, WebhookEvent.entity_id)
+            .where(
+                WebhookEvent.event_type == PROVIDER_EVENT,
+                WebhookEvent.status == "error",
+                WebhookEvent.error_message.contains(UNCONFIRMED_ERROR),
+                WebhookEvent.received_at >= since,
+            )
+            .order_by(WebhookEvent.received_at)
+        )
+        for event_id, payload, entity_id in rows.all():
+            if normalize_phone(payload.get("phone"), region) != to_number:
+                continue
+            if outbound_body(payload) != body.strip():
+                continue
+            ghl_message_id = _text(payload.get("messageId")) or entity_id
+            if ghl_message_id:
+                return UnconfirmedSend(event_id, ghl_message_id, _text(payload.get("locationId")))
+    return None
+
+
+async def _confirm_late(
+    ctx: HandlerContext, event: ClaimedEvent, texting: TextingEvent, unconfirmed: UnconfirmedSend
+) -> HandlerResult:
+    """Verity sent the agent's SMS after all: record the send as the dead-lettered event's effect,
+    map the message, put the GHL message back to `pending` (its receipts follow, R-TXT-3) and
+    resolve the dead letter, with a sync_log row saying how."""
+    assert texting.message_id is not None
+    key = f"{SEND_EFFECT_PREFIX}{unconfirmed.ghl_message_id}"
+    async with ctx.db.session() as session:
+        exists = await session.scalar(select(SyncEffect.id).where(SyncEffect.effect_key == key))
+        if exists is None:
+            session.add(
+                SyncEffect(
+                    effect_key=key,
+                    event_id=str(unconfirmed.event_id),
+                    target_system="verity",
+                    target_id=texting.message_id,
+                )
+            )
+    ghl = _ghl(ctx, unconfirmed.location_id)
+    if ghl is not None:
+        # A GHL message deleted since is no reason to fail: the mapping still records the send.
+        with contextlib.suppress(RemoteNotFound):
+            await ghl.update_message_status(unconfirmed.ghl_message_id, "pending")
+    await MessageMappings(ctx.db).record(
+        texting_message_id=texting.message_id,
+        ghl_message_id=unconfirmed.ghl_message_id,
+        direction="outbound",
+        status="sent",
+        from_number=texting.from_number,
+        to_number=texting.to_number,
+        force_status=True,
+    )
+    await mark_done(
+        ctx.db,
+        unconfirmed.event_id,
+        actor=f"df-middleware: Verity confirmed the send as texting message {texting.message_id}",
+    )
+    return HandlerResult(
+        entries=[
+            success(
+                event,
+                ctx.direction,
+                f"sent: the unconfirmed send of GHL message {unconfirmed.ghl_message_id} went out "
+                f"(same number and text); mapped, GHL message back to pending, dead letter "
+                f"{unconfirmed.event_id} resolved",
+                target_id=unconfirmed.ghl_message_id,
+            )
+        ]
+    )
 
 
 def _refusal_text(exc: RemoteRejected) -> str:
