@@ -161,6 +161,28 @@ async def test_find_contact_by_phone_and_email_exactly(ghl: GhlClient) -> None:
     assert await ghl.find_contact(phone="not a phone") is None
 
 
+async def test_find_contact_by_both_keys_is_one_search_preferring_the_phone(
+    ghl: GhlClient, ghl_sim: GhlSim
+) -> None:
+    """R-ID-2, R-PERF-3: phone and email are looked up in one search (an OR group); a phone match
+    wins over another contact's email match, and an email match is used when no phone matches."""
+    by_email_only = await ghl.create_contact(
+        ContactCreate(locationId=LOC, phone="+19195550105", email="pat@example.com")
+    )
+    by_phone_only = await ghl.create_contact(ContactCreate(locationId=LOC, phone="+19195550106"))
+    before = len(ghl_sim.requests("POST", "/contacts/search"))
+    found = await ghl.find_contact(phone="919-555-0106", email="PAT@example.com")
+    assert found is not None
+    assert found.id == by_phone_only.id
+    found = await ghl.find_contact(phone="+19195550107", email="pat@example.com")
+    assert found is not None
+    assert found.id == by_email_only.id
+    assert await ghl.find_contact(phone="+19195550108", email="nobody@example.com") is None
+    searches = ghl_sim.requests("POST", "/contacts/search")[before:]
+    assert len(searches) == 3
+    assert searches[0].json()["filters"][0]["group"] == "OR"
+
+
 async def test_custom_fields_are_sent_as_id_arrays(ghl: GhlClient, ghl_sim: GhlSim) -> None:
     """Custom fields go as arrays of {id, field_value}: keys are resolved to ids, cached (R-C-2)."""
     field = ghl_sim.sim.add_custom_field(LOC, "Assigned Agent", "contact.assigned_agent")

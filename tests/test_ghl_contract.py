@@ -202,6 +202,7 @@ async def _drive_every_call(url: str, sim: GhlSimulator, database_url: str, tmp_
         )
         await ghl.find_contact(phone="+19195550121")
         await ghl.find_contact(email="ann@example.com")
+        await ghl.find_contact(phone="+19195550121", email="ann@example.com")
         await ghl.search_contacts(page_limit=100)
         await ghl.add_tags(created.id, ["Call: Interested"])
         await ghl.remove_tags(created.id, ["new lead"])

@@ -70,6 +70,8 @@ VERSION_CONVERSATIONS = "2021-04-15"
 FIELD_CACHE_SECONDS = 600.0
 #: GHL's largest contact search page.
 MAX_PAGE_LIMIT = 100
+#: Hits read when looking a person up by phone or email (exact keys: a handful at most).
+FIND_PAGE_LIMIT = 20
 
 
 class GhlCredentials(Protocol):
@@ -295,29 +297,44 @@ class GhlClient:
         return page
 
     async def find_contact(self, *, phone: str | None = None, email: str | None = None) -> Contact | None:
-        """The contact whose phone (E.164) or email equals the key exactly (R-ID-2).
+        """The contact whose phone (E.164) or email equals the key exactly (R-ID-2): a phone match
+        first, else an email match.
 
         GHL's search matches loosely; a hit is accepted only when its own phone or email really
-        equals the key, so a similar number never becomes somebody else's contact.
+        equals the key, so a similar number never becomes somebody else's contact. Both keys go in
+        one search (an OR group: one call, not two); should that page be full without a phone
+        match, the phone is searched alone so a crowd of email matches cannot hide it.
         """
         e164 = normalize_phone(phone, self.phone_region) if phone else None
         wanted_email = normalize_email(email) if email else None
-        for field_name, value in (("phone", e164), ("email", wanted_email)):
-            if not value:
-                continue
+        by_phone = {"field": "phone", "operator": "eq", "value": e164}
+        by_email = {"field": "email", "operator": "eq", "value": wanted_email}
+        if e164 and wanted_email:
             page = await self.search_contacts(
-                filters=[{"field": field_name, "operator": "eq", "value": value}], page_limit=10, sort=()
+                filters=[{"group": "OR", "filters": [by_phone, by_email]}],
+                page_limit=FIND_PAGE_LIMIT,
+                sort=(),
             )
-            for contact in page.contacts:
-                if (
-                    field_name == "phone"
-                    and contact.phone
-                    and normalize_phone(contact.phone, self.phone_region) == value
-                ):
-                    return contact
-                if field_name == "email" and contact.email and normalize_email(contact.email) == value:
-                    return contact
+            found = self._phone_match(page.contacts, e164) or self._email_match(page.contacts, wanted_email)
+            if found is not None or len(page.contacts) < FIND_PAGE_LIMIT:
+                return found
+            return await self.find_contact(phone=e164) or self._email_match(page.contacts, wanted_email)
+        if e164:
+            page = await self.search_contacts(filters=[by_phone], page_limit=FIND_PAGE_LIMIT, sort=())
+            return self._phone_match(page.contacts, e164)
+        if wanted_email:
+            page = await self.search_contacts(filters=[by_email], page_limit=FIND_PAGE_LIMIT, sort=())
+            return self._email_match(page.contacts, wanted_email)
         return None
+
+    def _phone_match(self, contacts: Sequence[Contact], e164: str) -> Contact | None:
+        return next(
+            (c for c in contacts if c.phone and normalize_phone(c.phone, self.phone_region) == e164), None
+        )
+
+    @staticmethod
+    def _email_match(contacts: Sequence[Contact], email: str) -> Contact | None:
+        return next((c for c in contacts if c.email and normalize_email(c.email) == email), None)
 
     # --- tags and notes --------------------------------------------------------------------------
 

@@ -323,11 +323,11 @@ async def resolve_ghl_contact(
         mapped = await mappings.by_phone(keys.phone)
         if mapped is not None and mapped.deleted_at is None:
             return ResolvedContact(mapped.ghl_contact_id, "mapping")
-        found = await ghl.find_contact(phone=keys.phone)
-        if found is not None:
-            return ResolvedContact(found.id, "phone", found)
-    if keys.email is not None:
-        found = await ghl.find_contact(email=keys.email)
-        if found is not None:
-            return ResolvedContact(found.id, "email", found)
-    return None
+    if keys.empty:
+        return None
+    # One search for both keys; GhlClient.find_contact prefers the phone match.
+    found = await ghl.find_contact(phone=keys.phone, email=keys.email)
+    if found is None:
+        return None
+    by_phone = keys.phone is not None and normalize_phone(found.phone, ghl.phone_region) == keys.phone
+    return ResolvedContact(found.id, "phone" if by_phone else "email", found)
