@@ -47,6 +47,21 @@ class EffectOutcome:
     already_done: bool
 
 
+async def record_effect(
+    db: Database, key: str, target_system: str, target_id: str | None, *, event_id: str
+) -> None:
+    """Record in `sync_effects` that the write `key` happened, made for event `event_id`; an
+    existing key is left as it is."""
+    async with db.session() as session:
+        exists = await session.scalar(select(SyncEffect.id).where(SyncEffect.effect_key == key))
+        if exists is None:
+            session.add(
+                SyncEffect(
+                    effect_key=key, event_id=event_id, target_system=target_system, target_id=target_id
+                )
+            )
+
+
 @dataclass
 class EffectLedger:
     """The effects of one event's processing (see the module docstring)."""
@@ -81,17 +96,7 @@ class EffectLedger:
 
     async def record(self, key: str, target_system: str, target_id: str | None) -> None:
         """Record a write that happened (idempotent: an existing key is left as it is)."""
-        async with self.db.session() as session:
-            exists = await session.scalar(select(SyncEffect.id).where(SyncEffect.effect_key == key))
-            if exists is None:
-                session.add(
-                    SyncEffect(
-                        effect_key=key,
-                        event_id=str(self.event.id),
-                        target_system=target_system,
-                        target_id=target_id,
-                    )
-                )
+        await record_effect(self.db, key, target_system, target_id, event_id=str(self.event.id))
         self.performed.append(EffectRecord(effect_key=key, target_system=target_system, target_id=target_id))
 
     async def perform(

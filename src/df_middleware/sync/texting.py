@@ -73,7 +73,7 @@ from df_middleware.errors import PermanentError, RetryableError
 from df_middleware.phones import normalize_phone
 from df_middleware.queue.operations import mark_done
 from df_middleware.sync.conversations import ConversationCache
-from df_middleware.sync.effects import EffectLedger, skipped, success
+from df_middleware.sync.effects import EffectLedger, record_effect, skipped, success
 from df_middleware.sync.identity import ContactMappings, PersonKeys, resolve_ghl_contact
 from df_middleware.sync.registry import (
     ClaimedEvent,
@@ -858,17 +858,7 @@ async def _confirm_late(
     resolve the dead letter, with a sync_log row saying how."""
     assert texting.message_id is not None
     key = f"{SEND_EFFECT_PREFIX}{unconfirmed.ghl_message_id}"
-    async with ctx.db.session() as session:
-        exists = await session.scalar(select(SyncEffect.id).where(SyncEffect.effect_key == key))
-        if exists is None:
-            session.add(
-                SyncEffect(
-                    effect_key=key,
-                    event_id=str(unconfirmed.event_id),
-                    target_system="verity",
-                    target_id=texting.message_id,
-                )
-            )
+    await record_effect(ctx.db, key, "verity", texting.message_id, event_id=str(unconfirmed.event_id))
     ghl = _ghl(ctx, unconfirmed.location_id)
     if ghl is not None:
         # A GHL message deleted since is no reason to fail: the mapping still records the send.
