@@ -144,3 +144,36 @@ async def test_a_slow_answer_is_not_mistaken_for_budget_spent_elsewhere() -> Non
     limiter.observe("loc", 200, {"x-ratelimit-remaining": "0"}, sent_at=sent_at)
     waited = await limiter.acquire("loc")
     assert waited == pytest.approx(0.0)  # no pause: the budget was spent by us, and has freed up
+
+
+async def test_our_calls_that_overtook_this_one_explain_a_zero_remaining() -> None:
+    """R-PERF-3: calls we started *after* this one may reach GHL before it (another endpoint, a
+    shorter path) and be counted in the window its `Remaining` describes; with those, our own
+    calls explain the zero, so the location is not paused for a window."""
+    clock = VirtualClock()
+    limiter = _limiter(clock, max_calls=10, interval=10.0)
+    for _ in range(8):
+        await limiter.acquire("loc")  # at t=1000
+    clock.now = 1001.0
+    await limiter.acquire("loc")  # this call (the ninth); its answer is slow
+    sent_at = clock.now
+    clock.now = 1001.02
+    await limiter.acquire("loc")  # the tenth, which reaches GHL first
+    clock.now = 1001.05
+    limiter.observe("loc", 200, {"x-ratelimit-remaining": "0"}, sent_at=sent_at)
+    clock.now = 1011.0  # the window of the first eight has passed
+    waited = await limiter.acquire("loc")
+    assert waited == pytest.approx(0.0)
+
+
+async def test_a_zero_remaining_our_calls_cannot_explain_still_pauses() -> None:
+    """Budget spent by another client: GHL says 0 left while we made 3 calls in the window."""
+    clock = VirtualClock()
+    limiter = _limiter(clock, max_calls=10, interval=10.0)
+    for _ in range(3):
+        await limiter.acquire("loc")
+    sent_at = clock.now
+    clock.now += 0.1
+    limiter.observe("loc", 200, {"x-ratelimit-remaining": "0"}, sent_at=sent_at)
+    waited = await limiter.acquire("loc")
+    assert waited == pytest.approx(10.0, abs=0.2)

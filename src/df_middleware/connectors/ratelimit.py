@@ -107,6 +107,12 @@ class SlidingWindowLimiter:
         """The call starts counted against the budget at instant `at`."""
         return [t for t in window.starts if at - self.window < t <= at]
 
+    def _ours_counted(self, window: _KeyWindow, sent_at: float, answered_at: float) -> int:
+        """Our own calls GHL may have counted in the window its answer describes: those started
+        in the window before `sent_at`, and those started since, which may have overtaken this
+        one on the way. Only when even these fall short of the budget is somebody else spending."""
+        return sum(1 for t in window.starts if sent_at - self.window < t <= answered_at)
+
     async def acquire(self, key: str) -> float:
         """Wait until a call for `key` may start, record its start; returns the seconds waited.
 
@@ -160,7 +166,9 @@ class SlidingWindowLimiter:
             pause = retry_after if retry_after is not None else self.window
             window.paused_until = max(window.paused_until, now + pause)
             log.warning("ghl_rate_limited", key=key, pause_seconds=round(pause, 3))
-        elif remaining is not None and remaining <= 0 and len(self._in_window(window, as_of)) < self.budget:
+        elif (
+            remaining is not None and remaining <= 0 and self._ours_counted(window, as_of, now) < self.budget
+        ):
             window.paused_until = max(window.paused_until, now + self.window)
             log.info("ghl_budget_spent_elsewhere", key=key, pause_seconds=round(self.window, 3))
 
