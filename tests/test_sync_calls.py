@@ -7,6 +7,7 @@ end: signed webhooks through the real ingest, the real worker, and the GHL simul
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from datetime import timedelta
@@ -538,3 +539,34 @@ async def test_later_calls_reuse_the_remembered_conversation(sync_world: SyncWor
         remembered = await session.get(GhlConversation, contact_id)
     assert remembered is not None
     assert remembered.conversation_id == third[0]["conversationId"]
+
+
+async def test_a_retry_after_the_remembered_conversation_was_deleted_still_logs_the_call(
+    sync_world: SyncWorld,
+) -> None:
+    """R-CALL-1, R-IDEM-2: on a retry the call log is first looked for in GHL (a lost answer may
+    have written it); when the remembered conversation no longer exists, that look-up moves to
+    the contact's new conversation instead of failing the event."""
+    sync_world.use_modules(df_middleware.sync.calls)
+    sync_world.settings = sync_world.settings.model_copy(
+        update={"retry_base_seconds": 0.01, "retry_max_seconds": 0.02}
+    )
+    await sync_world.deliver_aloware("Call Disposed", call_disposed(9912345))
+    await sync_world.process()
+    [first] = call_messages(sync_world)
+    sync_world.ghl.sim.conversations[first["conversationId"]].deleted = True
+
+    sync_world.ghl.faults(error_rate=1.0)  # the second call's first attempt fails at its note
+    await sync_world.deliver_aloware("Call Disposed", call_disposed(9912346))
+    await sync_world.process()
+    sync_world.ghl.faults()
+    await asyncio.sleep(0.05)
+    await sync_world.process()
+
+    async with sync_world.db.session() as session:
+        attempts = sorted(await session.scalars(select(WebhookEvent.attempts)))
+    assert attempts[0] == 1
+    assert attempts[1] >= 2  # retried: the look-up for an earlier write ran
+    assert await event_statuses(sync_world.db) == ["done", "done"]
+    logged = [m for m in call_messages(sync_world) if m["conversationId"] != first["conversationId"]]
+    assert [m["altId"] for m in logged] == ["aloware-call-9912346"]

@@ -652,55 +652,70 @@ async def test_mapped_contact_update_is_decided_from_the_last_seen_ghl_profile(s
     assert (await _logs(sync_world))[-1].message.startswith(f"GHL contact {ghl_id} already up to date")
 
 
-async def test_timezone_survives_ghl_webhooks_in_the_last_seen_profile(sync_world: SyncWorld) -> None:
-    """R-C-2 with R-PERF-3: GHL's contact webhooks carry no timezone, so seeing one keeps the
-    timezone last read from GHL's API instead of taking it for empty (which would let Aloware's
-    timezone overwrite GHL's in `ghl` mode)."""
+async def test_a_timezone_changed_in_ghl_is_not_overwritten_after_its_webhook(sync_world: SyncWorld) -> None:
+    """R-C-2 with R-PERF-3: GHL's contact webhooks carry no timezone, so after one the timezone
+    is unknown, never "empty" or "as before" (the webhook may report that very change): an
+    Aloware change carrying a timezone reads the contact first, and GHL's timezone stands in
+    `ghl` mode. A change without a timezone is still decided without a read."""
     ghl_id, aloware_id = await _aloware_and_ghl_person(sync_world)
-    sync_world.ghl.sim.update_contact(LOCATION, ghl_id, {"timezone": "America/Chicago"})
     await sync_world.deliver_aloware("Contact Updated", _aloware_update(sync_world, aloware_id, T0))
-    await sync_world.process()  # reads GHL (timezone included) and fills the city
+    await sync_world.process()  # reads GHL (no timezone there yet) and fills the city
 
-    changed = sync_world.ghl.sim.update_contact(LOCATION, ghl_id, {"state": "NC"}).contact
+    changed = sync_world.ghl.sim.update_contact(LOCATION, ghl_id, {"timezone": "America/Chicago"}).contact
     webhook = contact_webhook("ContactUpdate", changed)
     assert "timezone" not in webhook
     await sync_world.deliver_ghl(webhook)
     await sync_world.process()
 
-    # The native webhook is GHL's whole contact but its timezone: it becomes the profile last
-    # seen, with the timezone read before, so deciding costs no call and keeps Chicago.
     sync_world.aloware.sim.update_contact(aloware_id, timezone="America/Denver", state="SC")
     before = len(sync_world.ghl.requests())
     await sync_world.deliver_aloware(
         "Contact Updated", _aloware_update(sync_world, aloware_id, T0 + timedelta(minutes=1))
     )
     await sync_world.process()
-    assert sync_world.ghl.requests()[before:] == []
+    assert _calls_since(sync_world, before) == [
+        ("GET", f"/contacts/{ghl_id}"),
+        ("PUT", f"/contacts/{ghl_id}"),
+    ]
     contact = sync_world.ghl.sim.get_contact(LOCATION, ghl_id)
-    assert (contact["timezone"], contact["state"]) == ("America/Chicago", "NC")
+    assert (contact["timezone"], contact["state"]) == ("America/Chicago", "SC")
 
 
 async def test_last_seen_ghl_profile_rules(db: Database) -> None:
     """R-PERF-3 safety (R-C-2): a sighting older than the one stored never replaces it; GHL
-    changes we cannot read make the profile unknown; a webhook's missing timezone is taken from
-    the sighting before it, and with none before the profile stays unknown."""
+    changes we cannot read make the profile unknown, and so does a day without news; a webhook's
+    missing timezone is unknown, not empty; a mapping moved to another GHL contact, revived or
+    deleted forgets what it saw."""
     mappings = ContactMappings(db)
     await mappings.upsert(ghl_contact_id="g1", aloware_contact_id="a1", direction="ghl_to_aloware")
 
-    async def seen() -> GhlSighting | None:
-        mapping = await mappings.by_ghl_id("g1")
+    async def seen(ghl_id: str = "g1", now: datetime | None = None) -> GhlSighting | None:
+        mapping = await mappings.by_ghl_id(ghl_id)
         assert mapping is not None
-        return await mappings.trusted_ghl_profile(mapping)
+        return await mappings.trusted_ghl_profile(mapping, now=now)
 
-    webhook = {"first_name": "Sarah", "state": "NC"}
-    await mappings.see_ghl_profile("g1", webhook, changed_at=T0, seen_at=T0, unseen=("timezone",))
-    assert await seen() is None  # no timezone known yet
+    now = datetime.now(UTC)
     read = {"first_name": "Sarah", "timezone": "America/Chicago"}
-    await mappings.see_ghl_profile("g1", read, changed_at=T0, seen_at=T0 + timedelta(minutes=1))
-    await mappings.see_ghl_profile("g1", {"first_name": "Old"}, seen_at=T0)  # older: ignored
-    assert await seen() == GhlSighting(read, T0)
-    later = T0 + timedelta(minutes=2)
+    await mappings.see_ghl_profile("g1", read, changed_at=T0, seen_at=now)
+    await mappings.see_ghl_profile("g1", {"first_name": "Old"}, seen_at=now - timedelta(minutes=1))
+    assert await seen() == GhlSighting(read, T0)  # the older sighting was ignored
+    assert await seen(now=now + timedelta(hours=25)) is None  # too old to stand in for a read
+
+    later = now + timedelta(minutes=2)
+    webhook = {"first_name": "Sarah", "state": "NC"}
     await mappings.see_ghl_profile("g1", webhook, changed_at=later, seen_at=later, unseen=("timezone",))
-    assert await seen() == GhlSighting({**webhook, "timezone": "America/Chicago"}, later)
-    await mappings.see_ghl_profile("g1", None, seen_at=T0 + timedelta(minutes=3))
-    assert await seen() is None
+    sighting = await seen(now=later)
+    assert sighting == GhlSighting(webhook, later, ("timezone",))
+    assert sighting.decides({"state": "SC"})
+    assert not sighting.decides({"state": "SC", "timezone": "America/Denver"})
+
+    await mappings.see_ghl_profile("g1", None, seen_at=later + timedelta(minutes=1))
+    assert await seen(now=later) is None
+
+    await mappings.see_ghl_profile("g1", read, seen_at=later + timedelta(minutes=2))
+    await mappings.upsert(ghl_contact_id="g2", aloware_contact_id="a1", direction="aloware_to_ghl")
+    assert await seen("g2", now=later) is None  # another GHL contact now: nothing seen of it
+    await mappings.see_ghl_profile("g2", read, seen_at=later + timedelta(minutes=3))
+    await mappings.mark_deleted("g2")
+    await mappings.upsert(ghl_contact_id="g2", aloware_contact_id="a1", direction="aloware_to_ghl")
+    assert await seen("g2", now=later) is None  # deleted, then back: seen afresh

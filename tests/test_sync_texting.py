@@ -9,7 +9,7 @@ receipts back into ingest). The pure decisions are unit-tested without I/O at th
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -369,9 +369,10 @@ async def test_r_txt_5_unconfirmed_send_is_never_repeated_and_its_receipt_resolv
 async def test_r_txt_5_other_text_to_the_number_does_not_resolve_an_unconfirmed_send(
     world: SyncWorld,
 ) -> None:
-    """R-TXT-2 / R-TXT-5: only the same number *and* the same text count as the unconfirmed send
-    going out; another text to that person (sent outside GHL) is recorded as its own message and
-    the dead letter stays for an operator."""
+    """R-TXT-2 / R-TXT-5: only the same number, the same text *and* a send after the request
+    count as the unconfirmed send going out; another text to that person, or the same words sent
+    the day before (outside GHL), is recorded as its own message and the dead letter stays for an
+    operator."""
     world.verity.faults(lost_response_rate=1.0)
     world.verity.sim.receipt_delay_seconds = 3600  # the send's own receipts have not come yet
     payload = agent_send(world)
@@ -380,11 +381,14 @@ async def test_r_txt_5_other_text_to_the_number_does_not_resolve_an_unconfirmed_
     world.verity.faults()
 
     await world.deliver_texting(sent("tlx_OTHER_TEXT"))  # same person, different text
+    day_before = {**sent("tlx_DAY_BEFORE"), "body": payload["message"]}
+    day_before["timestamp"] = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+    await world.deliver_texting(day_before)  # same words, sent before the agent's request
     await world.process()
     assert [e.status for e in await rows(world.db, WebhookEvent)] == ["error"]
-    assert [e.status for e in await rows(world.db, TextingWebhookEvent)] == ["done"]
-    copies = [m for m in ghl_messages(world) if m.get("altId") == "tlx_OTHER_TEXT"]
-    assert len(copies) == 1
+    assert [e.status for e in await rows(world.db, TextingWebhookEvent)] == ["done", "done"]
+    copies = {m.get("altId") for m in ghl_messages(world) if m["id"] != payload["messageId"]}
+    assert copies == {"tlx_OTHER_TEXT", "tlx_DAY_BEFORE"}
     assert ghl_message(world, payload["messageId"])["status"] == "failed"
 
 

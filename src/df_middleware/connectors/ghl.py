@@ -302,8 +302,8 @@ class GhlClient:
 
         GHL's search matches loosely; a hit is accepted only when its own phone or email really
         equals the key, so a similar number never becomes somebody else's contact. Both keys go in
-        one search (an OR group: one call, not two); should that page be full without a phone
-        match, the phone is searched alone so a crowd of email matches cannot hide it.
+        one search (an OR group: one call, not two); should that page be full without a match,
+        each key is searched alone, so a crowd of loose hits cannot hide the right contact.
         """
         e164 = normalize_phone(phone, self.phone_region) if phone else None
         wanted_email = normalize_email(email) if email else None
@@ -315,10 +315,12 @@ class GhlClient:
                 page_limit=FIND_PAGE_LIMIT,
                 sort=(),
             )
-            found = self._phone_match(page.contacts, e164) or self._email_match(page.contacts, wanted_email)
-            if found is not None or len(page.contacts) < FIND_PAGE_LIMIT:
-                return found
-            return await self.find_contact(phone=e164) or self._email_match(page.contacts, wanted_email)
+            by_phone_hit = self._phone_match(page.contacts, e164)
+            if by_phone_hit is not None:
+                return by_phone_hit
+            if len(page.contacts) < FIND_PAGE_LIMIT:
+                return self._email_match(page.contacts, wanted_email)
+            return await self.find_contact(phone=e164) or await self.find_contact(email=wanted_email)
         if e164:
             page = await self.search_contacts(filters=[by_phone], page_limit=FIND_PAGE_LIMIT, sort=())
             return self._phone_match(page.contacts, e164)

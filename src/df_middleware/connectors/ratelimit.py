@@ -109,9 +109,9 @@ class SlidingWindowLimiter:
 
     def _ours_counted(self, window: _KeyWindow, sent_at: float, answered_at: float) -> int:
         """Our own calls GHL may have counted in the window its answer describes: those started
-        in the window before `sent_at`, and those started since, which may have overtaken this
+        in GHL's interval before `sent_at`, and those started since, which may have overtaken this
         one on the way. Only when even these fall short of the budget is somebody else spending."""
-        return sum(1 for t in window.starts if sent_at - self.window < t <= answered_at)
+        return sum(1 for t in window.starts if sent_at - self.interval < t <= answered_at)
 
     async def acquire(self, key: str) -> float:
         """Wait until a call for `key` may start, record its start; returns the seconds waited.

@@ -613,14 +613,24 @@ async def _log_call(run: _Run, ghl_contact_id: str, activity: CallActivity) -> N
 
     async def already_logged() -> str | None:
         # Our altId, or (if GHL does not show altIds) a call message with the same date.
+        async def look_in(conversation_id: str) -> str | None:
+            return await run.ghl.find_message(
+                conversation_id,
+                alt_id=alt_id,
+                body="" if call.date else None,
+                date=call.date,
+                message_type="TYPE_CALL",
+            )
+
         conversation_id = await conversations.conversation_for(run.ghl, ghl_contact_id)
-        return await run.ghl.find_message(
-            conversation_id,
-            alt_id=alt_id,
-            body="" if call.date else None,
-            date=call.date,
-            message_type="TYPE_CALL",
-        )
+        try:
+            return await look_in(conversation_id)
+        except (RemoteRejected, RemoteNotFound):
+            # The remembered conversation is gone: the call cannot be in it; look in the new one.
+            fresh = await conversations.refresh(run.ghl, ghl_contact_id, conversation_id)
+            if fresh is None:
+                raise
+            return await look_in(fresh)
 
     outcome = await run.ledger.perform(activity.call_log_key, "ghl", write, find_existing=already_logged)
     verb = "call already logged" if outcome.already_done else "call logged in conversation"

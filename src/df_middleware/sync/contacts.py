@@ -36,7 +36,13 @@ from df_middleware.db.types import utcnow
 from df_middleware.errors import RetryableError
 from df_middleware.phones import normalize_email, normalize_phone
 from df_middleware.sync.effects import EchoGuard, EffectLedger, fingerprint, skipped, success
-from df_middleware.sync.identity import ContactMappings, MappingView, PersonKeys, resolve_ghl_contact
+from df_middleware.sync.identity import (
+    ContactMappings,
+    GhlSighting,
+    MappingView,
+    PersonKeys,
+    resolve_ghl_contact,
+)
 from df_middleware.sync.registry import ClaimedEvent, HandlerContext, HandlerRegistry, HandlerResult
 from df_middleware.timestamps import parse_iso8601
 
@@ -465,7 +471,7 @@ async def handle_aloware_contact(ctx: HandlerContext, event: ClaimedEvent) -> Ha
         return skipped(event, ALOWARE_TO_GHL, UNCHANGED)
 
     started = utcnow()
-    known = await mappings.trusted_ghl_profile(mapping) if mapping is not None else None
+    known = await _last_seen_ghl_profile(ctx, mappings, mapping, profile)
     if mapping is not None and known is not None:
         # The mapped contact as last seen: decided without a GET (R-PERF-3).
         target = GhlTarget(mapping.ghl_contact_id, "mapping", known.profile, known.changed_at)
@@ -519,6 +525,19 @@ async def handle_aloware_contact(ctx: HandlerContext, event: ClaimedEvent) -> Ha
     )
     entry.started_at = started
     return HandlerResult(entries=[entry])
+
+
+async def _last_seen_ghl_profile(
+    ctx: HandlerContext, mappings: ContactMappings, mapping: MappingView | None, incoming: Profile
+) -> GhlSighting | None:
+    """The GHL profile last seen, when it can decide this change without reading the contact:
+    trusted (`ContactMappings.trusted_ghl_profile`), showing every field the change carries, and
+    not in `merge` mode, which compares change times and needs GHL's own `dateUpdated` (a
+    webhook gives only when it reached us)."""
+    if mapping is None or ctx.settings.contact_source_of_truth == "merge":
+        return None
+    known = await mappings.trusted_ghl_profile(mapping)
+    return known if known is not None and known.decides(incoming) else None
 
 
 @dataclass(frozen=True)

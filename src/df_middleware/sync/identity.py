@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import or_, select
@@ -32,8 +32,10 @@ from df_middleware.db.types import utcnow
 from df_middleware.errors import RetryableError
 from df_middleware.phones import normalize_email, normalize_phone
 
-#: Queue statuses of an event not yet processed.
-ACTIVE_STATUSES = ("pending", "processing")
+#: Queue statuses of an event whose change may not be applied yet.
+UNAPPLIED_STATUSES = ("pending", "processing", "quarantined")
+#: How long a GHL profile last seen may stand in for reading the contact.
+GHL_PROFILE_TRUST = timedelta(hours=24)
 
 #: Which system a contact change came from.
 Side = Literal["ghl", "aloware"]
@@ -57,25 +59,35 @@ class PersonKeys:
 
 @dataclass(frozen=True)
 class GhlSighting:
-    """A GHL contact's profile as we last saw it (`contact_mappings.ghl_profile`), and when GHL
-    says it last changed (`dateUpdated`, or the webhook's time): what R-C-2's `merge` compares."""
+    """A GHL contact's profile as we last saw it (`contact_mappings.ghl_profile`): its fields,
+    when GHL says it last changed (`dateUpdated`, or the webhook's time), and which fields the
+    sighting could not show (`unknown`: GHL's contact webhooks carry no timezone), so that a
+    missing value there is "not known", never "empty"."""
 
     profile: dict[str, str]
     changed_at: datetime | None
+    unknown: tuple[str, ...] = ()
 
     @classmethod
     def load(cls, stored: Mapping[str, Any] | None) -> GhlSighting | None:
         if not stored or not isinstance(stored.get("profile"), Mapping):
             return None
         changed = stored.get("changed_at")
+        unknown = stored.get("unknown")
         return cls(
             {str(k): str(v) for k, v in stored["profile"].items()},
             datetime.fromisoformat(changed) if isinstance(changed, str) else None,
+            tuple(str(name) for name in unknown) if isinstance(unknown, list) else (),
         )
 
     def dump(self) -> dict[str, Any]:
         changed = self.changed_at.isoformat() if self.changed_at is not None else None
-        return {"profile": dict(self.profile), "changed_at": changed}
+        return {"profile": dict(self.profile), "changed_at": changed, "unknown": list(self.unknown)}
+
+    def decides(self, incoming: Mapping[str, str]) -> bool:
+        """Whether this sighting holds every GHL value a decision about `incoming` depends on:
+        none of the fields it could not show has an incoming value."""
+        return not any(name in incoming for name in self.unknown)
 
 
 @dataclass(frozen=True)
@@ -92,6 +104,7 @@ class MappingView:
     ghl_event_at: datetime | None = None
     aloware_event_at: datetime | None = None
     ghl_seen: GhlSighting | None = None
+    ghl_seen_at: datetime | None = None
 
     @classmethod
     def of(cls, row: ContactMapping) -> MappingView:
@@ -106,6 +119,7 @@ class MappingView:
             ghl_event_at=row.ghl_event_at,
             aloware_event_at=row.aloware_event_at,
             ghl_seen=GhlSighting.load(row.ghl_profile),
+            ghl_seen_at=row.ghl_profile_at,
         )
 
     def is_stale(self, side: Side, event_at: datetime | None) -> bool:
@@ -186,6 +200,10 @@ class ContactMappings:
                 if row is None:
                     row = ContactMapping(ghl_contact_id=ghl_contact_id, sync_direction=direction)
                     session.add(row)
+                if row.ghl_contact_id != ghl_contact_id or row.deleted_at is not None:
+                    # Another GHL contact (or the same one back from deletion): what we saw of
+                    # the old one says nothing about it.
+                    row.ghl_profile, row.ghl_profile_at = None, None
                 row.ghl_contact_id = ghl_contact_id
                 if aloware is not None:
                     row.aloware_contact_id = aloware
@@ -244,8 +262,8 @@ class ContactMappings:
         GHL's API just answered), with GHL's `changed_at`; or forget it (`profile` None: GHL
         changed the contact in a way we could not read). An older sighting never replaces a
         newer one. `unseen` names fields the sighting cannot show (GHL's contact webhooks carry
-        no timezone): those keep their last-seen values, and with no earlier sighting to take
-        them from the profile stays unknown."""
+        no timezone): they are recorded as unknown, whatever an earlier sighting said (the
+        change the webhook reports may be that very field)."""
         seen_at = seen_at or utcnow()
         async with self.db.session() as session:
             row = await session.scalar(
@@ -253,24 +271,23 @@ class ContactMappings:
             )
             if row is None or (row.ghl_profile_at is not None and seen_at < row.ghl_profile_at):
                 return
-            sighting = GhlSighting(dict(profile), changed_at) if profile is not None else None
-            previous = GhlSighting.load(row.ghl_profile)
-            if sighting is not None and unseen:
-                if previous is None:
-                    sighting = None
-                else:
-                    for name in unseen:
-                        sighting.profile.pop(name, None)
-                        if name in previous.profile:
-                            sighting.profile[name] = previous.profile[name]
+            sighting: GhlSighting | None = None
+            if profile is not None:
+                fields = {name: value for name, value in profile.items() if name not in unseen}
+                sighting = GhlSighting(fields, changed_at, tuple(unseen))
             row.ghl_profile = sighting.dump() if sighting is not None else None
             row.ghl_profile_at = seen_at
 
-    async def trusted_ghl_profile(self, mapping: MappingView) -> GhlSighting | None:
+    async def trusted_ghl_profile(
+        self, mapping: MappingView, *, now: datetime | None = None
+    ) -> GhlSighting | None:
         """The mapped GHL contact's last-seen profile, when it can stand in for a `GET` (R-PERF-3):
-        it is known, and no GHL event about the contact is still waiting in the queue (one would
-        mean GHL changed the contact after we saw it)."""
-        if mapping.ghl_seen is None or mapping.deleted_at is not None:
+        it is known, seen within `GHL_PROFILE_TRUST` (a webhook GHL never delivered cannot leave
+        it wrong for longer), and no GHL event about the contact is still waiting in the queue or
+        set aside in quarantine (either would mean GHL changed the contact after we saw it)."""
+        if mapping.ghl_seen is None or mapping.deleted_at is not None or mapping.ghl_seen_at is None:
+            return None
+        if mapping.ghl_seen_at < (now or utcnow()) - GHL_PROFILE_TRUST:
             return None
         async with self.db.session() as session:
             waiting = await session.scalar(
@@ -279,7 +296,7 @@ class ContactMappings:
                     WebhookEvent.entity_type == "contact",
                     WebhookEvent.entity_id == mapping.ghl_contact_id,
                     WebhookEvent.source == "ghl",
-                    WebhookEvent.status.in_(ACTIVE_STATUSES),
+                    WebhookEvent.status.in_(UNAPPLIED_STATUSES),
                 )
                 .limit(1)
             )
@@ -295,6 +312,7 @@ class ContactMappings:
                 return None
             if row.deleted_at is None:
                 row.deleted_at = utcnow()
+            row.ghl_profile, row.ghl_profile_at = None, None
             return MappingView.of(row)
 
 

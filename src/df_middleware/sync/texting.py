@@ -83,6 +83,7 @@ from df_middleware.sync.registry import (
     SyncLogEntry,
 )
 from df_middleware.texting_payload import TextingEvent, normalize_texting_payload
+from df_middleware.timestamps import parse_iso8601
 
 TEXTING_TO_GHL = "texting_to_ghl"
 GHL_TO_TEXTING = "ghl_to_texting"
@@ -98,6 +99,8 @@ SEND_EFFECT_PREFIX = "verity:send:"
 UNCONFIRMED_ERROR = "Verity send not confirmed"
 #: How long after it a `message.sent` with the same number and text is taken for that send.
 UNCONFIRMED_WINDOW = timedelta(hours=24)
+#: How far Verity's clock may be behind ours when comparing its send time with our request's.
+CLOCK_SKEW = timedelta(minutes=5)
 OPTED_OUT_ERROR = ProviderError(
     code="opted_out", type=PROVIDER_ERROR_TYPE, message="Recipient has opted out of SMS"
 )
@@ -493,16 +496,29 @@ async def _add_to_conversation(
         if mapped is not None:
             return mapped.ghl_message_id
         # Added by an earlier run whose answer was lost: GHL has it (our altId, or text and date).
+        nonlocal conversation_id
         if not conversation_id:
             return None
-        sent = message(conversation_id)
-        return await ghl.find_message(
-            conversation_id,
-            alt_id=sent.alt_id,
-            body=sent.message or "",
-            date=sent.date,
-            message_type="TYPE_SMS",
-        )
+
+        async def look_in(conversation: str) -> str | None:
+            sent = message(conversation)
+            return await ghl.find_message(
+                conversation,
+                alt_id=sent.alt_id,
+                body=sent.message or "",
+                date=sent.date,
+                message_type="TYPE_SMS",
+            )
+
+        try:
+            return await look_in(conversation_id)
+        except (RemoteRejected, RemoteNotFound):
+            # The remembered conversation is gone: the text cannot be in it; look in the new one.
+            fresh = await ConversationCache(ctx.db).refresh(ghl, person.ghl_contact_id, conversation_id)
+            if fresh is None:
+                raise
+            conversation_id = fresh
+            return await look_in(fresh)
 
     outcome = await ledger.perform(f"ghl:message:texting:{key}", "ghl", add, find_existing=already_mapped)
     if outcome.target_id is None:  # pragma: no cover - add() always returns an id
@@ -587,11 +603,17 @@ async def handle_message_sent(ctx: HandlerContext, event: ClaimedEvent) -> Handl
         await own_send_of(ctx.db, texting.message_id) if mapped is None and texting.message_id else None
     )
     branch = sent_branch(mapped is not None, own_ghl_id is not None)
-    if branch == "record_copy":
-        region = ctx.settings.default_phone_region
-        unconfirmed = await unconfirmed_send_for(ctx.db, texting.to_number, texting.body, region)
+    if branch == "record_copy" and texting.message_id is not None:
+        unconfirmed = await unconfirmed_send_for(
+            ctx.db,
+            texting.to_number,
+            texting.body,
+            ctx.settings.default_phone_region,
+            sent_at=parse_iso8601(texting.timestamp) or event.received_at,
+        )
         if unconfirmed is not None:
             return await _confirm_late(ctx, event, texting, unconfirmed)
+    if branch == "record_copy":
         return await _record_text_in_ghl(ctx, event, texting, "outbound")
     assert texting.message_id is not None  # both other branches found it by this id
     await messages.record(
@@ -816,18 +838,18 @@ class UnconfirmedSend:
 
 
 async def unconfirmed_send_for(
-    db: Database, to_number: str | None, body: str | None, region: str, *, now: datetime | None = None
+    db: Database, to_number: str | None, body: str | None, region: str, *, sent_at: datetime
 ) -> UnconfirmedSend | None:
-    """The dead-lettered agent SMS of the last `UNCONFIRMED_WINDOW` whose send Verity never
-    confirmed, to this number with exactly this text (the oldest first), or None.
+    """The dead-lettered agent SMS whose send Verity never confirmed, to this number with exactly
+    this text, asked of Verity in the `UNCONFIRMED_WINDOW` before the text went out (`sent_at`,
+    Verity's time, allowing `CLOCK_SKEW`), the oldest first; or None.
 
     Verity's receipts do not echo our `correlationId`, so a send whose answer was lost can only be
-    recognised by what was sent: the recipient and the whole text. A `message.sent` that matches
-    is that send going out after all.
+    recognised by what was sent: the recipient, the whole text, and a send that came after the
+    request. A `message.sent` that matches is that send going out after all.
     """
     if to_number is None or not body:
         return None
-    since = (now or utcnow()) - UNCONFIRMED_WINDOW
     async with db.session() as session:
         rows = await session.execute(
             select(WebhookEvent.id, WebhookEvent.payload_json, WebhookEvent.entity_id)
@@ -835,7 +857,8 @@ async def unconfirmed_send_for(
                 WebhookEvent.event_type == PROVIDER_EVENT,
                 WebhookEvent.status == "error",
                 WebhookEvent.error_message.contains(UNCONFIRMED_ERROR),
-                WebhookEvent.received_at >= since,
+                WebhookEvent.received_at >= sent_at - UNCONFIRMED_WINDOW,
+                WebhookEvent.received_at <= sent_at + CLOCK_SKEW,
             )
             .order_by(WebhookEvent.received_at)
         )
@@ -853,17 +876,21 @@ async def unconfirmed_send_for(
 async def _confirm_late(
     ctx: HandlerContext, event: ClaimedEvent, texting: TextingEvent, unconfirmed: UnconfirmedSend
 ) -> HandlerResult:
-    """Verity sent the agent's SMS after all: record the send as the dead-lettered event's effect,
-    map the message, put the GHL message back to `pending` (its receipts follow, R-TXT-3) and
-    resolve the dead letter, with a sync_log row saying how."""
+    """Verity sent the agent's SMS after all: put the GHL message back to `pending` (its receipts
+    follow, R-TXT-3), record the send as the dead-lettered event's effect, map the message and
+    resolve the dead letter, with a sync_log row saying how.
+
+    In that order: a failure on GHL leaves nothing recorded and the receipt is retried whole; once
+    the effect is recorded, a replay of the dead letter can never send again, and a failure after
+    it leaves at worst the dead letter for an operator (a replay then finds the send done)."""
     assert texting.message_id is not None
-    key = f"{SEND_EFFECT_PREFIX}{unconfirmed.ghl_message_id}"
-    await record_effect(ctx.db, key, "verity", texting.message_id, event_id=str(unconfirmed.event_id))
     ghl = _ghl(ctx, unconfirmed.location_id)
     if ghl is not None:
         # A GHL message deleted since is no reason to fail: the mapping still records the send.
         with contextlib.suppress(RemoteNotFound):
             await ghl.update_message_status(unconfirmed.ghl_message_id, "pending")
+    key = f"{SEND_EFFECT_PREFIX}{unconfirmed.ghl_message_id}"
+    await record_effect(ctx.db, key, "verity", texting.message_id, event_id=str(unconfirmed.event_id))
     await MessageMappings(ctx.db).record(
         texting_message_id=texting.message_id,
         ghl_message_id=unconfirmed.ghl_message_id,
