@@ -73,6 +73,7 @@ from df_middleware.db.models import ContactMapping, SyncLog, WebhookEvent
 from df_middleware.db.session import Database
 from df_middleware.db.types import utcnow
 from df_middleware.ingest.sources.aloware import classify_aloware
+from df_middleware.ingest.store import queued_row
 from df_middleware.observability import configure_logging
 from df_middleware.queue.worker import Worker
 from df_middleware.simulators.aloware import aloware_example
@@ -197,25 +198,8 @@ def call_events(count: int, people: int, mix: str) -> list[dict[str, Any]]:
 
 
 def event_row(payload: dict[str, Any]) -> dict[str, Any]:
-    """The `webhook_events` row ingest stores for an Aloware webhook (ingest/store.py `_row`)."""
-    event = classify_aloware(payload)
-    now = utcnow()
-    return {
-        "id": uuid.uuid4(),
-        "received_at": now,
-        "next_attempt_at": now,
-        "event_type": event.event_type,
-        "payload_json": payload,
-        "dedupe_key": event.dedupe_key,
-        "status": "pending",
-        "attempts": 0,
-        "ordering_key": event.ordering_key,
-        "signature_verified": True,
-        "request_id": None,
-        **event.columns,
-        "entity_type": event.entity_type,
-        "entity_id": event.entity_id or "",
-    }
+    """The `webhook_events` row ingest stores for an Aloware webhook."""
+    return queued_row(classify_aloware(payload), payload, verified=True, request_id=None)
 
 
 # --- set-up -------------------------------------------------------------------------------------

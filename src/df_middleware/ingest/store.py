@@ -33,9 +33,10 @@ class StoreResult:
     duplicate: bool
 
 
-def _row(
+def queued_row(
     event: ClassifiedEvent, payload: dict[str, Any], *, verified: bool, request_id: str | None
 ) -> dict[str, Any]:
+    """The row an accepted event is stored as: pending, due now, with its keys and columns."""
     now = utcnow()
     row: dict[str, Any] = {
         "id": uuid.uuid4(),
@@ -130,7 +131,7 @@ class EventStore:
         request_id: str | None = None,
     ) -> StoreResult:
         """Insert the event unless its dedupe key exists; say which happened (after the commit)."""
-        row = _row(event, payload, verified=verified, request_id=request_id)
+        row = queued_row(event, payload, verified=verified, request_id=request_id)
         event_id, duplicate = await self.store_row_grouped(event.kind, row)
         return StoreResult(event_id, duplicate)
 

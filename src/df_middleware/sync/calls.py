@@ -47,7 +47,6 @@ from df_middleware.connectors.ghl_models import (
     CustomFieldValue,
     ExternalCall,
 )
-from df_middleware.connectors.http import RemoteNotFound, RemoteRejected
 from df_middleware.sync.contacts import (
     aloware_profile,
     decide_ghl_changes,
@@ -599,15 +598,9 @@ async def _log_call(run: _Run, ghl_contact_id: str, activity: CallActivity) -> N
         )
 
     async def write() -> str | None:
-        conversation_id = await conversations.conversation_for(run.ghl, ghl_contact_id)
-        try:
-            result = await run.ghl.log_external_call(entry(conversation_id))
-        except (RemoteRejected, RemoteNotFound):
-            # A remembered conversation GHL no longer has (deleted): look it up again, once.
-            fresh = await conversations.refresh(run.ghl, ghl_contact_id, conversation_id)
-            if fresh is None:
-                raise
-            result = await run.ghl.log_external_call(entry(fresh))
+        result, _ = await conversations.in_conversation(
+            run.ghl, ghl_contact_id, lambda conversation_id: run.ghl.log_external_call(entry(conversation_id))
+        )
         await conversations.remember(ghl_contact_id, result.conversation_id, run.ghl.location_id)
         return result.message_id
 
@@ -622,15 +615,8 @@ async def _log_call(run: _Run, ghl_contact_id: str, activity: CallActivity) -> N
                 message_type="TYPE_CALL",
             )
 
-        conversation_id = await conversations.conversation_for(run.ghl, ghl_contact_id)
-        try:
-            return await look_in(conversation_id)
-        except (RemoteRejected, RemoteNotFound):
-            # The remembered conversation is gone: the call cannot be in it; look in the new one.
-            fresh = await conversations.refresh(run.ghl, ghl_contact_id, conversation_id)
-            if fresh is None:
-                raise
-            return await look_in(fresh)
+        found, _ = await conversations.in_conversation(run.ghl, ghl_contact_id, look_in)
+        return found
 
     outcome = await run.ledger.perform(activity.call_log_key, "ghl", write, find_existing=already_logged)
     verb = "call already logged" if outcome.already_done else "call logged in conversation"

@@ -6,20 +6,26 @@ there is none. The id does not change for the life of the conversation, so it is
 `ghl_conversations` after the first lookup (or after any write whose answer names it) and a
 contact's later calls and texts cost no lookup at all.
 
-A conversation deleted in GHL makes a cached id wrong. Writers that use a cached id therefore
-call `refresh` when GHL refuses it (`RemoteRejected` / `RemoteNotFound`): the entry is replaced by
-a fresh search-or-create, and the write is repeated once on the new id.
+A conversation deleted in GHL makes a cached id wrong. Whatever uses a remembered id therefore
+goes through `in_conversation`: when GHL refuses the id (`RemoteRejected` / `RemoteNotFound`), the
+entry is replaced by a fresh search-or-create and the call is repeated once on the new id.
 """
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from df_middleware.connectors.ghl import GhlClient
+from df_middleware.connectors.http import RemoteNotFound, RemoteRejected
 from df_middleware.db.models import GhlConversation, MessageMapping
 from df_middleware.db.session import Database
 from df_middleware.db.types import utcnow
+
+T = TypeVar("T")
 
 
 class ConversationCache:
@@ -90,3 +96,24 @@ class ConversationCache:
         fresh = (await ghl.ensure_conversation(ghl_contact_id)).id
         await self.remember(ghl_contact_id, fresh, ghl.location_id)
         return None if fresh == refused else fresh
+
+    async def in_conversation(
+        self,
+        ghl: GhlClient,
+        ghl_contact_id: str,
+        use: Callable[[str], Awaitable[T]],
+        *,
+        conversation_id: str | None = None,
+    ) -> tuple[T, str]:
+        """`use(id)` on the contact's conversation (`conversation_id`, else the remembered or
+        found one); when GHL refuses that id, once more on a freshly looked-up one. Returns the
+        result and the id it was obtained on."""
+        current = conversation_id or await self.conversation_for(ghl, ghl_contact_id)
+        try:
+            return await use(current), current
+        except (RemoteRejected, RemoteNotFound):
+            # A remembered conversation GHL no longer has (deleted): look it up again, once.
+            fresh = await self.refresh(ghl, ghl_contact_id, current)
+            if fresh is None:
+                raise
+            return await use(fresh), fresh

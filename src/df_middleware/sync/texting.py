@@ -476,18 +476,16 @@ async def _add_to_conversation(
             direction="outbound" if direction == "outbound" else None,
         )
 
+    conversations = ConversationCache(ctx.db)
+
     async def add() -> str:
         nonlocal conversation_id
-        conversations = ConversationCache(ctx.db)
-        try:
-            result = await ghl.add_message(message(conversation_id))
-        except (RemoteRejected, RemoteNotFound):
-            # A remembered conversation GHL no longer has (deleted): look it up again, once.
-            fresh = await conversations.refresh(ghl, person.ghl_contact_id, conversation_id)
-            if fresh is None:
-                raise
-            conversation_id = fresh
-            result = await ghl.add_message(message(conversation_id))
+        result, conversation_id = await conversations.in_conversation(
+            ghl,
+            person.ghl_contact_id,
+            lambda conversation: ghl.add_message(message(conversation)),
+            conversation_id=conversation_id,
+        )
         await conversations.remember(person.ghl_contact_id, result.conversation_id, ghl.location_id)
         return result.message_id
 
@@ -510,15 +508,10 @@ async def _add_to_conversation(
                 message_type="TYPE_SMS",
             )
 
-        try:
-            return await look_in(conversation_id)
-        except (RemoteRejected, RemoteNotFound):
-            # The remembered conversation is gone: the text cannot be in it; look in the new one.
-            fresh = await ConversationCache(ctx.db).refresh(ghl, person.ghl_contact_id, conversation_id)
-            if fresh is None:
-                raise
-            conversation_id = fresh
-            return await look_in(fresh)
+        found, conversation_id = await conversations.in_conversation(
+            ghl, person.ghl_contact_id, look_in, conversation_id=conversation_id
+        )
+        return found
 
     outcome = await ledger.perform(f"ghl:message:texting:{key}", "ghl", add, find_existing=already_mapped)
     if outcome.target_id is None:  # pragma: no cover - add() always returns an id
