@@ -488,18 +488,18 @@ async def handle_aloware_contact(ctx: HandlerContext, event: ClaimedEvent) -> Ha
         profile,
         target.profile,
         aloware_changed_at=event_at or event.received_at,
-        ghl_changed_at=target.seen_at,
+        ghl_changed_at=target.changed_at,
     )
-    seen_profile, seen_at = target.profile, target.seen_at
+    latest_profile, latest_changed_at = target.profile, target.changed_at
     if changes:
         try:
             updated = await ghl.update_contact(ghl_contact_id, ghl_update(changes))
         except RemoteNotFound:
             await mappings.see_ghl_profile(ghl_contact_id, None)
             return skipped(event, ALOWARE_TO_GHL, f"GHL contact {ghl_contact_id} not found")
-        seen_profile = _ghl_contact_profile(updated, region)
-        seen_at = parse_iso8601(updated.date_updated)
-        await echoes.remember("ghl", ghl_contact_id, seen_profile)
+        latest_profile = _ghl_contact_profile(updated, region)
+        latest_changed_at = parse_iso8601(updated.date_updated)
+        await echoes.remember("ghl", ghl_contact_id, latest_profile)
     await mappings.upsert(
         ghl_contact_id=ghl_contact_id,
         aloware_contact_id=aloware_id,
@@ -508,7 +508,9 @@ async def handle_aloware_contact(ctx: HandlerContext, event: ClaimedEvent) -> Ha
         fingerprint=digest,
     )
     if changes or known is None:  # GHL just answered with the contact: remember it
-        await mappings.see_ghl_profile(ghl_contact_id, seen_profile, changed_at=seen_at, seen_at=started)
+        await mappings.see_ghl_profile(
+            ghl_contact_id, latest_profile, changed_at=latest_changed_at, seen_at=started
+        )
     await mappings.mark_applied(ghl_contact_id, "aloware", event_at)
     if not changes:
         return skipped(
@@ -542,12 +544,13 @@ async def _last_seen_ghl_profile(
 
 @dataclass(frozen=True)
 class GhlTarget:
-    """The GHL contact an Aloware change goes to, and its profile as of `seen_at`."""
+    """The GHL contact an Aloware change goes to, its profile, and when GHL says that profile
+    last changed (what R-C-2's `merge` compares)."""
 
     ghl_contact_id: str
     via: str
     profile: Profile
-    seen_at: datetime | None
+    changed_at: datetime | None
 
 
 async def _find_ghl_target(
