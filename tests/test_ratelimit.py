@@ -167,7 +167,8 @@ async def test_our_calls_that_overtook_this_one_explain_a_zero_remaining() -> No
 
 
 async def test_a_zero_remaining_our_calls_cannot_explain_still_pauses() -> None:
-    """Budget spent by another client: GHL says 0 left while we made 3 calls in the window."""
+    """R-PERF-3: budget spent by another client (GHL says 0 left while we made 3 calls in the
+    window) still pauses the location for a window, so we do not run into 429s."""
     clock = VirtualClock()
     limiter = _limiter(clock, max_calls=10, interval=10.0)
     for _ in range(3):
