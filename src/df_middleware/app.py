@@ -31,6 +31,7 @@ from df_middleware.observability import configure_logging, get_logger
 from df_middleware.queue.operations import queue_stats
 from df_middleware.queue.scheduler import Scheduler
 from df_middleware.queue.worker import Worker
+from df_middleware.request_guard import RequestGuard, request_id_of
 
 log = get_logger(__name__)
 
@@ -95,6 +96,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
     app.include_router(oauth_router())
     _add_operational_routes(app)
     _add_error_handlers(app)
+    app.add_middleware(RequestGuard, body_timeout_seconds=settings.http_body_timeout_seconds)
     return app
 
 
@@ -153,5 +155,11 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("http.unhandled_error", path=request.url.path, error=type(exc).__name__)
-        return JSONResponse({"error": "internal error"}, status_code=500)
+        # Starlette sends this response from outside the middleware stack, so the request id is
+        # added here (RequestGuard put it in the scope; the log line carries it too).
+        request_id = request_id_of(request.scope)
+        log.exception(
+            "http.unhandled_error", path=request.url.path, error=type(exc).__name__, request_id=request_id
+        )
+        headers = {"X-Request-ID": request_id} if request_id else None
+        return JSONResponse({"error": "internal error"}, status_code=500, headers=headers)

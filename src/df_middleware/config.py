@@ -7,9 +7,17 @@ model (`df-middleware config docs` / `config env-example`), and a test keeps the
 from __future__ import annotations
 
 import functools
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import (
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SQLITE_URL = "sqlite:///./df-middleware.db"
@@ -215,6 +223,36 @@ class Settings(BaseSettings):
     default_phone_region: str = Field(
         "US", min_length=2, max_length=2, description="Region for phone numbers without a country code."
     )
+    ingest_max_bytes_in_flight: int = Field(
+        16 * 1_048_576,
+        ge=1024,
+        description="Webhook body bytes one server process reads and holds at once (raised to "
+        "MAX_WEBHOOK_BYTES if lower). A request that would exceed it waits up to "
+        "INGEST_BUDGET_WAIT_SECONDS, unread, then gets 503 with Retry-After: memory stays bounded "
+        "however many large bodies arrive together.",
+    )
+    ingest_budget_wait_seconds: float = Field(
+        5.0, ge=0, description="How long a webhook waits for room under INGEST_MAX_BYTES_IN_FLIGHT."
+    )
+
+    # --- HTTP server -----------------------------------------------------------------------------
+    max_request_header_bytes: int = Field(
+        16384,
+        ge=1024,
+        description="Largest request line plus headers accepted (431 and the connection closed above).",
+    )
+    http_header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Time a client has to send its request line and headers (408, or the connection "
+        "closed when it sent nothing).",
+    )
+    http_body_timeout_seconds: float = Field(
+        30.0, gt=0, description="Time a client has to send a request's whole body (408 after it)."
+    )
+    http_keep_alive_seconds: float = Field(
+        5.0, ge=1, description="An idle keep-alive connection is closed after this many seconds."
+    )
 
     # --- queue -----------------------------------------------------------------------------------
     max_attempts: int = Field(10, ge=1, description="Attempts before an event is dead-lettered (`error`).")
@@ -249,6 +287,29 @@ class Settings(BaseSettings):
         None, description="When set, `/metrics` needs `Authorization: Bearer <token>`."
     )
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _empty_means_unset(cls, data: Any, handler: ModelWrapValidatorHandler[Settings]) -> Settings:
+        """An optional setting given as an empty (or blank) string is unset, never an empty secret:
+        `VERITY_WEBHOOK_SECRET=` must not make an HMAC with the empty key valid (R-IN-1: fail
+        closed). The names are kept for `df-middleware check` to report."""
+        blank: list[str] = []
+        if isinstance(data, Mapping):
+            data = dict(data)
+            for key, value in list(data.items()):
+                field = cls.model_fields.get(str(key).lower())
+                if (
+                    field is not None
+                    and field.default is None
+                    and isinstance(value, str)
+                    and not value.strip()
+                ):
+                    data[key] = None
+                    blank.append(str(key).upper())
+        settings = handler(data)
+        settings._blank_settings = tuple(sorted(blank))
+        return settings
+
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: str) -> str:
@@ -262,7 +323,14 @@ class Settings(BaseSettings):
     def _upper_region(cls, value: str) -> str:
         return value.upper()
 
+    _blank_settings: tuple[str, ...] = PrivateAttr(default=())
+
     # --- derived -------------------------------------------------------------------------------
+    @property
+    def blank_settings(self) -> tuple[str, ...]:
+        """Optional settings that were given empty, and are therefore unset."""
+        return self._blank_settings
+
     @property
     def base_url(self) -> str:
         return self.public_base_url or f"http://{self.host}:{self.port}"

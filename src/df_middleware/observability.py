@@ -41,9 +41,21 @@ CONTACT_KEYS = frozenset(
     {"phone", "phone_number", "from", "to", "from_number", "to_number", "email", "emailto", "emailfrom"}
 )
 
-_EMAIL_RE = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
-_PHONE_RE = re.compile(r"(?<![\w/-])(\+?\d[\d\s().-]{6,}\d)(?![\w-])")
+# The masking patterns run on text an outsider controls (a header, a payload field), so each
+# must take time linear in its input: a match may only start where a token starts (the
+# look-behinds) and runs are consumed possessively (`*+`), never re-scanned from every offset.
+_EMAIL_RE = re.compile(
+    r"(?<![A-Za-z0-9._%+-])([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*+@([A-Za-z0-9.-]+\.[A-Za-z]{2,})"
+)
+#: A run of phone characters starting at a token boundary; `_mask_phone_run` decides whether it
+#: is a phone number (seven digits or more, not glued to a word that follows).
+_PHONE_RUN_RE = re.compile(r"(?<![\w/-])\+?\d[\d\s().-]*+(?P<next>\w?)")
 _TOKEN_PARAM_RE = re.compile(r"((?:api_token|token|access_token|key)=)[^&\s]+", re.IGNORECASE)
+#: Longest string value a log line carries; the rest is cut (its length is kept). A log line is
+#: not a place for a megabyte of someone's input, and this bounds what masking has to read.
+MAX_LOGGED_CHARS = 1024
+#: The same bound for a traceback, which is longer by nature.
+MAX_LOGGED_TRACEBACK_CHARS = 16384
 
 
 def mask_phone(value: str) -> str:
@@ -59,11 +71,30 @@ def mask_email(value: str) -> str:
     return _EMAIL_RE.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", value)
 
 
+def _mask_phone_run(match: re.Match[str]) -> str:
+    run, following = match.group(0), match.group("next")
+    if following and run[-len(following) - 1] in "0123456789-":
+        # Digits that run straight into a word are an identifier, not a phone number.
+        return run
+    last_digit = max(run.rfind(d) for d in "0123456789")
+    number, rest = run[: last_digit + 1], run[last_digit + 1 :]
+    if len(number) < 8 or sum(ch.isdigit() for ch in number) < 7:
+        return run
+    return mask_phone(number) + rest
+
+
 def mask_text(value: str) -> str:
-    """Mask emails, phone-like runs and token query parameters inside free text."""
+    """Mask emails, phone-like runs and token query parameters inside free text (linear time)."""
     value = _TOKEN_PARAM_RE.sub(r"\1***", value)
     value = mask_email(value)
-    return _PHONE_RE.sub(lambda m: mask_phone(m.group(1)), value)
+    return _PHONE_RUN_RE.sub(_mask_phone_run, value)
+
+
+def truncate_for_log(value: str, limit: int = MAX_LOGGED_CHARS) -> str:
+    """`value` cut to `limit` characters, saying how long it was."""
+    if len(value) <= limit:
+        return value
+    return f"{value[:limit]}…[{len(value)} chars]"
 
 
 def mask_value(key: str, value: Any) -> Any:
@@ -106,6 +137,24 @@ def mask_event_detail(detail: Mapping[str, Any]) -> dict[str, Any]:
     return masked
 
 
+def _bound_processor(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> Mapping[str, Any]:
+    """Cut long strings (top-level values and one level into containers) before anything reads
+    them: whatever a sender puts in a header or field, a log line stays small."""
+    for key, value in list(event_dict.items()):
+        limit = MAX_LOGGED_TRACEBACK_CHARS if key == "exception" else MAX_LOGGED_CHARS
+        if isinstance(value, str):
+            event_dict[key] = truncate_for_log(value, limit)
+        elif isinstance(value, bytes):
+            event_dict[key] = truncate_for_log(value.decode("utf-8", "replace"), limit)
+        elif isinstance(value, Mapping):
+            event_dict[key] = {
+                k: truncate_for_log(v) if isinstance(v, str) else v for k, v in list(value.items())[:50]
+            }
+        elif isinstance(value, list | tuple):
+            event_dict[key] = [truncate_for_log(v) if isinstance(v, str) else v for v in value[:50]]
+    return event_dict
+
+
 def _mask_processor(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> Mapping[str, Any]:
     for key, value in list(event_dict.items()):
         if key in {"event", "level", "timestamp", "logger"}:
@@ -124,6 +173,7 @@ def configure_logging(level: str = "info", fmt: str = "auto", *, reveal_pii: boo
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
+        _bound_processor,
     ]
     if not reveal_pii:
         processors.append(_mask_processor)

@@ -47,7 +47,14 @@ def _b64decode(value: str) -> bytes:
         raise AuthFailure("signature is not valid base64") from exc
 
 
+def _configured(secret: SecretStr | None) -> bool:
+    """An empty secret is no secret (Settings already reads one as unset; this holds anyway)."""
+    return secret is not None and bool(secret.get_secret_value().strip())
+
+
 def _secret_equals(provided: str, expected: SecretStr) -> bool:
+    if not _configured(expected):
+        return False
     return hmac.compare_digest(provided.encode(), expected.get_secret_value().encode())
 
 
@@ -118,14 +125,15 @@ def parse_event_time(value: Any) -> datetime | None:
         return None
     if isinstance(value, str):
         text = value.strip()
-        if text.isdigit():
-            value = int(text)
+        # ASCII digits only: str.isdigit() also accepts '²' and '①', which int() refuses.
+        if text.isascii() and text.isdigit():
+            value = int(text) if len(text) <= 20 else None
         else:
             return parse_iso8601(text)
     if isinstance(value, int | float):
         seconds = value / 1000 if abs(value) > 1e11 else value
         try:
-            return datetime.fromtimestamp(seconds, UTC)
+            return parse_iso8601(datetime.fromtimestamp(seconds, UTC).isoformat())
         except (OverflowError, OSError, ValueError):
             return None
     return None
@@ -164,7 +172,7 @@ def verify_hmac_hex(
     body: bytes, signature: str | None, secret: SecretStr | None, *, header: str, setting: str
 ) -> bool:
     """Hex HMAC-SHA256 of the raw body (a `sha256=` prefix is tolerated)."""
-    if secret is None:
+    if secret is None or not _configured(secret):
         raise AuthFailure(f"webhook secret is not configured: set {setting}")
     if not signature:
         raise AuthFailure(f"missing {header}")

@@ -11,7 +11,6 @@ metric and a log line.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -34,9 +33,10 @@ from df_middleware.ingest.auth import (
     verify_broadcast,
     verify_texting,
 )
+from df_middleware.ingest.body_budget import BodyBudget, BudgetExhausted
 from df_middleware.ingest.sources.aloware import aloware_event_name, canonical_aloware_name, classify_aloware
 from df_middleware.ingest.sources.broadcast import classify_broadcast
-from df_middleware.ingest.sources.common import ClassifiedEvent, InvalidEvent
+from df_middleware.ingest.sources.common import MAX_KEY_BYTES, ClassifiedEvent, InvalidEvent
 from df_middleware.ingest.sources.ghl import classify_ghl, classify_ghl_provider
 from df_middleware.ingest.sources.texting import classify_texting
 from df_middleware.ingest.store import EventStore
@@ -49,11 +49,14 @@ from df_middleware.observability import (
     WEBHOOKS_REJECTED,
     get_logger,
 )
+from df_middleware.request_guard import RequestTimeout, request_id_from, request_id_of
 
 log = get_logger(__name__)
 
 #: Seconds a sender is asked to wait when the database is unavailable.
 DB_RETRY_AFTER_SECONDS = 5
+#: Seconds a sender is asked to wait when the process holds as many webhook bytes as it may.
+BUSY_RETRY_AFTER_SECONDS = 2
 
 
 class Rejection(Exception):
@@ -123,6 +126,7 @@ class Ingest:
         self.db = db
         self.ghl = GhlVerifier(settings)
         self.store = EventStore(db)
+        self.body_budget = BodyBudget(max(settings.ingest_max_bytes_in_flight, settings.max_webhook_bytes))
         self._limiter = FixedWindowRateLimiter(MemoryStorage())
         self._limit = (
             RateLimitItemPerSecond(settings.ingest_rate_limit_per_second)
@@ -177,24 +181,32 @@ class Ingest:
             retry_after = max(1, int(reset_at - time.time() + 0.999))
             raise Rejection(429, f"ingest limit for {source} exceeded", {"Retry-After": str(retry_after)})
 
-    async def _read_body(self, request: Request) -> bytes:
+    def _declared_size(self, request: Request) -> int:
+        """The body size to reserve: its Content-Length (413 when over the limit), or the limit
+        when the sender streams it without one."""
         limit = self.settings.max_webhook_bytes
         declared = request.headers.get("content-length")
-        if declared is not None:
-            try:
-                if int(declared) > limit:
-                    raise Rejection(413, f"body larger than {limit} bytes")
-            except ValueError as exc:
-                raise Rejection(400, "invalid Content-Length") from exc
-        if not _is_json_content_type(request.headers.get("content-type")):
-            raise Rejection(415, "content type must be application/json")
+        if declared is None:
+            return limit
+        text = declared.strip()
+        if not (text.isascii() and text.isdigit()) or len(text) > 19:
+            raise Rejection(400, "invalid Content-Length")
+        if int(text) > limit:
+            raise Rejection(413, f"body larger than {limit} bytes")
+        return int(text)
+
+    async def _read_body(self, request: Request) -> bytes:
+        limit = self.settings.max_webhook_bytes
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise Rejection(413, f"body larger than {limit} bytes")
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise Rejection(413, f"body larger than {limit} bytes", {"Connection": "close"})
+                chunks.append(chunk)
+        except RequestTimeout as exc:
+            raise Rejection(408, str(exc.detail), exc.headers) from exc
         return b"".join(chunks)
 
     def _parse(self, body: bytes) -> dict[str, Any]:
@@ -215,8 +227,32 @@ class Ingest:
     async def receive(self, request: Request, source_name: str) -> Response:
         source = self.sources[source_name]
         started = time.perf_counter()
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request_id = request_id_of(request.scope) or request_id_from(
+            request.headers.get("x-request-id", "").encode("latin-1")
+        )
         WEBHOOKS_RECEIVED.labels(source.name).inc()
+        try:
+            size = self._declared_size(request)
+            if not _is_json_content_type(request.headers.get("content-type")):
+                raise Rejection(415, "content type must be application/json")
+            try:
+                async with self.body_budget.reserve(
+                    size, wait_seconds=self.settings.ingest_budget_wait_seconds
+                ):
+                    return await self._receive_body(request, source, request_id, started)
+            except BudgetExhausted:
+                raise Rejection(
+                    503,
+                    "too many large webhooks at once, retry later",
+                    {"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)},
+                ) from None
+        except Rejection as rejection:
+            return self._rejected(source, rejection, request_id)
+
+    async def _receive_body(
+        self, request: Request, source: Source, request_id: str, started: float
+    ) -> Response:
+        """The pipeline after the body has room: read, authenticate, parse, classify, store."""
         try:
             body = await self._read_body(request)
             try:
@@ -229,6 +265,9 @@ class Ingest:
                 event = source.classify(payload)
             except InvalidEvent as exc:
                 raise Rejection(422, str(exc)) from exc
+            oversized = event.oversized_field()
+            if oversized is not None:
+                raise Rejection(422, f"{oversized} is longer than {MAX_KEY_BYTES} bytes")
             try:
                 result = await self.store.store(event, payload, verified=verified, request_id=request_id)
             except Exception as exc:
@@ -242,19 +281,7 @@ class Ingest:
             WEBHOOKS_IGNORED.labels(source.name).inc()
             return JSONResponse({"status": "ignored"}, headers={"X-Request-ID": request_id})
         except Rejection as rejection:
-            WEBHOOKS_REJECTED.labels(source.name, str(rejection.status)).inc()
-            log.info(
-                "ingest.rejected",
-                source=source.name,
-                status=rejection.status,
-                reason=rejection.message,
-                request_id=request_id,
-            )
-            return JSONResponse(
-                {"error": rejection.message},
-                status_code=rejection.status,
-                headers={**rejection.headers, "X-Request-ID": request_id},
-            )
+            return self._rejected(source, rejection, request_id)
         if result.duplicate:
             WEBHOOKS_DUPLICATE.labels(source.name).inc()
         else:
@@ -263,6 +290,21 @@ class Ingest:
         return JSONResponse(
             {"status": "duplicate" if result.duplicate else "accepted", "id": str(result.id)},
             headers={"X-Request-ID": request_id},
+        )
+
+    def _rejected(self, source: Source, rejection: Rejection, request_id: str) -> Response:
+        WEBHOOKS_REJECTED.labels(source.name, str(rejection.status)).inc()
+        log.info(
+            "ingest.rejected",
+            source=source.name,
+            status=rejection.status,
+            reason=rejection.message,
+            request_id=request_id,
+        )
+        return JSONResponse(
+            {"error": rejection.message},
+            status_code=rejection.status,
+            headers={**rejection.headers, "X-Request-ID": request_id},
         )
 
 

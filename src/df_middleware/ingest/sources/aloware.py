@@ -7,7 +7,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from df_middleware.canonical import canonical_sha256
-from df_middleware.ingest.sources.common import ClassifiedEvent, InvalidEvent, first_phone, scalar_id
+from df_middleware.ingest.sources.common import (
+    ClassifiedEvent,
+    InvalidEvent,
+    bounded_id,
+    first_phone,
+    scalar_id,
+)
 
 #: Exact Aloware event names (matched case-insensitively) → entity type.
 ALOWARE_EVENTS: dict[str, tuple[str, str]] = {
@@ -50,7 +56,7 @@ def aloware_event_name(payload: Mapping[str, Any]) -> str:
     name = payload.get("event")
     if not isinstance(name, str) or not name.strip():
         raise InvalidEvent("Aloware webhook has no event name")
-    return name.strip()
+    return bounded_id(name.strip(), "event")
 
 
 def classify_aloware(payload: Mapping[str, Any], region: str = "US") -> ClassifiedEvent:
@@ -60,8 +66,10 @@ def classify_aloware(payload: Mapping[str, Any], region: str = "US") -> Classifi
         raise InvalidEvent("Aloware webhook has no body object")
     known = canonical_aloware_name(name)
     event_type, entity_type = known if known else (name, "unknown")
-    call_id = scalar_id(body.get("call_id")) or scalar_id(body.get("communication_id"))
-    entity_id = scalar_id(body.get("id"))
+    call_id = scalar_id(body.get("call_id"), "body.call_id") or scalar_id(
+        body.get("communication_id"), "body.communication_id"
+    )
+    entity_id = scalar_id(body.get("id"), "body.id")
     if entity_id is None and entity_type in _CALL_CHILDREN:
         entity_id = call_id
     if entity_id is None and entity_type in {"contact", "call"}:

@@ -10,14 +10,18 @@ from df_middleware.ingest.sources.common import ClassifiedEvent, InvalidEvent, e
 
 
 def classify_broadcast(payload: Mapping[str, Any], region: str = "US") -> ClassifiedEvent:
-    broadcast_id = scalar_id(payload.get("broadcastId")) or scalar_id(payload.get("broadcast_id"))
+    broadcast_id = scalar_id(payload.get("broadcastId"), "broadcastId") or scalar_id(
+        payload.get("broadcast_id"), "broadcast_id"
+    )
     if broadcast_id is None:
         raise InvalidEvent("broadcast webhook has no broadcastId")
     event_type = event_name(payload, ("eventType", "event_type"))
     if event_type is None:
         raise InvalidEvent("broadcast webhook has no eventType")
     discriminator = (
-        scalar_id(payload.get("eventId")) or scalar_id(payload.get("timestamp")) or canonical_sha256(payload)
+        scalar_id(payload.get("eventId"), "eventId")
+        or scalar_id(payload.get("timestamp"), "timestamp")
+        or canonical_sha256(payload)
     )
     return ClassifiedEvent(
         kind="broadcast",

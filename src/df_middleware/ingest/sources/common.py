@@ -10,7 +10,23 @@ from df_middleware.phones import normalize_phone
 
 
 class InvalidEvent(ValueError):
-    """The JSON lacks what its source requires (answered 422)."""
+    """The JSON lacks what its source requires, or holds what it cannot (answered 422)."""
+
+
+#: Longest identifier or event name a webhook may carry (characters). Real ids are far shorter
+#: (GHL's are 20, Aloware's numbers, Verity's UUIDs); a longer one is refused with 422 rather than
+#: stored, because ids go into indexed columns and keys, which must stay bounded (R-SEC-3).
+MAX_ID_LENGTH = 256
+#: Largest key or indexed column a classified event may produce, in UTF-8 bytes: PostgreSQL's
+#: b-tree entries hold at most 2704 bytes. Only reachable with ids of multi-byte characters.
+MAX_KEY_BYTES = 2400
+
+
+def bounded_id(text: str, field: str) -> str:
+    """`text`, or InvalidEvent naming `field` when it is longer than MAX_ID_LENGTH."""
+    if len(text) > MAX_ID_LENGTH:
+        raise InvalidEvent(f"{field} is longer than {MAX_ID_LENGTH} characters")
+    return text
 
 
 @dataclass(frozen=True)
@@ -26,17 +42,37 @@ class ClassifiedEvent:
     ordering_key: str
     columns: dict[str, Any] = field(default_factory=dict)  # table-specific columns
 
+    def oversized_field(self) -> str | None:
+        """The name of the first key or text column over MAX_KEY_BYTES, or None: the last guard
+        before the insert, so that no input can reach the database's index size limit."""
+        values: dict[str, Any] = {
+            "event_type": self.event_type,
+            "entity_type": self.entity_type,
+            "entity_id": self.entity_id,
+            "dedupe_key": self.dedupe_key,
+            "ordering_key": self.ordering_key,
+            **self.columns,
+        }
+        for name, value in values.items():
+            if isinstance(value, str) and len(value.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+                return name
+        return None
 
-def scalar_id(value: Any) -> str | None:
-    """Ids may arrive as numbers or strings; they are always stored as strings."""
+
+def scalar_id(value: Any, field: str) -> str | None:
+    """Ids may arrive as numbers or strings; they are always stored as strings, at most
+    MAX_ID_LENGTH characters (InvalidEvent naming `field` beyond)."""
     if isinstance(value, bool) or value is None:
         return None
-    if isinstance(value, int | str):
-        text = str(value).strip()
-        return text or None
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return None
+    if isinstance(value, str):
+        text = value.strip()
+    elif isinstance(value, int):
+        text = str(value)  # orjson refuses integers beyond 64 bits, so this is short
+    elif isinstance(value, float) and value.is_integer():
+        text = str(int(value))
+    else:
+        return None
+    return bounded_id(text, field) if text else None
 
 
 def dig(payload: Mapping[str, Any], path: str) -> Any:
@@ -51,7 +87,7 @@ def dig(payload: Mapping[str, Any], path: str) -> Any:
 
 def first_id(payload: Mapping[str, Any], paths: tuple[str, ...]) -> str | None:
     for path in paths:
-        value = scalar_id(dig(payload, path))
+        value = scalar_id(dig(payload, path), path)
         if value is not None:
             return value
     return None
@@ -61,7 +97,7 @@ def event_name(payload: Mapping[str, Any], keys: tuple[str, ...]) -> str | None:
     for key in keys:
         value = payload.get(key)
         if isinstance(value, str) and value.strip():
-            return value.strip()
+            return bounded_id(value.strip(), key)
     return None
 
 

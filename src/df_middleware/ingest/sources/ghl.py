@@ -102,7 +102,7 @@ def _ordering_key(payload: Mapping[str, Any], entity_type: str, entity_id: str, 
     phone = first_phone(payload, ("phone", "contact.phone"), region)
     if phone:
         return f"phone:{phone}"
-    contact_id = scalar_id(payload.get("contactId")) if entity_type != "contact" else None
+    contact_id = scalar_id(payload.get("contactId"), "contactId") if entity_type != "contact" else None
     if contact_id:
         return f"ghl:contact:{contact_id}"
     return f"ghl:{entity_type}:{entity_id}"
@@ -121,7 +121,7 @@ def classify_ghl(payload: Mapping[str, Any], region: str = "US") -> ClassifiedEv
         entity_id = first_id(payload, spec.id_paths) or ""
         if spec.id_required and not entity_id:
             raise InvalidEvent(f"GHL {spec.name} webhook has no {spec.entity_type} id")
-    webhook_id = scalar_id(payload.get("webhookId"))
+    webhook_id = scalar_id(payload.get("webhookId"), "webhookId")
     if webhook_id:
         dedupe_key = f"ghl:{webhook_id}"
     else:
@@ -140,7 +140,7 @@ def classify_ghl(payload: Mapping[str, Any], region: str = "US") -> ClassifiedEv
 
 def classify_ghl_provider(payload: Mapping[str, Any], region: str = "US") -> ClassifiedEvent:
     """An agent's SMS from GHL, posted to our conversation provider's Delivery URL (§3.2)."""
-    message_id = scalar_id(payload.get("messageId"))
+    message_id = scalar_id(payload.get("messageId"), "messageId")
     if message_id is None:
         raise InvalidEvent("provider delivery has no messageId")
     return ClassifiedEvent(

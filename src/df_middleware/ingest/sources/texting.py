@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from df_middleware.canonical import canonical_sha256
-from df_middleware.ingest.sources.common import ClassifiedEvent, InvalidEvent
+from df_middleware.ingest.sources.common import ClassifiedEvent, InvalidEvent, bounded_id
 from df_middleware.texting_payload import STATUS_EVENT_TYPES, TEXTING_EVENT_TYPES, normalize_texting_payload
 
 
@@ -24,7 +24,12 @@ def classify_texting(payload: Mapping[str, Any], region: str = "US") -> Classifi
     event = normalize_texting_payload(payload, region)
     if event.event_type is None:
         raise InvalidEvent("texting webhook has no eventType")
-    event_type = event.event_type
+    event_type = bounded_id(event.event_type, "eventType")
+    for value, name in ((event.message_id, "messageId"), (event.conversation_id, "conversationId")):
+        if value is not None:
+            bounded_id(value, name)
+    if event.status is not None:
+        bounded_id(event.status, "status")
     if event.message_id:
         dedupe_key = f"texting:{event_type}:{event.message_id}"
         if event_type in STATUS_EVENT_TYPES:
