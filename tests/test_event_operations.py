@@ -276,8 +276,11 @@ async def test_prune_deletes_only_old_done_events_and_old_log_rows(db: Database)
         "webhook_events": 5,
         "texting_webhook_events": 1,
         "broadcast_webhook_events": 0,
+        "sync_effects": 0,
         "sync_log": 2,
+        "ghl_conversations": 0,
         "echo_guard": 1,
+        "oauth_state_uses": 0,
     }
     for event_id in kept:
         assert await get_event(db, event_id) is not None

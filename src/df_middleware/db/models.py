@@ -235,6 +235,8 @@ class GhlConversation(Base):
     conversation_id: Mapped[str] = mapped_column(Text, nullable=False)
     location_id: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = _updated()
+    #: Serves retention: ids not written for longer than RETENTION_DAYS are candidates for pruning.
+    __table_args__ = (Index("ghl_conversations_updated_at_idx", "updated_at"),)
 
 
 class MessageMapping(Base):
@@ -483,6 +485,8 @@ class SyncEffect(Base):
     __table_args__ = (
         Index("sync_effects_effect_key_unique", "effect_key", unique=True),
         Index("sync_effects_event_id_idx", "event_id"),
+        # Serves retention: the prune walks old effects in creation order.
+        Index("sync_effects_created_at_idx", "created_at"),
     )
 
 

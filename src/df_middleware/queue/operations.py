@@ -39,7 +39,17 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from df_middleware.db.models import EVENT_STATUSES, EchoGuard, QuarantineEvent, SyncEffect, SyncLog
+from df_middleware.db.models import (
+    EVENT_STATUSES,
+    Base,
+    ContactMapping,
+    EchoGuard,
+    GhlConversation,
+    OAuthStateUse,
+    QuarantineEvent,
+    SyncEffect,
+    SyncLog,
+)
 from df_middleware.db.session import Database
 from df_middleware.db.types import utcnow
 from df_middleware.observability import QUEUE_DEPTH, QUEUE_OLDEST_PENDING_AGE, get_logger
@@ -456,41 +466,54 @@ async def mark_done(db: Database, event_id: uuid.UUID | str, actor: str) -> dict
     """
     key = _as_uuid(event_id)
     async with db.session() as session:
-        event_table, row = await _find(session, key)
-        if row._mapping["status"] == "done":
-            return _summary(event_table, row._mapping)
-        _, previous = await _transition(
-            session,
-            key,
-            action="mark done",
-            allowed_from=("pending", "error", "quarantined"),
-            values={
-                "status": "done",
-                "processed_at": utcnow(),
-                "error_message": None,
-                "locked_until": None,
-                "locked_by": None,
-            },
-        )
-        fields = row._mapping
-        entity_id = event_table.entity_id(fields) or str(key)
-        await session.execute(
-            insert(SyncLog).values(
-                direction="internal",
-                entity_type=event_table.entity_type(fields),
-                entity_id=entity_id,
-                source_id=entity_id,
-                status="skipped",
-                message=f"marked done by {actor}",
-                started_at=utcnow(),
-                finished_at=utcnow(),
-                correlation_id=str(key),
-            )
-        )
-        await _delete_quarantine_row(session, event_table, key)
+        previous = await mark_done_in(session, key, actor)
         summary = await _summary_of(session, key)
-    log.info("event marked done", event_id=str(key), previous_status=previous, actor=actor)
+    if previous is not None:
+        log.info("event marked done", event_id=str(key), previous_status=previous, actor=actor)
     return summary
+
+
+async def mark_done_in(session: AsyncSession, event_id: uuid.UUID | str, actor: str) -> str | None:
+    """`mark_done` inside the caller's transaction; returns the status it left (None: already done).
+
+    The worker applies a handler's `EventResolution` with it, in the transaction that records the
+    handler's own outcome, so the resolution and the outcome are committed together or not at all.
+    Raises EventNotFound, or EventStateError when the event is being processed or changed meanwhile.
+    """
+    key = _as_uuid(event_id)
+    event_table, row = await _find(session, key)
+    if row._mapping["status"] == "done":
+        return None
+    _, previous = await _transition(
+        session,
+        key,
+        action="mark done",
+        allowed_from=("pending", "error", "quarantined"),
+        values={
+            "status": "done",
+            "processed_at": utcnow(),
+            "error_message": None,
+            "locked_until": None,
+            "locked_by": None,
+        },
+    )
+    fields = row._mapping
+    entity_id = event_table.entity_id(fields) or str(key)
+    await session.execute(
+        insert(SyncLog).values(
+            direction="internal",
+            entity_type=event_table.entity_type(fields),
+            entity_id=entity_id,
+            source_id=entity_id,
+            status="skipped",
+            message=f"marked done by {actor}",
+            started_at=utcnow(),
+            finished_at=utcnow(),
+            correlation_id=str(key),
+        )
+    )
+    await _delete_quarantine_row(session, event_table, key)
+    return previous
 
 
 async def quarantine_event(
@@ -550,28 +573,116 @@ async def _delete_quarantine_row(session: AsyncSession, event_table: EventTable,
 # --- retention and stats --------------------------------------------------------------------------
 
 
+#: Rows looked at per statement when pruning rows that belong to an event: their ids go into
+#: `IN (…)` lists, which must stay far below the drivers' limits on bound parameters (asyncpg
+#: 32767) whatever PRUNE_BATCH_SIZE says.
+MAX_ROWS_PER_LOOKUP = 1000
+#: Used install states are remembered this long: far past a state's own validity
+#: (15 minutes, `admin/oauth.py`), after which the signed state itself is refused.
+OAUTH_STATE_USE_RETENTION = timedelta(days=1)
+
+
+def _key_column(table: Table) -> Any:
+    """The table's one-column primary key (`id`, or `nonce`, or `ghl_contact_id`)."""
+    (column,) = table.primary_key.columns
+    return column
+
+
 async def _delete_in_batches(db: Database, table: Table, condition: Any, batch_size: int) -> int:
     """DELETE matching rows `batch_size` at a time, one short transaction per batch, so pruning a
-    large backlog never holds long locks (nor SQLite's single write lock) against ingest."""
+    large backlog never holds long locks (nor SQLite's single write lock) against ingest.
+
+    `condition(alias)` selects the rows; each batch picks its rows through an index on the
+    condition's column and deletes them by primary key."""
+    key = _key_column(table)
     doomed = table.alias("doomed")
     deleted = 0
     while True:
-        chosen = select(doomed.c.id).where(condition(doomed)).limit(batch_size)
+        chosen = select(doomed.c[key.name]).where(condition(doomed)).limit(batch_size)
         async with db.session() as session:
-            result = await session.execute(delete(table).where(table.c.id.in_(chosen)))
+            result = await session.execute(delete(table).where(key.in_(chosen)))
         count = int(getattr(result, "rowcount", 0))
         deleted += count
         if count < batch_size:
             return deleted
 
 
+def _as_event_key(value: object) -> uuid.UUID | None:
+    """An event id stored as text (`sync_effects.event_id`, `sync_log.correlation_id`), or None
+    when the text names no event (NULL, or something else than an event id)."""
+    if value is None:
+        return None
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return None
+
+
+async def _stored_events(session: AsyncSession, keys: Collection[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of these event ids still have a row, in any of the three event tables, any status."""
+    found: set[uuid.UUID] = set()
+    if not keys:
+        return found
+    for event_table in EVENT_TABLES:
+        t = event_table.table
+        found.update(await session.scalars(select(t.c.id).where(t.c.id.in_(list(keys)))))
+    return found
+
+
+async def _delete_rows_of_gone_events(
+    db: Database, table: Table, aged: Any, event_id: Any, cutoff: datetime, batch_size: int
+) -> int:
+    """Delete rows older than `cutoff` (column `aged`) whose event (column `event_id`, the event
+    id as text) no longer has a row in any event table; rows without an event age alone.
+
+    The old rows are walked in (`aged`, primary key) order, a batch per short transaction: the
+    batch is read, its events looked up by primary key, and the rows of gone events deleted;
+    rows whose event still exists are stepped over and stay. Check-then-delete needs no lock: an
+    event id never comes back once its row is deleted, so a row found without its event stays
+    so. (The event id is text here and a native uuid in the event tables, so the look-up is
+    done with parsed ids rather than a join that each engine would need written its own way.)
+    """
+    key = _key_column(table)
+    step = min(batch_size, MAX_ROWS_PER_LOOKUP)
+    deleted = 0
+    after: tuple[datetime, Any] | None = None
+    while True:
+        batch = select(key, aged, event_id).where(aged < cutoff)
+        if after is not None:
+            last_aged, last_key = after
+            batch = batch.where(aged >= last_aged, or_(aged > last_aged, key > last_key))
+        async with db.session() as session:
+            rows = (await session.execute(batch.order_by(aged, key).limit(step))).all()
+            owners = {row[0]: _as_event_key(row[2]) for row in rows}
+            alive = await _stored_events(session, {o for o in owners.values() if o is not None})
+            doomed = [row_key for row_key, owner in owners.items() if owner is None or owner not in alive]
+            if doomed:
+                result = await session.execute(delete(table).where(key.in_(doomed)))
+                deleted += int(getattr(result, "rowcount", 0))
+        if len(rows) < step:
+            return deleted
+        after = (rows[-1][1], rows[-1][0])
+
+
 async def prune(
     db: Database, retention_days: int, batch_size: int, *, now: datetime | None = None
 ) -> dict[str, int]:
-    """Retention (R-DM-7): delete old `done` events, old sync_log rows and expired echo guards.
+    """Retention (R-DM-7, R-DM-3): delete what no longer protects or explains anything, in batches.
 
-    Events in any other status are never touched, however old. A `done` event without
-    `processed_at` (stored done at ingest, e.g. a foreign location) ages by `received_at`.
+    In this order (docs/operations.md, "Retention", says why each rule is safe):
+    - events: `done` and older than the retention. Events in any other status are never
+      touched, however old. A `done` event without `processed_at` (stored done at ingest, e.g.
+      a foreign location) ages by `received_at`.
+    - sync_effects and sync_log: older than the retention *and* their event (`event_id`,
+      `correlation_id`) gone from every event table, which after the first step includes the
+      old `done` ones. An event that still exists (pending, processing, error, quarantined, or
+      done within the retention) can be replayed, or its webhook redelivered as a duplicate, so
+      its effects (what keeps a replay from repeating a write, R-IDEM-2) and its log rows (what
+      tells a replay it ran before, so lost answers are looked for) stay, however old.
+    - ghl_conversations: not written for longer than the retention, and no live contact
+      mapping for the contact (a cache; a forgotten id costs one search).
+    - echo_guard: expired. oauth_state_uses: older than OAUTH_STATE_USE_RETENTION.
+
     Returns the number of rows deleted per table.
     """
     if retention_days < 1 or batch_size < 1:
@@ -579,6 +690,7 @@ async def prune(
     now = now or utcnow()
     cutoff = now - timedelta(days=retention_days)
     counts: dict[str, int] = {}
+    # Events first: a row of sync_effects or sync_log outlives its event, never the reverse.
     for event_table in EVENT_TABLES:
 
         def old_done(t: Any) -> ColumnElement[bool]:
@@ -586,17 +698,35 @@ async def prune(
             return and_(t.c.status == "done", aged)
 
         counts[event_table.name] = await _delete_in_batches(db, event_table.table, old_done, batch_size)
-    counts["sync_log"] = await _delete_in_batches(
-        db, _table(SyncLog), lambda t: t.c.started_at < cutoff, batch_size
+    effects = _table(SyncEffect)
+    counts["sync_effects"] = await _delete_rows_of_gone_events(
+        db, effects, effects.c.created_at, effects.c.event_id, cutoff, batch_size
+    )
+    sync_log = _table(SyncLog)
+    counts["sync_log"] = await _delete_rows_of_gone_events(
+        db, sync_log, sync_log.c.started_at, sync_log.c.correlation_id, cutoff, batch_size
+    )
+
+    def unused_conversation(t: Any) -> ColumnElement[bool]:
+        mapped = select(ContactMapping.id).where(
+            ContactMapping.ghl_contact_id == t.c.ghl_contact_id, ContactMapping.deleted_at.is_(None)
+        )
+        return and_(t.c.updated_at < cutoff, ~mapped.exists())
+
+    counts["ghl_conversations"] = await _delete_in_batches(
+        db, _table(GhlConversation), unused_conversation, batch_size
     )
     counts["echo_guard"] = await _delete_in_batches(
         db, _table(EchoGuard), lambda t: t.c.expires_at < now, batch_size
+    )
+    counts["oauth_state_uses"] = await _delete_in_batches(
+        db, _table(OAuthStateUse), lambda t: t.c.used_at < now - OAUTH_STATE_USE_RETENTION, batch_size
     )
     log.info("pruned", retention_days=retention_days, **counts)
     return counts
 
 
-def _table(model: type[SyncLog] | type[EchoGuard]) -> Table:
+def _table(model: type[Base]) -> Table:
     table = model.__table__
     assert isinstance(table, Table)
     return table
