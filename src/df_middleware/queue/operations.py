@@ -12,6 +12,10 @@ Rules worth knowing:
 - `quarantine_events` lists exactly the currently quarantined events: un-quarantining (or
   marking a quarantined event done) deletes the row. The act itself is logged with its actor.
 - Replaying never forgets recorded effects (sync_effects): they are what makes a replay safe.
+  For the same reason `prune` keeps every effect and sync_log row of an event that is still
+  stored, however old (see `prune`).
+- The worker marks events that a handler resolved done with `mark_done_in`, inside its outcome's
+  transaction: handlers reach event rows only through this module.
 """
 
 from __future__ import annotations

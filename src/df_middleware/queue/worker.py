@@ -8,7 +8,8 @@ One round, in the order a reader should follow it:
    (its worker crashed). A row waits while an earlier active row of the same `ordering_key`
    exists in any of the three tables, so one entity's events run one at a time, in order (R-Q-4).
 2. `_process` — resolve the handler, run it, and write the outcome (R-Q-3):
-   success/skip → `done` with the handler's sync_log rows and effects, in one transaction;
+   success/skip → `done` with the handler's sync_log rows and effects, and the other events it
+   resolves marked done (`HandlerResult.resolves`), in one transaction;
    failure → back to `pending` with a jittered exponential delay, or `error` (dead letter) with
    one error row in sync_log when the failure is permanent or attempts are used up.
    Every outcome write is guarded by `locked_by = me AND status = 'processing'`: a worker whose
@@ -59,12 +60,14 @@ from df_middleware.connectors.suite import Connectors
 from df_middleware.db.models import SyncEffect, SyncLog
 from df_middleware.db.session import CONNECT_TIMEOUT_SECONDS, Database, asyncpg_dsn
 from df_middleware.db.types import UTCDateTime, utcnow
-from df_middleware.errors import PermanentError, SyncError
+from df_middleware.errors import PermanentError, RetryableError, SyncError
 from df_middleware.observability import CLAIM_LATENCY, EVENTS_PROCESSED, PROCESSING_DURATION, get_logger
 from df_middleware.queue.event_tables import EVENT_TABLES, EVENT_TABLES_BY_KIND, EventTable
+from df_middleware.queue.operations import EventNotFound, EventStateError, mark_done_in
 from df_middleware.sync.registry import (
     ClaimedEvent,
     EffectRecord,
+    EventResolution,
     HandlerContext,
     HandlerRegistry,
     HandlerResult,
@@ -312,11 +315,15 @@ class Worker:
             )
 
     async def _complete(self, event: ClaimedEvent, result: HandlerResult) -> str:
-        """done + sync_log rows + effects, in one transaction (R-Q-3, R-Q-7, R-IDEM-2)."""
+        """done + sync_log rows + effects + resolved events, in one transaction (R-Q-3, R-Q-7,
+        R-IDEM-2)."""
         async with self.db.session() as session:
             await self._finish_claim(session, event, status="done", processed_at=utcnow(), error_message=None)
             await self._write_log(session, event, result.entries)
             await self._record_effects(session, event, result.effects)
+            resolved = await self._resolve(session, result.resolves)
+        for resolution, previous in resolved:
+            log.info("event resolved", resolved_event_id=str(resolution.event_id), previous_status=previous)
         entries = result.entries
         return "skipped" if entries and all(e.status == "skipped" for e in entries) else "success"
 
@@ -485,6 +492,30 @@ class Worker:
         ]
         if rows:
             await session.execute(insert(SyncEffect), rows)
+
+    @staticmethod
+    async def _resolve(
+        session: AsyncSession, resolutions: Sequence[EventResolution]
+    ) -> list[tuple[EventResolution, str]]:
+        """Mark the events a handler resolved done, as the queue's mark-done does; returns those
+        that changed, with the status they left.
+
+        An event that no longer exists has nothing left to resolve. One that cannot be marked done
+        now (a worker is processing it, e.g. an operator's replay, or it changed meanwhile) makes
+        the whole outcome roll back and the event be retried: by then it will have ended.
+        """
+        changed: list[tuple[EventResolution, str]] = []
+        for resolution in resolutions:
+            try:
+                previous = await mark_done_in(session, resolution.event_id, resolution.actor)
+            except EventNotFound:
+                log.warning("event to resolve no longer exists", resolved_event_id=str(resolution.event_id))
+                continue
+            except EventStateError as exc:
+                raise RetryableError(f"could not resolve event {resolution.event_id} yet: {exc}") from exc
+            if previous is not None:
+                changed.append((resolution, previous))
+        return changed
 
     # --- leases ----------------------------------------------------------------------------------
 

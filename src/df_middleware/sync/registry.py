@@ -1,9 +1,12 @@
 """Which handler processes an event, and the types handlers and the worker exchange.
 
 The worker claims an event, asks the registry for its handler, runs it, and writes the
-`HandlerResult` (sync_log rows and recorded effects) in the same transaction that marks the
-event done. Handlers never touch the event row or decide retries: they return a result or raise
-`RetryableError` / `PermanentError` (df_middleware.errors) and the worker decides the outcome.
+`HandlerResult` (sync_log rows, recorded effects, other events it resolves) in the same
+transaction that marks the event done. Handlers never touch event rows or decide retries: they
+return a result or raise `RetryableError` / `PermanentError` (df_middleware.errors) and the worker
+decides the outcome. When a handler learns that another stored event is settled (Verity's late
+receipt of a dead-lettered send), it says so in `HandlerResult.resolves` and the worker applies
+it with the queue's own operation: the queue is the one door to event rows.
 
 Domain modules (sync/contacts.py, sync/calls.py, …) add their handlers through a
 `register_handlers(registry)` function listed in `DOMAIN_MODULES`; `default_registry()` builds
@@ -112,12 +115,29 @@ class EffectRecord:
     target_id: str | None = None
 
 
+@dataclass(frozen=True)
+class EventResolution:
+    """Another stored event that this event's outcome settles, e.g. a dead-lettered SMS send that
+    Verity's late receipt shows went out after all.
+
+    The worker marks it `done` with a sync_log row "marked done by <actor>", as an operator's
+    mark-done would (allowed from pending, error and quarantined; already done is left as it is),
+    in the transaction that records this event's outcome: both are committed, or neither is, and
+    the event is then retried.
+    """
+
+    event_id: uuid.UUID
+    actor: str
+
+
 @dataclass
 class HandlerResult:
-    """What a handler did: the audit rows to write and the effects to remember."""
+    """What a handler did: the audit rows to write, the effects to remember and the other events
+    its outcome resolves."""
 
     entries: list[SyncLogEntry] = field(default_factory=list)
     effects: list[EffectRecord] = field(default_factory=list)
+    resolves: list[EventResolution] = field(default_factory=list)
 
     @classmethod
     def skipped(cls, event: ClaimedEvent, reason: str, direction: str = "internal") -> HandlerResult:

@@ -71,12 +71,12 @@ from df_middleware.db.session import Database
 from df_middleware.db.types import utcnow
 from df_middleware.errors import PermanentError, RetryableError
 from df_middleware.phones import normalize_phone
-from df_middleware.queue.operations import mark_done
 from df_middleware.sync.conversations import ConversationCache
 from df_middleware.sync.effects import EffectLedger, record_effect, skipped, success
 from df_middleware.sync.identity import ContactMappings, PersonKeys, resolve_ghl_contact
 from df_middleware.sync.registry import (
     ClaimedEvent,
+    EventResolution,
     HandlerContext,
     HandlerRegistry,
     HandlerResult,
@@ -618,15 +618,16 @@ async def handle_message_sent(ctx: HandlerContext, event: ClaimedEvent) -> Handl
         to_number=texting.to_number,
     )
     ghl_id = mapped.ghl_message_id if mapped is not None else own_ghl_id
+    message = "sent: mapping updated (our own send; GHL has no 'sent' status, it stays pending)"
+    # A late confirmation whose outcome was never committed (see `_confirm_late`): this retry
+    # finds the send recorded and mapped, and its dead letter still open.
+    dead_letter = await unconfirmed_dead_letter_of(ctx.db, ghl_id) if ghl_id is not None else None
+    resolves = []
+    if dead_letter is not None:
+        resolves.append(late_confirmation(dead_letter, texting.message_id))
+        message += f"; dead letter {dead_letter} of its unconfirmed send resolved"
     return HandlerResult(
-        entries=[
-            success(
-                event,
-                ctx.direction,
-                "sent: mapping updated (our own send; GHL has no 'sent' status, it stays pending)",
-                target_id=ghl_id,
-            )
-        ]
+        entries=[success(event, ctx.direction, message, target_id=ghl_id)], resolves=resolves
     )
 
 
@@ -866,6 +867,38 @@ async def unconfirmed_send_for(
     return None
 
 
+async def unconfirmed_dead_letter_of(db: Database, ghl_message_id: str) -> uuid.UUID | None:
+    """The event of this GHL message's send when it is still dead-lettered as unconfirmed although
+    the send is recorded: a late confirmation recorded the send, then its own outcome (which
+    resolves the dead letter) was never committed. None otherwise (the usual case)."""
+    async with db.session() as session:
+        event_id = await session.scalar(
+            select(SyncEffect.event_id).where(
+                SyncEffect.effect_key == f"{SEND_EFFECT_PREFIX}{ghl_message_id}"
+            )
+        )
+        if event_id is None:
+            return None
+        try:
+            key = uuid.UUID(str(event_id))
+        except ValueError:
+            return None
+        found: uuid.UUID | None = await session.scalar(
+            select(WebhookEvent.id).where(
+                WebhookEvent.id == key,
+                WebhookEvent.status == "error",
+                WebhookEvent.error_message.contains(UNCONFIRMED_ERROR),
+            )
+        )
+    return found
+
+
+def late_confirmation(dead_letter: uuid.UUID, texting_message_id: str | None) -> EventResolution:
+    """The dead-lettered send resolved by Verity's receipt, as its sync_log row will name it."""
+    actor = f"df-middleware: Verity confirmed the send as texting message {texting_message_id}"
+    return EventResolution(dead_letter, actor=actor)
+
+
 async def _confirm_late(
     ctx: HandlerContext, event: ClaimedEvent, texting: TextingEvent, unconfirmed: UnconfirmedSend
 ) -> HandlerResult:
@@ -874,8 +907,12 @@ async def _confirm_late(
     resolve the dead letter, with a sync_log row saying how.
 
     In that order: a failure on GHL leaves nothing recorded and the receipt is retried whole; once
-    the effect is recorded, a replay of the dead letter can never send again, and a failure after
-    it leaves at worst the dead letter for an operator (a replay then finds the send done)."""
+    the effect is recorded, a replay of the dead letter can never send again. The dead letter is
+    resolved last, by the worker, in the transaction that records this receipt's outcome
+    (`HandlerResult.resolves`: the queue alone writes event rows). If that transaction never
+    commits (the process dies), the receipt is retried, finds its texting id mapped (or the send
+    recorded) and takes `handle_message_sent`'s echo branch, which finds the dead letter still
+    open (`unconfirmed_dead_letter_of`) and resolves it then."""
     assert texting.message_id is not None
     ghl = _ghl(ctx, unconfirmed.location_id)
     if ghl is not None:
@@ -893,11 +930,6 @@ async def _confirm_late(
         to_number=texting.to_number,
         force_status=True,
     )
-    await mark_done(
-        ctx.db,
-        unconfirmed.event_id,
-        actor=f"df-middleware: Verity confirmed the send as texting message {texting.message_id}",
-    )
     return HandlerResult(
         entries=[
             success(
@@ -908,7 +940,8 @@ async def _confirm_late(
                 f"{unconfirmed.event_id} resolved",
                 target_id=unconfirmed.ghl_message_id,
             )
-        ]
+        ],
+        resolves=[late_confirmation(unconfirmed.event_id, texting.message_id)],
     )
 
 
