@@ -270,7 +270,10 @@ class Settings(BaseSettings):
         20.0, ge=0, description="On SIGTERM, time in-flight events get to finish before being released."
     )
     retention_days: int = Field(
-        30, ge=1, description="`done` events and sync_log rows older than this are pruned."
+        30,
+        ge=1,
+        description="`done` events older than this are pruned; so are sync_log rows and effects "
+        "older than this whose event is gone, and unused ledger rows (docs/operations.md, Retention).",
     )
     prune_batch_size: int = Field(1000, ge=1, description="Rows deleted per prune statement.")
     echo_ttl_seconds: int = Field(900, ge=1, description="Lifetime of echo fingerprints of our own writes.")
