@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from df_middleware import __version__
+from df_middleware.admin.docs import install_api_docs
 from df_middleware.admin.oauth import oauth_router
 from df_middleware.config import Settings, get_settings
 from df_middleware.connectors.suite import Connectors
@@ -78,6 +79,10 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
         version=__version__,
         description="Keeps GoHighLevel, Aloware and Verity in step.",
         lifespan=_lifespan,
+        # FastAPI's pages load their scripts from a CDN: /docs is served from the package instead
+        # (admin/docs.py), and ReDoc not at all.
+        docs_url=None,
+        redoc_url=None,
     )
     db = Database(
         settings.database_url,
@@ -94,6 +99,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
     # stops the service at start rather than at its first install or refresh.
     app.state.token_cipher = load_token_cipher(settings)
     app.include_router(oauth_router())
+    install_api_docs(app)  # /docs offline, and the document's security schemes (SPEC §8.1)
     _add_operational_routes(app)
     _add_error_handlers(app)
     app.add_middleware(RequestGuard, body_timeout_seconds=settings.http_body_timeout_seconds)

@@ -34,6 +34,7 @@ from df_middleware.ingest.auth import (
     verify_texting,
 )
 from df_middleware.ingest.body_budget import BodyBudget, BudgetExhausted
+from df_middleware.ingest.openapi import webhook_operation, webhook_responses
 from df_middleware.ingest.sources.aloware import aloware_event_name, canonical_aloware_name, classify_aloware
 from df_middleware.ingest.sources.broadcast import classify_broadcast
 from df_middleware.ingest.sources.common import MAX_KEY_BYTES, ClassifiedEvent, InvalidEvent
@@ -308,21 +309,14 @@ class Ingest:
         )
 
 
-_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": '`{"status": "accepted"|"duplicate", "id": ...}` or `{"status": "ignored"}`'},
-    400: {"description": "invalid JSON"},
-    401: {"description": "authentication failed or not configured"},
-    413: {"description": "body over MAX_WEBHOOK_BYTES"},
-    415: {"description": "content type is not JSON"},
-    422: {"description": "JSON lacks what the source requires"},
-    429: {"description": "per-source ingest limit exceeded (Retry-After)"},
-    503: {"description": "database unavailable (Retry-After)"},
-}
-
-
 def webhook_router(ingest: Ingest) -> APIRouter:
-    """The endpoints, thin: each hands the request to the shared pipeline with its source."""
+    """The endpoints, thin: each hands the request to the shared pipeline with its source.
+
+    The routes read their raw body themselves, so FastAPI cannot describe it: each carries its
+    request body, security alternatives and responses from `ingest.openapi` instead.
+    """
     router = APIRouter(prefix="/api/webhooks", tags=["webhooks"])
+    responses = webhook_responses(ingest.settings)
 
     def endpoint(source_name: str) -> Callable[[Request], Any]:
         async def receive(request: Request) -> Response:
@@ -332,7 +326,7 @@ def webhook_router(ingest: Ingest) -> APIRouter:
         return receive
 
     routes = [
-        ("/ghl", "ghl", "GHL webhooks (signed: Ed25519 x-ghl-signature or RSA x-wh-signature)"),
+        ("/ghl", "ghl", "GHL webhooks (Ed25519 x-ghl-signature, RSA x-wh-signature or workflow secret)"),
         ("/ghl/provider-delivery", "ghl_provider", "GHL conversation provider Delivery URL"),
         ("/aloware", "aloware", "Aloware webhooks (HTTP Basic or Bearer)"),
         ("/texting", "texting", "Verity texting webhooks (X-Texting-Signature HMAC)"),
@@ -340,6 +334,11 @@ def webhook_router(ingest: Ingest) -> APIRouter:
     ]
     for path, source_name, summary in routes:
         router.add_api_route(
-            path, endpoint(source_name), methods=["POST"], summary=summary, responses=_RESPONSES
+            path,
+            endpoint(source_name),
+            methods=["POST"],
+            summary=summary,
+            responses=responses,
+            openapi_extra=webhook_operation(source_name, ingest.settings),
         )
     return router
