@@ -116,8 +116,8 @@ def _complete_document(app: FastAPI) -> dict[str, Any]:
 
 
 def _content_security_policy(page: str) -> str:
-    """Only this origin, and the page's inline script by its hash (Swagger UI's inline styles need
-    `'unsafe-inline'` for styles; its icons are data: URIs)."""
+    """This origin only, plus the page's inline script by its hash. Swagger UI sets inline styles
+    (so styles need `'unsafe-inline'`) and draws its icons from data: URIs."""
     hashes = " ".join(
         "'sha256-" + base64.b64encode(hashlib.sha256(script.encode()).digest()).decode() + "'"
         for script in _INLINE_SCRIPT.findall(page)
@@ -130,6 +130,7 @@ def _content_security_policy(page: str) -> str:
 
 
 def docs_router() -> APIRouter:
+    """`/docs`: FastAPI's Swagger UI page, pointed at the vendored assets and sent with the CSP."""
     router = APIRouter()
 
     @router.get(DOCS_PATH, include_in_schema=False)

@@ -136,7 +136,7 @@ def _text(description: str, *, max_length: int | None = None) -> Schema:
 
 
 _TIMESTAMP: Schema = {
-    "anyOf": [{"type": "string", "format": "date-time"}, {"type": "string"}, _INT64],
+    "anyOf": [{"type": "string", "format": "date-time"}, _INT64],
     "description": "When the sender sent the event: ISO-8601 (as GHL sends it) or epoch milliseconds.",
 }
 
