@@ -13,10 +13,9 @@ from sqlalchemy import pool, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from df_middleware.db.migrate import MIGRATION_LOCK_ID
 from df_middleware.db.models import Base
-from df_middleware.db.session import async_url
-
-MIGRATION_LOCK_ID = 0x0DF0_0001
+from df_middleware.db.session import async_url, install_sqlite_transactions
 
 config = context.config
 target_metadata = Base.metadata
@@ -28,6 +27,10 @@ def _run(connection: Connection) -> None:
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        # The whole upgrade is one transaction on SQLite too (alembic assumes SQLite cannot do
+        # transactional DDL; it can, once BEGIN is ours): never half applied, and concurrent
+        # starts serialise on the write lock taken before the version is read.
+        transactional_ddl=True,
     )
     with context.begin_transaction():
         context.run_migrations()
@@ -36,6 +39,8 @@ def _run(connection: Connection) -> None:
 async def _run_online() -> None:
     url = async_url(config.get_main_option("sqlalchemy.url") or "")
     engine = create_async_engine(url, poolclass=pool.NullPool)
+    if url.get_backend_name() == "sqlite":
+        install_sqlite_transactions(engine, foreign_keys=False)
     try:
         async with engine.connect() as connection:
             if connection.dialect.name == "postgresql":
