@@ -5,13 +5,17 @@ PostgreSQL. A batch of Aloware call activity and inbound texts for ten people is
 through the real ingest, then `python -m df_middleware.cli worker` runs as a real process against
 the same database and simulators, with latency on GHL so that it is mid-batch.
 
-Where the kill lands is chosen, not left to luck: once some (not all) events are `done`, the next
-GHL write of the parametrised kind (a note, a call log entry, an inbound message, a contact
-upsert) is *made* by the simulator, and the simulator then holds its answer while the test
-SIGKILLs the worker: the write happened in GHL, the worker never heard of it — the case the
-effect ledger plus the remote check (a note's `[df:<key>]` marker) must survive. While the kill
-is under way every other GHL write is refused (503, nothing changed), so the write of the chosen
-kind is the only one whose answer is lost, and a failure names exactly one kind of write.
+Where the kill lands is chosen, not left to luck: the fifth GHL write of the parametrised kind
+(a note, a call log entry, an inbound message, a contact upsert) is *made* by the simulator, and
+the simulator then holds its answer while the test SIGKILLs the worker: the write happened in GHL,
+the worker never heard of it — the case the effect ledger plus the remote check (a note's
+`[df:<key>]` marker) must survive. The worker runs four events at a time and each event makes at
+most one write of a kind, so the fifth such write comes from an event claimed after an earlier one
+finished: some (not all) events are `done`. Counting writes in the simulator, rather than arming
+when the test sees enough `done` rows, keeps the choice independent of how fast the test polls (on
+a loaded machine a poll could see the batch only after every contact upsert was made). While the
+kill is under way every other GHL write is refused (503, nothing changed), so the write of the
+chosen kind is the only one whose answer is lost, and a failure names exactly one kind of write.
 
 A second worker process is started; it takes the dead worker's events once their lease
 (LEASE_SECONDS=5) expires and finishes the batch. Then, for every person: one GHL contact, each
@@ -33,6 +37,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from pydantic import SecretStr
 from sqlalchemy import func, select
@@ -47,6 +52,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 CLI = [sys.executable, "-m", "df_middleware.cli", "worker"]
 PEOPLE = 10
 LEASE_SECONDS = 5
+#: Events the worker processes at once (WORKER_CONCURRENCY).
+CONCURRENCY = 4
+#: The write of the target kind whose answer is lost: one more than the worker runs at once, so
+#: at least one event has finished when it is made (there are 10 or more of each kind).
+FIRE_ON_WRITE = CONCURRENCY + 1
 #: The GHL simulator's methods that change state; all are refused while a kill is under way.
 GHL_WRITES = (
     "add_note",
@@ -195,14 +205,16 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[[dict[str, str], str], sub
 class KillSwitch:
     """Wraps the GHL simulator's write methods (they run on the simulator's server thread).
 
-    Once `armed`, the next call of `target` is carried out, then the simulator's loop is held
-    (its answer not sent) until the test has SIGKILLed the worker and set `released`. From that
-    moment until `stop_refusing()`, every other write is refused with a 503 and changes nothing.
+    The `fire_on`-th call of `target` is carried out, then the simulator's loop is held (its
+    answer not sent) until the test has SIGKILLed the worker and set `released` (or 60 s pass).
+    From that moment until `stop_refusing()`, every other write is refused with a 503 and changes
+    nothing.
     """
 
-    def __init__(self, sim: Any, target: str) -> None:
+    def __init__(self, sim: Any, target: str, fire_on: int) -> None:
         self.target = target
-        self.armed = threading.Event()
+        self.fire_on = fire_on
+        self.made = 0  # writes of the target kind so far (only the simulator's thread counts)
         self.fired = threading.Event()
         self.released = threading.Event()
         self.refusing = threading.Event()
@@ -215,11 +227,14 @@ class KillSwitch:
             if self.refusing.is_set():
                 raise GhlError.of(503, "simulated outage while the worker is killed")
             result = original(*args, **kwargs)
-            if name == self.target and self.armed.is_set() and not self.fired.is_set():
+            if name != self.target:
+                return result
+            self.made += 1
+            if self.made == self.fire_on:
                 self.refusing.set()
                 self.lost.append(result)
                 self.fired.set()
-                self.released.wait(timeout=30)  # holds the simulator: the answer goes nowhere
+                self.released.wait(timeout=60)  # holds the simulator: the answer goes nowhere
             return result
 
         return write
@@ -251,6 +266,19 @@ async def wait_for(world: SyncWorld, done_at_least: int, deadline_s: float) -> C
     return counts
 
 
+async def ghl_answered_everything(world: SyncWorld, deadline_s: float = 60) -> None:
+    """Wait until the GHL simulator has answered every request it received, including those the
+    killed worker sent before it died (they were waiting in the simulator's sockets while its loop
+    was held). A control request's round trip first: its connection is served after the data that
+    was already waiting, so every stale request is in the log by the time it is answered."""
+    async with httpx.AsyncClient(base_url=world.ghl.url, timeout=deadline_s) as http:
+        (await http.get("/_sim/state")).raise_for_status()
+    deadline = time.monotonic() + deadline_s
+    while unanswered := [r for r in world.ghl.requests() if r.status == 0]:
+        assert time.monotonic() < deadline, f"GHL still answering {[(r.method, r.path) for r in unanswered]}"
+        await asyncio.sleep(0.01)
+
+
 def duplicates(values: list[Any]) -> dict[Any, int]:
     return {value: n for value, n in Counter(values).items() if n > 1}
 
@@ -279,39 +307,38 @@ async def test_r_rel_1_sigkill_mid_batch_loses_and_duplicates_nothing(
     # Rate limits are not under test here: lift them so that the timing depends on latency only.
     world.ghl.sim.rate_limits = LocationRateLimiter(100_000, 10.0)
     world.ghl.faults(latency_ms=150)
-    switch = KillSwitch(world.ghl.sim, target)
+    switch = KillSwitch(world.ghl.sim, target, fire_on=FIRE_ON_WRITE)
 
     total = await deliver_batch(world)
     env = worker_env(
         world.settings,
         LEASE_SECONDS=str(LEASE_SECONDS),
         POLL_SECONDS="0.1",
-        WORKER_CONCURRENCY="4",
+        WORKER_CONCURRENCY=str(CONCURRENCY),
         RETRY_BASE_SECONDS="0.5",
         GHL_RATE_LIMIT_MAX="100000",
         LOG_LEVEL="info",
     )
 
     first = start_worker(env, "worker-1")
-    counts = await wait_for(world, total // 4, deadline_s=40)
-    assert 0 < counts["done"] < total, f"not mid-batch: {counts}"
-    switch.armed.set()
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120
     while not switch.fired.is_set():
-        assert time.monotonic() < deadline, f"no {target} write after arming; {await status_counts(world)}"
+        assert time.monotonic() < deadline, (
+            f"no {target} write number {FIRE_ON_WRITE}; {await status_counts(world)}"
+        )
         assert first.poll() is None, (tmp_path / "worker-1.log").read_text()[-3000:]
         await asyncio.sleep(0.005)
     first.send_signal(signal.SIGKILL)
     assert first.wait(10) == -signal.SIGKILL
-    switch.released.set()
     at_kill = await status_counts(world)
-    assert at_kill["done"] < total, f"the kill came too late to matter: {at_kill}"
+    switch.released.set()
+    assert 0 < at_kill["done"] < total, f"the kill did not land mid-batch: {at_kill}"
     assert at_kill["processing"] > 0, f"nothing was in flight at the kill: {at_kill}"
-    await asyncio.sleep(0.5)  # the dead worker's last requests reach GHL and are refused
+    await ghl_answered_everything(world)  # the dead worker's last requests were refused
     switch.stop_refusing()
 
     second = start_worker(env, "worker-2")
-    counts = await wait_for(world, total, deadline_s=60)
+    counts = await wait_for(world, total, deadline_s=120)
     assert counts == Counter({"done": total}), f"{counts}\n{(tmp_path / 'worker-2.log').read_text()[-3000:]}"
     second.send_signal(signal.SIGTERM)
     second.wait(20)
