@@ -90,9 +90,14 @@ def _settings() -> Settings:
 
 
 def _configure_logging(settings: Settings) -> None:
+    import logging
+
     from df_middleware.observability import configure_logging
 
     configure_logging(settings.log_level, settings.log_format, reveal_pii=settings.log_reveal_pii)
+    # Alembic announces each plugin it loads, at INFO, when it is first imported: on every command
+    # that touches the database, after logging is configured. Its migration lines are kept.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 def _log() -> Any:

@@ -9,7 +9,6 @@ where it was, never half applied.
 from __future__ import annotations
 
 import asyncio
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +28,6 @@ from df_middleware.db.session import (
 )
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-# Alembic announces each plugin it loads at INFO, on every command: keep its useful lines only.
-logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 #: The PostgreSQL advisory lock that serialises concurrent upgrades (taken by migrations/env.py).
 MIGRATION_LOCK_ID = 0x0DF0_0001
 #: What an operator runs to bring the schema to head.
