@@ -98,6 +98,28 @@ def test_nothing_configured_lists_the_settings(database_url: str) -> None:
     assert "VERITY_API_KEY" in reports["verity"]["reason"]
 
 
+def test_empty_secrets_are_reported_as_unset(database_url: str) -> None:
+    """R-IN-1: `check` says which settings were given empty and are therefore unset."""
+    keep = {"PATH", "HOME", "LANG", "TMPDIR", "VIRTUAL_ENV"}
+    environment = {k: v for k, v in os.environ.items() if k in keep}
+    environment.update(
+        {
+            "DATABASE_URL": database_url,
+            "LOG_LEVEL": "warning",
+            "VERITY_WEBHOOK_SECRET": "",
+            "ALOWARE_API_TOKEN": " ",
+        }
+    )
+    done = subprocess.run(
+        [*CLI, "check", "--json"], env=environment, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    reports = {r["system"]: r for r in json.loads(done.stdout)}
+    assert "ALOWARE_API_TOKEN" in reports["aloware"]["reason"]
+    assert "VERITY_WEBHOOK_SECRET is set but empty: treated as unset" in done.stderr
+    assert "ALOWARE_API_TOKEN is set but empty: treated as unset" in done.stderr
+
+
 async def test_external_calls_are_counted_by_system_endpoint_and_outcome(simulators: dict[str, str]) -> None:
     """SPEC §8.4: external API calls, latency, errors and 429s by system and endpoint, on /metrics.
 
