@@ -36,6 +36,9 @@ from df_middleware.http_server import server_config, serving_in_thread
 from df_middleware.ingest.sources.common import MAX_ID_LENGTH
 from df_middleware.simulators.serving import free_port
 from tests.conftest import TEST_SECRETS, Keys
+from tests.test_service_process import process_runner
+
+__all__ = ["process_runner"]  # a fixture, used here by name
 
 VERITY_SECRET = TEST_SECRETS["verity_webhook_secret"]
 
@@ -646,3 +649,33 @@ def test_log_lines_are_bounded(capsys: pytest.CaptureFixture[str]) -> None:
     record = json.loads(line)
     assert len(line) < 4 * MAX_LOGGED_CHARS
     assert record["sender_value"].endswith("[1200000 chars]")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_command_enforces_the_connection_limits(
+    tmp_path: Any,
+    process_runner: Callable[..., Any],  # noqa: F811 (the fixture imported above)
+    workers: int,
+) -> None:
+    """R-SEC-3, R-RUN-2: `df-middleware serve` (one process, and `--workers 2`) runs the bounded
+    protocol with the configured limits: oversized headers get 431, a stalled request line 408, and
+    the server keeps answering."""
+    from tests.test_service_process import _free_port, _stop_gracefully, _wait_http, clean_env
+
+    port = _free_port()
+    env = clean_env(
+        HTTP_HEADER_TIMEOUT_SECONDS="0.5",
+        MAX_REQUEST_HEADER_BYTES="4096",
+        DATABASE_URL=f"sqlite:///{tmp_path}/s.db",
+    )
+    command = process_runner(
+        ["serve", "--no-worker", "--port", str(port), "--workers", str(workers)], tmp_path, env
+    )
+    assert _wait_http(f"http://127.0.0.1:{port}/healthz").status_code == 200
+    address = ("127.0.0.1", port)
+    big = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 8000 + b"\r\n\r\n"
+    assert _exchange(address, big).startswith(b"HTTP/1.1 431 ")
+    assert _exchange(address, b"GET /heal").startswith(b"HTTP/1.1 408 ")
+    assert _wait_http(f"http://127.0.0.1:{port}/healthz").status_code == 200
+    _stop_gracefully(command)
