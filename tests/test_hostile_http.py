@@ -655,7 +655,7 @@ def test_log_lines_are_bounded(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize("workers", [1, 2])
 def test_serve_command_enforces_the_connection_limits(
     tmp_path: Any,
-    process_runner: Callable[..., Any],  # noqa: F811 (the fixture imported above)
+    process_runner: Callable[..., Any],
     workers: int,
 ) -> None:
     """R-SEC-3, R-RUN-2: `df-middleware serve` (one process, and `--workers 2`) runs the bounded
