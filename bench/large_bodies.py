@@ -10,11 +10,11 @@ webhook each, all at the same moment; the server's resident memory is sampled fr
 
 What it shows: with the body budget of `ingest/body_budget.py`, the bytes of webhook bodies one
 process holds at once are at most INGEST_MAX_BYTES_IN_FLIGHT, so its RSS is its idle size plus a
-few times that budget, however many large bodies arrive together; the rest wait unread (TCP holds
-them at the sender) or get 503 with Retry-After. `--budget-mib 256` is large enough never to bind
-at the default load (the behaviour before the fix); running the script with `PYTHONPATH` set to
-another checkout's `src` measures that code instead (the server inherits the environment, and the
-JSON says which source the server imported).
+multiple of that budget (measured in docs/benchmarks.md), however many large bodies arrive
+together; the rest wait unread (TCP holds them at the sender) or get 503 with Retry-After.
+`--budget-mib 256` is large enough never to bind at the default load (the behaviour before the
+fix); running the script with `PYTHONPATH` set to another checkout's `src` measures that code
+instead (the server inherits the environment, and the JSON says which source it imported).
 
 Why it measures this way:
 
@@ -79,6 +79,8 @@ WEBHOOK_PATH = "/api/webhooks/texting"
 MAX_WEBHOOK_BYTES = 1_048_576
 #: The service's default INGEST_MAX_BYTES_IN_FLIGHT (what the server uses without --budget-mib).
 DEFAULT_BUDGET_MIB = 16
+#: R-PERF-5: the server stays under this RSS under the ingest benchmark.
+RSS_TARGET_MB = 200
 #: How often the server's RSS is read during the load.
 SAMPLE_INTERVAL_S = 0.05
 #: Pieces a sender writes its body in (and so the most it copies into its socket's buffer).
@@ -532,6 +534,8 @@ class LargeBodiesBenchmark:
             "baseline_rss_mb": round(baseline, 1),
             "peak_rss_mb": peak["max_process_mb"],
             "peak_rss_mb_total": peak["total_mb"],
+            "rss_target_mb": RSS_TARGET_MB,
+            "under_rss_target": peak["max_process_mb"] is not None and peak["max_process_mb"] < RSS_TARGET_MB,
             "server_processes": peak["processes"],
             "rss_during_load_mb": {
                 "samples": len(during_load),
