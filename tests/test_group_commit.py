@@ -93,6 +93,29 @@ async def test_one_bad_row_does_not_fail_its_batch(pg_db: Database) -> None:
     assert set(stored) == {f"test:{n}" for n in range(20) if n != 7}
 
 
+@pytest.mark.postgres
+async def test_large_payloads_are_split_into_bounded_statements(pg_db: Database) -> None:
+    """R-IN-2, R-PERF-5: concurrent large payloads are stored whole, in statements of at most
+    MAX_BATCH_BYTES of JSON each (plus one row), so one statement's memory stays bounded."""
+    from df_middleware.ingest.group_commit import MAX_BATCH_BYTES, _next_batch, _Waiting
+
+    big = "x" * (MAX_BATCH_BYTES // 4)
+    rows = [_row(n, payload_json={"type": "ContactUpdate", "id": f"c{n}", "pad": big}) for n in range(12)]
+    loop = asyncio.get_running_loop()
+    queue = [_Waiting(row, loop.create_future()) for row in rows]
+    sizes = []
+    while queue:
+        batch = _next_batch(queue)
+        queue = queue[len(batch) :]
+        sizes.append(len(batch))
+    assert sum(sizes) == 12
+    assert max(sizes) <= 5  # four quarters reach the bound; the fifth row starts the next batch
+    store = EventStore(pg_db)
+    results = await asyncio.gather(*(store.store_row_grouped("webhook", row) for row in rows))
+    stored = await _stored(pg_db)
+    assert {row["dedupe_key"]: event_id for row, (event_id, _) in zip(rows, results, strict=True)} == stored
+
+
 def test_group_commit_refuses_sqlite(tmp_path: Any) -> None:
     """Group commit is PostgreSQL's; SQLite keeps one statement per request."""
     database = Database(f"sqlite:///{tmp_path}/x.db")
