@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -687,21 +688,38 @@ async def test_ghl_client_refreshes_once_on_401_and_repeats_the_call(
 
 
 async def test_a_cancelled_refresh_still_stores_the_rotated_tokens(
-    oauth_settings: Settings, ghl: Sim, db: Database, store: GhlTokenStore, cipher: TokenCipher
+    oauth_settings: Settings,
+    ghl: Sim,
+    db: Database,
+    store: GhlTokenStore,
+    cipher: TokenCipher,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """R-OA-3: once GHL has rotated the single-use refresh token, the new pair reaches the database
     even when the caller is cancelled mid-call (a worker shutting down); otherwise the next refresh
-    would spend a dead token and the installation would be broken."""
+    would spend a dead token and the installation would be broken.
+
+    The simulator holds its answer after rotating until the caller is cancelled, so the cancel
+    lands exactly there, however slow the machine."""
     await store.exchange_code(ghl.code())
     _, old_refresh = await stored_tokens(db, cipher)
-    await ghl_faults(ghl, latency_ms=400)
+    rotated, answer = threading.Event(), threading.Event()
+    exchange_token = ghl.sim.exchange_token
+
+    def rotate_then_hold(form: Mapping[str, str]) -> Any:
+        tokens = exchange_token(form)
+        rotated.set()
+        answer.wait(timeout=60)  # GHL has rotated the tokens; its answer is not sent yet
+        return tokens
+
+    monkeypatch.setattr(ghl.sim, "exchange_token", rotate_then_hold)
     caller = asyncio.create_task(store.refresh(LOCATION, force=True))
-    await asyncio.sleep(0.15)  # the token request is on the wire, GHL has not answered
+    assert await asyncio.to_thread(rotated.wait, 60), "the token request never reached GHL"
     caller.cancel()
     with pytest.raises(asyncio.CancelledError):
         await caller
+    answer.set()
     await store.wait_for_refreshes()
-    await ghl_faults(ghl)
     _, new_refresh = await stored_tokens(db, cipher)
     assert new_refresh != old_refresh
     await store.refresh(LOCATION, force=True)  # spends the stored (new) refresh token: accepted
