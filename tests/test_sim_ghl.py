@@ -26,6 +26,7 @@ from df_middleware.simulators.ghl import (
     DEFAULT_LOCATION_ID,
     DEFAULT_TOKEN,
     GhlSimulator,
+    LocationRateLimiter,
     create_app,
 )
 from tests.servers import serve_app
@@ -83,7 +84,7 @@ def ghl(request: pytest.FixtureRequest) -> Iterator[Ghl]:
         client.http.close()
 
 
-def wait_for(condition: Any, timeout: float = 5.0) -> None:
+def wait_for(condition: Any, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
@@ -552,10 +553,24 @@ def test_choose_location_redirects_with_a_code_for_the_default_location(ghl: Ghl
 # --- rate limits and faults ----------------------------------------------------------------------
 
 
+class ManualClock:
+    """The simulator's rate-limit clock, moved by the test: a window passes when the test says so,
+    not when a slow machine happens to take a second between two requests."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_rate_limit_headers_429_and_recovery() -> None:
     sim = GhlSimulator()
+    app = create_app(sim, rate_limit_max=5, rate_limit_interval_seconds=1.0)
+    clock = ManualClock()
+    sim.rate_limits = LocationRateLimiter(5, 1.0, clock=clock)
     with (
-        serve_app(create_app(sim, rate_limit_max=5, rate_limit_interval_seconds=1.0)) as url,
+        serve_app(app) as url,
         httpx.Client(base_url=url, headers=api_headers()) as http,
     ):
         users = f"/users/?locationId={LOC}"
@@ -583,7 +598,7 @@ def test_rate_limit_headers_429_and_recovery() -> None:
         other = sim.add_location("loc_b")
         assert http.get("/users/?locationId=loc_b", headers=api_headers(other)).status_code == 200
 
-        time.sleep(retry_after + 0.05)
+        clock.now += retry_after
         recovered = http.get(users)
         assert recovered.status_code == 200
         assert recovered.headers["X-RateLimit-Remaining"] == "4"
