@@ -45,7 +45,7 @@ async def test_budget_per_window_is_never_exceeded() -> None:
     starts: list[float] = []
 
     async def call() -> None:
-        await limiter.acquire("loc")
+        limiter.finished(await limiter.acquire("loc"))  # answered at once
         starts.append(clock.now)
 
     await asyncio.gather(*(call() for _ in range(35)))
@@ -63,8 +63,7 @@ async def test_keys_have_separate_budgets() -> None:
     limiter = _limiter(clock, max_calls=2)
     for _ in range(2):
         await limiter.acquire("a")
-    waited = await limiter.acquire("b")
-    assert waited == 0.0
+    assert (await limiter.acquire("b")).waited == 0.0
 
 
 async def test_processes_divide_the_budget() -> None:
@@ -77,26 +76,24 @@ async def test_processes_divide_the_budget() -> None:
 async def test_429_pauses_the_key_for_retry_after() -> None:
     clock = VirtualClock()
     limiter = _limiter(clock)
-    await limiter.acquire("loc")
-    limiter.observe("loc", 429, {"retry-after": "7"})
-    waited = await limiter.acquire("loc")
-    assert waited == pytest.approx(7.0)
+    limiter.observe(await limiter.acquire("loc"), 429, {"retry-after": "7"})
+    assert (await limiter.acquire("loc")).waited == pytest.approx(7.0)
 
 
 async def test_budget_spent_elsewhere_pauses_one_window() -> None:
     """X-RateLimit-Remaining 0 while our own log has room: another client spends the budget."""
     clock = VirtualClock()
     limiter = _limiter(clock, max_calls=10, interval=10.0)
-    await limiter.acquire("loc")
-    limiter.observe("loc", 200, {"x-ratelimit-remaining": "0", "x-ratelimit-max": "10"})
-    waited = await limiter.acquire("loc")
-    assert waited == pytest.approx(10.0)
+    call = await limiter.acquire("loc")
+    limiter.observe(call, 200, {"x-ratelimit-remaining": "0", "x-ratelimit-max": "10"})
+    assert (await limiter.acquire("loc")).waited == pytest.approx(10.0)
 
 
 async def test_learns_limit_and_interval_from_headers() -> None:
     clock = VirtualClock()
     limiter = _limiter(clock, max_calls=100, interval=10.0)
-    limiter.observe("loc", 200, {"x-ratelimit-max": "50", "x-ratelimit-interval-milliseconds": "5000"})
+    call = await limiter.acquire("loc")
+    limiter.observe(call, 200, {"x-ratelimit-max": "50", "x-ratelimit-interval-milliseconds": "5000"})
     assert limiter.budget == 50
     assert limiter.interval == 5.0
 
@@ -115,8 +112,7 @@ async def test_a_long_pause_is_handed_back_instead_of_slept() -> None:
 
     clock = VirtualClock()
     limiter = _limiter(clock)
-    await limiter.acquire("loc")
-    limiter.observe("loc", 429, {"retry-after": "3600"})
+    limiter.observe(await limiter.acquire("loc"), 429, {"retry-after": "3600"})
     with pytest.raises(LocationPaused) as paused:
         await limiter.acquire("loc")
     assert paused.value.retry_after == pytest.approx(3600.0)
@@ -136,13 +132,12 @@ async def test_a_slow_answer_is_not_mistaken_for_budget_spent_elsewhere() -> Non
     clock = VirtualClock()
     limiter = _limiter(clock, max_calls=10, interval=10.0)
     for _ in range(9):
-        await limiter.acquire("loc")  # at t=1000
+        limiter.finished(await limiter.acquire("loc"))  # at t=1000, answered at once
     clock.now = 1009.9
-    await limiter.acquire("loc")  # the tenth call of the window
-    sent_at = clock.now
+    tenth = await limiter.acquire("loc")  # the tenth call of the window
     clock.now = 1010.4  # its answer arrives 0.5 s later: the first nine have left our window
-    limiter.observe("loc", 200, {"x-ratelimit-remaining": "0"}, sent_at=sent_at)
-    waited = await limiter.acquire("loc")
+    limiter.observe(tenth, 200, {"x-ratelimit-remaining": "0"})
+    waited = (await limiter.acquire("loc")).waited
     assert waited == pytest.approx(0.0)  # no pause: the budget was spent by us, and has freed up
 
 
@@ -153,17 +148,17 @@ async def test_our_calls_that_overtook_this_one_explain_a_zero_remaining() -> No
     clock = VirtualClock()
     limiter = _limiter(clock, max_calls=10, interval=10.0)
     for _ in range(8):
-        await limiter.acquire("loc")  # at t=1000
+        limiter.finished(await limiter.acquire("loc"))  # at t=1000, answered at once
     clock.now = 1001.0
-    await limiter.acquire("loc")  # this call (the ninth); its answer is slow
-    sent_at = clock.now
+    ninth = await limiter.acquire("loc")  # this call; its answer is slow
     clock.now = 1001.02
-    await limiter.acquire("loc")  # the tenth, which reaches GHL first
+    tenth = await limiter.acquire("loc")  # the tenth, which reaches GHL first
+    clock.now = 1001.03
+    limiter.finished(tenth)
     clock.now = 1001.05
-    limiter.observe("loc", 200, {"x-ratelimit-remaining": "0"}, sent_at=sent_at)
-    clock.now = 1011.0  # the window of the first eight has passed
-    waited = await limiter.acquire("loc")
-    assert waited == pytest.approx(0.0)
+    limiter.observe(ninth, 200, {"x-ratelimit-remaining": "0"})
+    clock.now = 1011.0  # the window of the first eight has passed, the last two still count
+    assert (await limiter.acquire("loc")).waited == pytest.approx(0.0)
 
 
 async def test_a_zero_remaining_our_calls_cannot_explain_still_pauses() -> None:
@@ -171,10 +166,30 @@ async def test_a_zero_remaining_our_calls_cannot_explain_still_pauses() -> None:
     window) still pauses the location for a window, so we do not run into 429s."""
     clock = VirtualClock()
     limiter = _limiter(clock, max_calls=10, interval=10.0)
-    for _ in range(3):
-        await limiter.acquire("loc")
-    sent_at = clock.now
+    calls = [await limiter.acquire("loc") for _ in range(3)]
     clock.now += 0.1
-    limiter.observe("loc", 200, {"x-ratelimit-remaining": "0"}, sent_at=sent_at)
-    waited = await limiter.acquire("loc")
-    assert waited == pytest.approx(10.0, abs=0.2)
+    limiter.observe(calls[-1], 200, {"x-ratelimit-remaining": "0"})
+    assert (await limiter.acquire("loc")).waited == pytest.approx(10.0, abs=0.2)
+
+
+async def test_a_call_counts_until_a_window_after_its_answer() -> None:
+    """R-PERF-3: GHL counts a request when it arrives, which may be long after the limiter let it
+    go (a loaded host, a slow connection) and is at the latest when its answer comes back. So a
+    call in flight holds its place, and once answered holds it for a window more: a call that
+    waits for it starts a window after that answer, not a window after the slow call started."""
+    clock = VirtualClock()
+    limiter = _limiter(clock, max_calls=2, interval=10.0)
+    fast = await limiter.acquire("loc")
+    limiter.finished(fast)  # at t=1000
+    slow = await limiter.acquire("loc")  # at t=1000, still in flight at t=1012
+    clock.now = 1012.0
+    third = await limiter.acquire("loc")  # the fast call has left the window: room for one
+    assert third.waited == 0.0
+    fourth = asyncio.create_task(limiter.acquire("loc"))
+    await asyncio.sleep(0)
+    assert not fourth.done()  # both places are held by calls in flight
+    clock.now = 1013.0
+    limiter.finished(slow)  # it may have reached GHL just now
+    clock.now = 1015.0
+    limiter.finished(third)
+    assert (await fourth).started == pytest.approx(1023.0)  # a window after the slow answer

@@ -41,7 +41,7 @@ from tenacity import (
 )
 
 from df_middleware.config import Settings
-from df_middleware.connectors.ratelimit import retry_after_seconds
+from df_middleware.connectors.ratelimit import LimitedCall, retry_after_seconds
 from df_middleware.errors import PermanentError, RetryableError
 from df_middleware.observability import (
     EXTERNAL_CALLS,
@@ -122,11 +122,11 @@ class RemoteUnauthorized(RetryableError, RemoteError):
 
 
 class RateLimiter(Protocol):
-    async def acquire(self, key: str) -> float: ...
+    async def acquire(self, key: str) -> LimitedCall: ...
 
-    def observe(
-        self, key: str, status_code: int, headers: Mapping[str, str], *, sent_at: float | None = None
-    ) -> None: ...
+    def finished(self, call: LimitedCall) -> None: ...
+
+    def observe(self, call: LimitedCall, status_code: int, headers: Mapping[str, str]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -307,9 +307,10 @@ class ServiceClient:
         rate_key: str | None,
     ) -> Any:
         label = (self.system, endpoint)
-        if self.limiter is not None and rate_key is not None:
-            await self.limiter.acquire(rate_key)
-        sent_at = time.monotonic()  # the limiter's clock: GHL counts this request from about now
+        limiter = self.limiter
+        call: LimitedCall | None = None
+        if limiter is not None and rate_key is not None:
+            call = await limiter.acquire(rate_key)  # from here its end must be reported
         started = time.perf_counter()
         try:
             response = await self._client.request(
@@ -329,10 +330,14 @@ class ServiceClient:
                 system=self.system,
                 endpoint=endpoint,
             ) from exc
+        finally:
+            # Answered, failed or cancelled: GHL counted it by now if it ever got there.
+            if limiter is not None and call is not None:
+                limiter.finished(call)
         status = response.status_code
         self._count(label, _outcome(status), started)
-        if self.limiter is not None and rate_key is not None:
-            self.limiter.observe(rate_key, status, response.headers, sent_at=sent_at)
+        if limiter is not None and call is not None:
+            limiter.observe(call, status, response.headers)
         log.debug(
             "external_call",
             system=self.system,
