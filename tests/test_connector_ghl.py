@@ -464,7 +464,7 @@ def test_simulator_cli_serves(tmp_path: Path) -> None:
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while True:
             try:
                 answer = httpx.get(

@@ -15,8 +15,14 @@ from typing import Any
 
 import uvicorn
 
+#: How long a server may take to start (its lifespan included) on a loaded machine.
+START_TIMEOUT_SECONDS = 60.0
+
 
 def free_port() -> int:
+    """A port that was free a moment ago. Only for a port another process must bind (a
+    subprocess told `--port N`): something else may take it in between, so `serve_app` binds its
+    own socket instead."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -25,19 +31,31 @@ def free_port() -> int:
 
 @contextmanager
 def serve_app(app: Any, *, port: int | None = None) -> Iterator[str]:
-    """Serve `app` on 127.0.0.1 in a thread; yields `http://127.0.0.1:<port>`."""
-    port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"server on port {port} did not start")
-        time.sleep(0.01)
+    """Serve `app` on 127.0.0.1 in a thread; yields `http://127.0.0.1:<port>`.
+
+    The listening socket is bound here (to `port`, or to one the system picks) and handed to
+    uvicorn, so no other process can take the port between choosing and binding it."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
-        yield f"http://127.0.0.1:{port}"
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port or 0))
+        bound: int = sock.getsockname()[1]
+        config = uvicorn.Config(app, host="127.0.0.1", port=bound, log_level="warning", lifespan="on")
+        server = uvicorn.Server(config)
+        thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name=f"uvicorn-{bound}", daemon=True
+        )
+        thread.start()
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                server.should_exit = True
+                raise RuntimeError(f"server on port {bound} did not start")
+            time.sleep(0.01)
+        try:
+            yield f"http://127.0.0.1:{bound}"
+        finally:
+            server.should_exit = True
+            thread.join(timeout=30)
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+        sock.close()
