@@ -32,9 +32,9 @@ from df_middleware.app import create_app
 from df_middleware.config import Settings
 from df_middleware.db.models import BroadcastWebhookEvent, TextingWebhookEvent, WebhookEvent
 from df_middleware.db.session import Database
-from df_middleware.http_server import server_config, serving_in_thread
+from df_middleware.http_server import server_config
 from df_middleware.ingest.sources.common import MAX_ID_LENGTH
-from df_middleware.simulators.serving import free_port
+from df_middleware.simulators.serving import serve_config
 from tests.conftest import TEST_SECRETS, Keys
 from tests.test_service_process import process_runner
 
@@ -541,10 +541,9 @@ def served(make_settings: Callable[..., Settings]) -> Iterator[tuple[str, int]]:
         max_request_header_bytes=8192,
     )
     app = create_app(settings, run_worker=False)
-    port = free_port()
-    config = server_config(app, settings, host="127.0.0.1", port=port)
-    with serving_in_thread(config):
-        yield "127.0.0.1", port
+    with serve_config(server_config(app, settings, host="127.0.0.1", port=0)) as url:
+        host, _, port = url.removeprefix("http://").partition(":")
+        yield host, int(port)
 
 
 def _exchange(address: tuple[str, int], data: bytes, *, then_wait: bool = True) -> bytes:

@@ -34,13 +34,14 @@ from df_middleware.db.migrate import upgrade
 from df_middleware.db.session import Database
 from df_middleware.demo import DaySimulators, Step, WorldSnapshot, expected_final_state, run_day
 from df_middleware.demo import snapshot_of_simulators as snapshot_of
+from df_middleware.http_server import server_config
 from df_middleware.queue.operations import queue_stats
 from df_middleware.queue.worker import Worker
 from df_middleware.simulators.aloware import AlowareSimulator
 from df_middleware.simulators.aloware import create_app as create_aloware
 from df_middleware.simulators.ghl import GhlSimulator
 from df_middleware.simulators.ghl import create_app as create_ghl
-from df_middleware.simulators.serving import serve_app
+from df_middleware.simulators.serving import serve_app, serve_config
 from df_middleware.simulators.verity import VeritySimulator
 from df_middleware.simulators.verity import create_app as create_verity
 
@@ -154,7 +155,11 @@ async def run_demo(
             auto_migrate=False,
             log_level="warning",
         )
-        service_url = stack.enter_context(serve_app(create_service(settings, run_worker=False)))
+        service = create_service(settings, run_worker=False)
+        # The service as `serve` runs it: its own protocol and limits (http_server).
+        service_url = stack.enter_context(
+            serve_config(server_config(service, settings, host="127.0.0.1", port=0))
+        )
         sims.verity.webhook_url = f"{service_url}/api/webhooks/texting"
         db = Database(database_url)
         connectors = Connectors.from_settings(settings, db)

@@ -17,11 +17,7 @@ keep-alive connection is closed after `HTTP_KEEP_ALIVE_SECONDS` by uvicorn itsel
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
-import threading
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,24 +176,3 @@ def run_server(config: uvicorn.Config) -> bool:
     except KeyboardInterrupt:
         pass
     return server.started
-
-
-@contextlib.contextmanager
-def serving_in_thread(config: uvicorn.Config, *, start_timeout_seconds: float = 60.0) -> Iterator[str]:
-    """Serve `config` from a background thread until the block ends; yields the base URL.
-
-    For tests and the demo, which talk to the service over real HTTP from the same process."""
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name=f"df-http-{config.port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + start_timeout_seconds
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            raise RuntimeError(f"HTTP server on port {config.port} did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://{config.host}:{config.port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)

@@ -31,16 +31,24 @@ def free_port() -> int:
 
 @contextmanager
 def serve_app(app: Any, *, port: int | None = None) -> Iterator[str]:
-    """Serve `app` on 127.0.0.1 in a thread; yields `http://127.0.0.1:<port>`.
+    """Serve `app` on 127.0.0.1 in a thread; yields `http://127.0.0.1:<port>`."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=port or 0, log_level="warning", lifespan="on")
+    with serve_config(config) as url:
+        yield url
 
-    The listening socket is bound here (to `port`, or to one the system picks) and handed to
-    uvicorn, so no other process can take the port between choosing and binding it."""
+
+@contextmanager
+def serve_config(config: uvicorn.Config) -> Iterator[str]:
+    """Serve a uvicorn `config` (the service's own, with its protocol and limits, or a simulator's)
+    on its host in a thread; yields its base URL.
+
+    The listening socket is bound here (to `config.port`, or to one the system picks when it is 0)
+    and handed to uvicorn, so no other process can take the port between choosing and binding it."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", port or 0))
+        sock.bind((config.host, config.port))
         bound: int = sock.getsockname()[1]
-        config = uvicorn.Config(app, host="127.0.0.1", port=bound, log_level="warning", lifespan="on")
         server = uvicorn.Server(config)
         thread = threading.Thread(
             target=server.run, kwargs={"sockets": [sock]}, name=f"uvicorn-{bound}", daemon=True
@@ -53,7 +61,7 @@ def serve_app(app: Any, *, port: int | None = None) -> Iterator[str]:
                 raise RuntimeError(f"server on port {bound} did not start")
             time.sleep(0.01)
         try:
-            yield f"http://127.0.0.1:{bound}"
+            yield f"http://{config.host}:{bound}"
         finally:
             server.should_exit = True
             thread.join(timeout=30)

@@ -51,6 +51,7 @@ from typing import Any, Literal
 import httpx
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from df_middleware.connectors.ghl import GhlClient
 from df_middleware.connectors.ghl_models import (
@@ -347,20 +348,25 @@ async def own_send_of(db: Database, texting_message_id: str) -> str | None:
     return key.removeprefix(SEND_EFFECT_PREFIX) if key is not None else None
 
 
+async def _event_of_send(session: AsyncSession, ghl_message_id: str) -> uuid.UUID | None:
+    """The provider delivery event whose send of this GHL message is recorded, if any."""
+    event_id = await session.scalar(
+        select(SyncEffect.event_id).where(SyncEffect.effect_key == f"{SEND_EFFECT_PREFIX}{ghl_message_id}")
+    )
+    if event_id is None:
+        return None
+    try:
+        return uuid.UUID(str(event_id))
+    except ValueError:
+        return None
+
+
 async def location_of_send(db: Database, ghl_message_id: str) -> str | None:
     """The GHL location an agent's message came from (its provider delivery's `locationId`), so
     receipts of OAuth-installed locations update the right sub-account; None: GHL_LOCATION_ID."""
     async with db.session() as session:
-        event_id = await session.scalar(
-            select(SyncEffect.event_id).where(
-                SyncEffect.effect_key == f"{SEND_EFFECT_PREFIX}{ghl_message_id}"
-            )
-        )
-        if event_id is None:
-            return None
-        try:
-            key = uuid.UUID(str(event_id))
-        except ValueError:
+        key = await _event_of_send(session, ghl_message_id)
+        if key is None:
             return None
         payload = await session.scalar(select(WebhookEvent.payload_json).where(WebhookEvent.id == key))
     location = payload.get("locationId") if isinstance(payload, Mapping) else None
@@ -872,16 +878,8 @@ async def unconfirmed_dead_letter_of(db: Database, ghl_message_id: str) -> uuid.
     the send is recorded: a late confirmation recorded the send, then its own outcome (which
     resolves the dead letter) was never committed. None otherwise (the usual case)."""
     async with db.session() as session:
-        event_id = await session.scalar(
-            select(SyncEffect.event_id).where(
-                SyncEffect.effect_key == f"{SEND_EFFECT_PREFIX}{ghl_message_id}"
-            )
-        )
-        if event_id is None:
-            return None
-        try:
-            key = uuid.UUID(str(event_id))
-        except ValueError:
+        key = await _event_of_send(session, ghl_message_id)
+        if key is None:
             return None
         found: uuid.UUID | None = await session.scalar(
             select(WebhookEvent.id).where(
