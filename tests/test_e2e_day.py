@@ -63,7 +63,7 @@ async def unsettled(world: SyncWorld) -> int:
     return total
 
 
-def settler(world: SyncWorld, *, patience_seconds: float = 30.0) -> Process:
+def settler(world: SyncWorld, *, patience_seconds: float = 120.0) -> Process:
     """A `process` for `run_day`: run the worker until no event is left unfinished, waiting for
     retries that are not due yet, and for Verity's receipts to land."""
 

@@ -272,7 +272,7 @@ async def event_statuses(world: SyncWorld) -> Counter[str]:
     return counts
 
 
-async def settle(world: SyncWorld, deadline_s: float = 30.0) -> None:
+async def settle(world: SyncWorld, deadline_s: float = 120.0) -> None:
     """Process until every event is done (or dead) and Verity has nothing more to post back."""
     deadline = time.monotonic() + deadline_s
     while True:
