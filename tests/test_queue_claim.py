@@ -345,17 +345,16 @@ async def test_two_workers_process_every_event_once_in_key_order(
 async def test_notify_wakes_an_idle_worker(
     backend: str, db: Database, database_url: str, make_settings: Callable[..., Settings]
 ) -> None:
-    """R-Q-2: on PostgreSQL an insert wakes a LISTENing worker long before its poll interval."""
+    """R-Q-2: on PostgreSQL an insert wakes a LISTENing worker: with a poll interval of an hour,
+    the event being processed at all (within a generous deadline) proves the NOTIFY woke it."""
     runs: list[ClaimedEvent] = []
-    worker = Worker(make_settings(poll_seconds=30), db, recording_registry(runs))
+    worker = Worker(make_settings(poll_seconds=3600), db, recording_registry(runs))
     stop = asyncio.Event()
     running = asyncio.create_task(worker.run(stop))
     try:
-        await wait_until(lambda: _is_listening(database_url), timeout=10)
-        inserted = utcnow()
+        await wait_until(lambda: _is_listening(database_url), timeout=60)
         await insert_event(db)
-        await wait_until(lambda: _true(len(runs) == 1), timeout=5)
-        assert utcnow() - inserted < timedelta(seconds=5)
+        await wait_until(lambda: _true(len(runs) == 1), timeout=60)
     finally:
         stop.set()
         await running
@@ -368,16 +367,16 @@ async def test_listener_reconnects_after_losing_its_connection(
 ) -> None:
     """R-Q-2: when the LISTEN connection dies, the worker reconnects and NOTIFY wakes it again."""
     runs: list[ClaimedEvent] = []
-    worker = Worker(make_settings(poll_seconds=30), db, recording_registry(runs))
+    worker = Worker(make_settings(poll_seconds=3600), db, recording_registry(runs))
     stop = asyncio.Event()
     running = asyncio.create_task(worker.run(stop))
     try:
-        await wait_until(lambda: _is_listening(database_url), timeout=10)
+        await wait_until(lambda: _is_listening(database_url), timeout=60)
         [old_pid] = await _listener_pids(database_url)
         await _admin(database_url, f"SELECT pg_terminate_backend({old_pid})")
-        await wait_until(lambda: _listening_again(database_url, old_pid), timeout=10)
+        await wait_until(lambda: _listening_again(database_url, old_pid), timeout=60)
         await insert_event(db)
-        await wait_until(lambda: _true(len(runs) == 1), timeout=5)
+        await wait_until(lambda: _true(len(runs) == 1), timeout=60)
     finally:
         stop.set()
         await running
@@ -432,7 +431,7 @@ async def test_heartbeat_extends_the_lease_of_a_long_event(
         return len(leases) > 1 and leases[-1] > leases[0]
 
     try:
-        await wait_until(extended, timeout=5, interval=0.1)
+        await wait_until(extended, timeout=60, interval=0.1)
     finally:
         finish.set()
         await running
@@ -444,13 +443,14 @@ async def test_stop_finishes_or_releases_in_flight_events(
 ) -> None:
     """R-Q-6: on stop, claiming stops; an event that finishes within the grace period ends done,
     one that does not is cancelled and released to pending without counting the attempt."""
-    settings = make_settings(shutdown_grace_seconds=1.0)
+    settings = make_settings(shutdown_grace_seconds=5.0)
     stuck = await insert_event(db, event_type="ContactUpdate", received_at=ago(20))
     quick = await insert_event(db, event_type="ContactUpdate", received_at=ago(10))
     never_claimed = await insert_event(db, ordering_key="ghl:contact:x", received_at=ago(5))
     runs: list[ClaimedEvent] = []
     started = asyncio.Event()
     forever = asyncio.Event()
+    finish_quick = asyncio.Event()
 
     async def pause(event: ClaimedEvent) -> None:
         if len(runs) == 2:
@@ -458,7 +458,7 @@ async def test_stop_finishes_or_releases_in_flight_events(
         if event.id == stuck:
             await forever.wait()
         else:
-            await asyncio.sleep(0.2)
+            await finish_quick.wait()  # finishes during the grace period, once the stop has begun
 
     worker = Worker(settings, db, recording_registry(runs, pause=pause), worker_id="w1")
     # Hold back the third event so that it is still pending when we stop.
@@ -470,8 +470,11 @@ async def test_stop_finishes_or_releases_in_flight_events(
             .values(next_attempt_at=utcnow() + timedelta(hours=1))
         )
     running = asyncio.create_task(worker.run())
-    await asyncio.wait_for(started.wait(), timeout=10)
-    await worker.stop()
+    await asyncio.wait_for(started.wait(), timeout=60)
+    stopping = asyncio.create_task(worker.stop())
+    await asyncio.sleep(0)  # let the stop begin: claiming ends, the grace period starts
+    finish_quick.set()
+    await stopping
     assert running.done()
 
     released = await event_state(db, stuck)
