@@ -493,9 +493,9 @@ async def test_bytes_in_flight_are_bounded(app_factory: Callable[..., Any], db: 
     first_body = texting_body("m-first")
 
     async def slow_first() -> AsyncIterator[bytes]:
-        yield first_body[:100]
+        yield first_body[:-10]
         await release.wait()
-        yield first_body[100:]
+        yield first_body[-10:]
 
     async with _client(app) as client:
         headers = {"content-type": "application/json", "x-texting-signature": _hmac(first_body)}
@@ -504,8 +504,8 @@ async def test_bytes_in_flight_are_bounded(app_factory: Callable[..., Any], db: 
             client.post("/api/webhooks/texting", content=slow_first(), headers=headers)
         )
         deadline = time.monotonic() + 30
-        while budget.in_use == 0:
-            assert time.monotonic() < deadline, "the first request never reserved its body"
+        while budget.in_use < len(first_body) - 10:
+            assert time.monotonic() < deadline, "the first request never took room for its body"
             await asyncio.sleep(0.01)
         second_body = texting_body("m-second")
         refused = await client.post(
@@ -528,7 +528,100 @@ async def test_bytes_in_flight_are_bounded(app_factory: Callable[..., Any], db: 
     assert await _count(db, TextingWebhookEvent) == 2
 
 
+async def test_a_declared_body_that_never_comes_holds_no_room(
+    app_factory: Callable[..., Any], db: Database
+) -> None:
+    """R-SEC-3: room in the body budget is taken for bytes received, not for the Content-Length a
+    request declares: unauthenticated requests that declare a megabyte and send nothing cannot lock
+    the signed senders out."""
+    app = app_factory(ingest_max_bytes_in_flight=1_048_576, ingest_budget_wait_seconds=0.2)
+    never = asyncio.Event()
+
+    async def nothing() -> AsyncIterator[bytes]:
+        await never.wait()
+        yield b""
+
+    from df_middleware.observability import WEBHOOKS_RECEIVED
+
+    received_before = WEBHOOKS_RECEIVED.labels("texting")._value.get()
+    async with _client(app) as client:
+        squatters = [
+            asyncio.create_task(
+                client.post(
+                    "/api/webhooks/texting",
+                    content=nothing(),
+                    headers={"content-type": "application/json", "content-length": "1048576"},
+                )
+            )
+            for _ in range(4)
+        ]
+        deadline = time.monotonic() + 30
+        while WEBHOOKS_RECEIVED.labels("texting")._value.get() < received_before + 4:
+            assert time.monotonic() < deadline, "the squatting requests never reached ingest"
+            await asyncio.sleep(0.01)
+        body = _body({"eventType": "message.received", "messageId": "m-real"})
+        real = await client.post(
+            "/api/webhooks/texting",
+            content=body,
+            headers={"content-type": "application/json", "x-texting-signature": _hmac(body)},
+        )
+        for task in squatters:
+            task.cancel()
+    assert real.status_code == 200, real.text
+    assert app.state.ingest.body_budget.in_use == 0
+    assert await _count(db, TextingWebhookEvent) == 1
+
+
+async def test_json_with_too_many_values_is_413(app_factory: Callable[..., Any], db: Database) -> None:
+    """R-SEC-3, R-PERF-5: a body of many tiny values (which parses to ~60 times its size) is refused
+    with 413 before it is parsed, signed or not; a body within MAX_JSON_VALUES is stored."""
+    many = (
+        b'{"eventType": "message.received", "messageId": "m-many", "x": [' + b",".join([b"{}"] * 1000) + b"]}"
+    )
+    few = b'{"eventType": "message.received", "messageId": "m-few", "x": [' + b",".join([b"{}"] * 50) + b"]}"
+    async with _client(app_factory(max_json_values=500)) as client:
+        refused = await client.post(
+            "/api/webhooks/texting",
+            content=many,
+            headers={"content-type": "application/json", "x-texting-signature": _hmac(many)},
+        )
+        accepted = await client.post(
+            "/api/webhooks/texting",
+            content=few,
+            headers={"content-type": "application/json", "x-texting-signature": _hmac(few)},
+        )
+    assert refused.status_code == 413
+    assert "500 values" in refused.json()["error"]
+    assert accepted.status_code == 200
+    assert await _count(db, TextingWebhookEvent) == 1
+
+
+def test_in_memory_sqlite_is_refused() -> None:
+    """R-RUN-3: an in-memory SQLite URL is a configuration error (each connection would see its own
+    empty database: migrations, server and worker would never share one)."""
+    from pydantic import ValidationError
+
+    for url in ("sqlite://", "sqlite:///:memory:", "sqlite+aiosqlite://"):
+        with pytest.raises(ValidationError, match="in-memory"):
+            Settings(database_url=url, _env_file=None)  # type: ignore[call-arg]
+
+
 # --- connection limits on a real socket (defects 1, 6) ---------------------------------------------
+
+
+def test_answer_before_the_body_ends_the_connection(served: tuple[str, int]) -> None:
+    """R-SEC-3: when the answer comes before the request's body was received (a 404, a 401 or 413 on
+    the headers), the connection is closed: bytes trickled afterwards would start no request and arm
+    no deadline, holding the connection forever."""
+    with socket.create_connection(served, timeout=60) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+        received = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                received += chunk
+                with contextlib.suppress(OSError):
+                    sock.sendall(b"a")  # the trickle
+    assert received.startswith(b"HTTP/1.1 200 ")
 
 
 @pytest.fixture
@@ -633,7 +726,14 @@ def test_masking_still_masks() -> None:
     assert mask_text("mail Sarah.Lee@example.com.") == "mail S***@example.com."
     assert mask_text("tel:+19195551234") == "tel:+1919***1234"
     assert mask_text("https://x/y?api_token=abc&z=1") == "https://x/y?api_token=***&z=1"
-    for untouched in ("id 550e8400-e29b-41d4-a716-446655440000", "12345678abc", "2026-12-02T00:00:00Z"):
+    for untouched in (
+        "id 550e8400-e29b-41d4-a716-446655440000",
+        "12345678abc",
+        "2026-12-02T00:00:00Z",
+        "PostgreSQL at 10.255.255.1:5432",
+        "request 2024-01-15 10:00:00 took",
+        "event 12345678",
+    ):
         assert mask_text(untouched) == untouched
 
 

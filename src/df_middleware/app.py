@@ -26,8 +26,8 @@ from df_middleware.config import Settings, get_settings
 from df_middleware.connectors.suite import Connectors
 from df_middleware.connectors.tokens import load_token_cipher
 from df_middleware.db.migrate import current_revision, head_revision, upgrade
-from df_middleware.db.session import Database
-from df_middleware.ingest.routes import Ingest, webhook_router
+from df_middleware.db.session import Database, is_unavailable
+from df_middleware.ingest.routes import DB_RETRY_AFTER_SECONDS, Ingest, webhook_router
 from df_middleware.observability import configure_logging, get_logger
 from df_middleware.queue.operations import queue_stats
 from df_middleware.queue.scheduler import Scheduler
@@ -74,6 +74,8 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
     """Build the application. `run_worker=None` follows SERVE_WITH_WORKER."""
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_format, reveal_pii=settings.log_reveal_pii)
+    if settings.blank_settings:
+        log.warning("settings.empty_treated_as_unset", settings=list(settings.blank_settings))
     app = FastAPI(
         title="DF-Middleware",
         version=__version__,
@@ -164,8 +166,16 @@ def _add_error_handlers(app: FastAPI) -> None:
         # Starlette sends this response from outside the middleware stack, so the request id is
         # added here (RequestGuard put it in the scope; the log line carries it too).
         request_id = request_id_of(request.scope)
+        headers = {"X-Request-ID": request_id} if request_id else {}
+        if is_unavailable(exc):
+            # Any route that needs the database (the OAuth callback, later the admin API) says so
+            # truthfully: the caller may retry, nothing is wrong with its request.
+            log.warning("http.database_unavailable", path=request.url.path, error=type(exc).__name__)
+            headers["Retry-After"] = str(DB_RETRY_AFTER_SECONDS)
+            return JSONResponse(
+                {"error": "database unavailable, retry later"}, status_code=503, headers=headers
+            )
         log.exception(
             "http.unhandled_error", path=request.url.path, error=type(exc).__name__, request_id=request_id
         )
-        headers = {"X-Request-ID": request_id} if request_id else None
         return JSONResponse({"error": "internal error"}, status_code=500, headers=headers)

@@ -214,6 +214,12 @@ class Settings(BaseSettings):
         1_048_576, ge=1024, description="Largest accepted webhook body (413 above)."
     )
     max_json_depth: int = Field(32, ge=2, description="Deepest JSON nesting accepted in a webhook body.")
+    max_json_values: int = Field(
+        50_000,
+        ge=100,
+        description="Most JSON values (objects, arrays and list items, counted by `{`, `[` and `,`) "
+        "accepted in a webhook body (413 above): parsed JSON can take 60 times its size in memory.",
+    )
     ingest_rate_limit_per_second: int = Field(
         1000,
         ge=0,
@@ -227,9 +233,9 @@ class Settings(BaseSettings):
         16 * 1_048_576,
         ge=1024,
         description="Webhook body bytes one server process reads and holds at once (raised to "
-        "MAX_WEBHOOK_BYTES if lower). A request that would exceed it waits up to "
-        "INGEST_BUDGET_WAIT_SECONDS, unread, then gets 503 with Retry-After: memory stays bounded "
-        "however many large bodies arrive together.",
+        "MAX_WEBHOOK_BYTES if lower), counted as they arrive. A request whose next piece would exceed "
+        "it waits up to INGEST_BUDGET_WAIT_SECONDS, unread, then gets 503 with Retry-After: memory "
+        "stays bounded however many large bodies arrive together.",
     )
     ingest_budget_wait_seconds: float = Field(
         5.0, ge=0, description="How long a webhook waits for room under INGEST_MAX_BYTES_IN_FLIGHT."
@@ -319,6 +325,11 @@ class Settings(BaseSettings):
         scheme = value.split(":", 1)[0].split("+", 1)[0]
         if scheme not in {"sqlite", "postgresql", "postgres"}:
             raise ValueError("DATABASE_URL must start with sqlite:// or postgresql://")
+        if scheme == "sqlite":
+            path = value.split("://", 1)[1] if "://" in value else ""
+            if path.lstrip("/") in {"", ":memory:"} or "mode=memory" in path:
+                # Each connection (migrations, server, worker) would see its own empty database.
+                raise ValueError("an in-memory SQLite database cannot be shared: give a file, sqlite:///path")
         return value
 
     @field_validator("default_phone_region")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,10 +51,12 @@ class _HeadersTooLarge(Exception):
 
 
 def _plain_response(status: int, reason: str, text: str) -> bytes:
+    """An answer the protocol gives itself (no request reached the application): it still carries
+    a request id, like every answer, so that a sender can quote it."""
     body = text.encode("ascii")
     return (
         f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n"
-        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+        f"content-length: {len(body)}\r\nx-request-id: {uuid.uuid4().hex}\r\nconnection: close\r\n\r\n"
     ).encode("ascii") + body
 
 
@@ -123,6 +126,17 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._count_header_bytes(len(name) + len(value) + 4)
         super().on_header(name, value)
+
+    def on_response_complete(self) -> None:
+        """A response sent before its request's body was fully received (a 413 on Content-Length,
+        a 401, a 404 for a body nobody reads) ends the connection: the parser is still inside that
+        body, so further bytes would start no request and arm no deadline, and a client could hold
+        the connection forever by trickling them."""
+        cycle = self.cycle
+        super().on_response_complete()
+        if cycle is not None and cycle.more_body and not self.transport.is_closing():
+            self._disarm_header_deadline()
+            self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         if self._headers_too_large:

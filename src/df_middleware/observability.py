@@ -50,6 +50,7 @@ _EMAIL_RE = re.compile(
 #: A run of phone characters starting at a token boundary; `_mask_phone_run` decides whether it
 #: is a phone number (seven digits or more, not glued to a word that follows).
 _PHONE_RUN_RE = re.compile(r"(?<![\w/-])\+?\d[\d\s().-]*+(?P<next>\w?)")
+_NOT_A_PHONE_RE = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}(?!\d)|\d{4}-\d{2}-\d{2}(?!\d)")
 _TOKEN_PARAM_RE = re.compile(r"((?:api_token|token|access_token|key)=)[^&\s]+", re.IGNORECASE)
 #: Longest string value a log line carries; the rest is cut (its length is kept). A log line is
 #: not a place for a megabyte of someone's input, and this bounds what masking has to read.
@@ -78,7 +79,10 @@ def _mask_phone_run(match: re.Match[str]) -> str:
         return run
     last_digit = max(run.rfind(d) for d in "0123456789")
     number, rest = run[: last_digit + 1], run[last_digit + 1 :]
-    if len(number) < 8 or sum(ch.isdigit() for ch in number) < 7:
+    digits = sum(ch.isdigit() for ch in number)
+    # A phone has ten digits or more (eight with its country code), and is not an IPv4 address
+    # or a date: those are what a log line holds most often besides phones.
+    if digits < (8 if number.startswith("+") else 10) or _NOT_A_PHONE_RE.match(number):
         return run
     return mask_phone(number) + rest
 

@@ -33,7 +33,7 @@ from df_middleware.ingest.auth import (
     verify_broadcast,
     verify_texting,
 )
-from df_middleware.ingest.body_budget import BodyBudget, BudgetExhausted
+from df_middleware.ingest.body_budget import BodyBudget, BodyRoom, BudgetExhausted
 from df_middleware.ingest.openapi import webhook_operation, webhook_responses
 from df_middleware.ingest.sources.aloware import aloware_event_name, canonical_aloware_name, classify_aloware
 from df_middleware.ingest.sources.broadcast import classify_broadcast
@@ -182,21 +182,20 @@ class Ingest:
             retry_after = max(1, int(reset_at - time.time() + 0.999))
             raise Rejection(429, f"ingest limit for {source} exceeded", {"Retry-After": str(retry_after)})
 
-    def _declared_size(self, request: Request) -> int:
-        """The body size to reserve: its Content-Length (413 when over the limit), or the limit
-        when the sender streams it without one."""
+    def _check_declared_size(self, request: Request) -> None:
+        """413 at once when the declared Content-Length is over the limit (400 when it is no number)."""
         limit = self.settings.max_webhook_bytes
         declared = request.headers.get("content-length")
         if declared is None:
-            return limit
+            return
         text = declared.strip()
         if not (text.isascii() and text.isdigit()) or len(text) > 19:
             raise Rejection(400, "invalid Content-Length")
         if int(text) > limit:
             raise Rejection(413, f"body larger than {limit} bytes")
-        return int(text)
 
-    async def _read_body(self, request: Request) -> bytes:
+    async def _read_body(self, request: Request, room: BodyRoom) -> bytes:
+        """The body, each piece kept only once the budget has room for it (see body_budget)."""
         limit = self.settings.max_webhook_bytes
         chunks: list[bytes] = []
         size = 0
@@ -205,12 +204,25 @@ class Ingest:
                 size += len(chunk)
                 if size > limit:
                     raise Rejection(413, f"body larger than {limit} bytes", {"Connection": "close"})
+                await room.take(len(chunk))
                 chunks.append(chunk)
         except RequestTimeout as exc:
             raise Rejection(408, str(exc.detail), exc.headers) from exc
+        except BudgetExhausted:
+            raise Rejection(
+                503,
+                "too many large webhooks at once, retry later",
+                {"Retry-After": str(BUSY_RETRY_AFTER_SECONDS), "Connection": "close"},
+            ) from None
         return b"".join(chunks)
 
     def _parse(self, body: bytes) -> dict[str, Any]:
+        # A parsed value costs up to ~60 bytes of memory per byte of JSON (`[{},{},…]`): bound the
+        # number of values before parsing (an upper bound, counted at C speed), so the body budget
+        # also bounds memory and the walk below stays short.
+        values = body.count(b"{") + body.count(b"[") + body.count(b",")
+        if values > self.settings.max_json_values:
+            raise Rejection(413, f"JSON with more than {self.settings.max_json_values} values")
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -233,29 +245,22 @@ class Ingest:
         )
         WEBHOOKS_RECEIVED.labels(source.name).inc()
         try:
-            size = self._declared_size(request)
+            self._check_declared_size(request)
             if not _is_json_content_type(request.headers.get("content-type")):
                 raise Rejection(415, "content type must be application/json")
-            try:
-                async with self.body_budget.reserve(
-                    size, wait_seconds=self.settings.ingest_budget_wait_seconds
-                ):
-                    return await self._receive_body(request, source, request_id, started)
-            except BudgetExhausted:
-                raise Rejection(
-                    503,
-                    "too many large webhooks at once, retry later",
-                    {"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)},
-                ) from None
+            async with self.body_budget.holding(
+                wait_seconds=self.settings.ingest_budget_wait_seconds
+            ) as room:
+                return await self._receive_body(request, room, source, request_id, started)
         except Rejection as rejection:
             return self._rejected(source, rejection, request_id)
 
     async def _receive_body(
-        self, request: Request, source: Source, request_id: str, started: float
+        self, request: Request, room: BodyRoom, source: Source, request_id: str, started: float
     ) -> Response:
         """The pipeline after the body has room: read, authenticate, parse, classify, store."""
         try:
-            body = await self._read_body(request)
+            body = await self._read_body(request, room)
             try:
                 verified = source.authenticate(request.headers, body)
             except AuthFailure as exc:
