@@ -1,0 +1,157 @@
+"""`events …`: list, show, replay, quarantine and unquarantine stored webhook events, as the admin
+API does."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from df_middleware.cli.database import run_on_database
+from df_middleware.cli.output import console, fail, print_json
+
+events_app = typer.Typer(help="Inspect and act on stored webhook events.", no_args_is_help=True)
+
+# Arguments are checked before the database is opened: a typo creates nothing and costs one line.
+
+
+def _parse_time(value: str | None, option: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        fail(f"{option}: not an ISO-8601 time: {value}", code=2)
+    if parsed.tzinfo is None:
+        fail(f"{option}: give a time zone, e.g. 2026-11-25T10:00:00Z", code=2)
+    return parsed
+
+
+def _event_id(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        fail(f"not an event id (a UUID such as {uuid.UUID(int=0)}): {value}", code=2)
+
+
+@events_app.command("list")
+def events_list(
+    kind: Annotated[str | None, typer.Option(help="webhook | texting | broadcast")] = None,
+    source: Annotated[str | None, typer.Option(help="ghl | aloware | texting | broadcast")] = None,
+    status: Annotated[
+        str | None, typer.Option(help="pending | processing | done | error | quarantined")
+    ] = None,
+    event_type: Annotated[str | None, typer.Option("--event-type")] = None,
+    entity_id: Annotated[str | None, typer.Option("--entity-id")] = None,
+    since: Annotated[str | None, typer.Option(help="ISO-8601 with time zone")] = None,
+    until: Annotated[str | None, typer.Option(help="ISO-8601 with time zone")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=200)] = 50,
+    cursor: Annotated[str | None, typer.Option(help="next_cursor of a previous page")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the admin API's JSON object.")] = False,
+) -> None:
+    """List stored events, newest first."""
+    from df_middleware.queue.operations import list_events
+
+    if kind is not None and kind not in {"webhook", "texting", "broadcast"}:
+        fail("--kind must be webhook, texting or broadcast", code=2)
+    since_time, until_time = _parse_time(since, "--since"), _parse_time(until, "--until")
+    page = run_on_database(
+        lambda db: list_events(
+            db,
+            kind=kind,
+            source=source,
+            status=status,
+            event_type=event_type,
+            entity_id=entity_id,
+            since=since_time,
+            until=until_time,
+            cursor=cursor,
+            limit=limit,
+        )
+    )
+    if as_json:
+        print_json({"items": page.items, "next_cursor": page.next_cursor})
+        return
+    table = Table("received", "kind", "source", "event", "entity", "status", "tries", "id")
+    for item in page.items:
+        table.add_row(
+            str(item["received_at"])[:19],
+            item["kind"],
+            item["source"],
+            item["event_type"],
+            f"{item['entity_type']}:{item['entity_id'] or ''}",
+            item["status"],
+            str(item["attempts"]),
+            item["id"],
+        )
+    console.print(table)
+    if page.next_cursor:
+        console.print(f"more: --cursor {page.next_cursor}")
+
+
+@events_app.command("show")
+def events_show(
+    event_id: Annotated[str, typer.Argument(help="Event id")],
+    reveal: Annotated[bool, typer.Option("--reveal", help="Show the payload unmasked.")] = False,
+) -> None:
+    """Show one event with its payload (PII masked unless --reveal), sync_log rows and quarantine."""
+    from df_middleware.observability import mask_event_detail
+    from df_middleware.queue.operations import get_event
+
+    wanted = _event_id(event_id)
+    found = run_on_database(lambda db: get_event(db, wanted))
+    if found is None:
+        fail(f"no event {event_id}")
+    if not reveal:
+        found = mask_event_detail(found)
+    print_json(found)
+
+
+def _event_action(action: Callable[[Any], Awaitable[Any]], done: str) -> None:
+    from df_middleware.queue.operations import EventNotFound
+
+    try:
+        run_on_database(action)
+    except EventNotFound as exc:
+        fail(str(exc))
+    except ValueError as exc:
+        fail(f"refused: {exc}")
+    console.print(done)
+
+
+@events_app.command("replay")
+def events_replay(event_id: Annotated[str, typer.Argument(help="Event id")]) -> None:
+    """Put an event back in the queue to be processed again."""
+    from df_middleware.queue.operations import replay_event
+
+    wanted = _event_id(event_id)
+    _event_action(lambda db: replay_event(db, wanted), f"{event_id} queued for replay")
+
+
+@events_app.command("quarantine")
+def events_quarantine(
+    event_id: Annotated[str, typer.Argument(help="Event id")],
+    reason: Annotated[str, typer.Option(help="Why it must not be processed")] = "quarantined from the CLI",
+    actor: Annotated[str, typer.Option(help="Who is quarantining it")] = "cli",
+) -> None:
+    """Take an event out of processing until it is unquarantined."""
+    from df_middleware.queue.operations import quarantine_event
+
+    wanted = _event_id(event_id)
+    _event_action(lambda db: quarantine_event(db, wanted, reason, actor), f"{event_id} quarantined")
+
+
+@events_app.command("unquarantine")
+def events_unquarantine(
+    event_id: Annotated[str, typer.Argument(help="Event id")],
+    actor: Annotated[str, typer.Option(help="Who is releasing it")] = "cli",
+) -> None:
+    """Return a quarantined event to the queue."""
+    from df_middleware.queue.operations import unquarantine_event
+
+    wanted = _event_id(event_id)
+    _event_action(lambda db: unquarantine_event(db, wanted, actor), f"{event_id} back in the queue")
