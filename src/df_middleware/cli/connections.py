@@ -49,9 +49,7 @@ def check(
         console.print(table)
     for name in settings.blank_settings:
         # Said on stderr in both modes, so that --json output stays one document.
-        sys.stderr.write(
-            f"df-middleware: {name} is set but empty: treated as unset (what it guards refuses everything)\n"
-        )
+        sys.stderr.write(f"df-middleware: {name} is set but empty: treated as unset\n")
     # Failing means a check said no; "not checked" (e.g. OAuth configured, nothing installed yet)
     # is reported with its reason but does not fail the command.
     failing = [r for r in reports if r.configured and False in (r.reachable, r.authenticated)]
