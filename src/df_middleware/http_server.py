@@ -31,10 +31,10 @@ from df_middleware.config import Settings
 
 @dataclass(frozen=True)
 class HttpLimits:
-    """What one connection may take (see the module docstring)."""
+    """What one connection may take (see the module docstring); the values come from Settings."""
 
-    header_timeout_seconds: float = 10.0
-    max_header_bytes: int = 16384
+    header_timeout_seconds: float
+    max_header_bytes: int
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HttpLimits:
@@ -65,7 +65,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
-        self._limits: HttpLimits = getattr(config, _CONFIG_ATTRIBUTE, HttpLimits())
+        # `server_config` is the one way this protocol is configured: it always sets the limits.
+        self._limits: HttpLimits = getattr(config, _CONFIG_ATTRIBUTE)
         self._header_bytes = 0
         self._header_deadline: asyncio.TimerHandle | None = None
         self._request_started = False
