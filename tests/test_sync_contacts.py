@@ -14,6 +14,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import select
@@ -35,7 +36,7 @@ from df_middleware.sync.contacts import (
     lead_fields,
     profile_fingerprint,
 )
-from df_middleware.sync.identity import ContactMappings, GhlSighting, MappingView
+from df_middleware.sync.identity import ContactDeleted, ContactMappings, GhlSighting, MappingView
 from df_middleware.sync.registry import HandlerRegistry
 from df_middleware.timestamps import parse_iso8601
 from tests.conftest import TEST_SECRETS
@@ -717,5 +718,6 @@ async def test_last_seen_ghl_profile_rules(db: Database) -> None:
     assert await seen("g2", now=later) is None  # another GHL contact now: nothing seen of it
     await mappings.see_ghl_profile("g2", read, seen_at=later + timedelta(minutes=3))
     await mappings.mark_deleted("g2")
-    await mappings.upsert(ghl_contact_id="g2", aloware_contact_id="a1", direction="aloware_to_ghl")
-    assert await seen("g2", now=later) is None  # deleted, then back: seen afresh
+    assert await seen("g2", now=later) is None  # deleted: nothing seen of it stands
+    with pytest.raises(ContactDeleted):  # R-C-4: a deleted GHL contact is never mapped again
+        await mappings.upsert(ghl_contact_id="g2", aloware_contact_id="a1", direction="aloware_to_ghl")

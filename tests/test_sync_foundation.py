@@ -15,11 +15,12 @@ from sqlalchemy import func, select
 
 from df_middleware.connectors.ghl import GhlClient, StaticToken
 from df_middleware.connectors.ghl_models import ContactCreate
-from df_middleware.connectors.http import ServiceClient
+from df_middleware.connectors.http import RemoteRejected, ServiceClient
 from df_middleware.db.models import ContactMapping, SyncEffect
 from df_middleware.db.session import Database
 from df_middleware.simulators.ghl import GhlSimulator, create_app
-from df_middleware.sync.effects import EchoGuard, EffectLedger, fingerprint
+from df_middleware.sync.echoes import EchoGuard
+from df_middleware.sync.effects import EffectLedger, EffectMaybeDone, fingerprint
 from df_middleware.sync.identity import ContactMappings, PersonKeys, resolve_ghl_contact
 from df_middleware.sync.registry import ClaimedEvent
 from tests.servers import serve_app
@@ -62,35 +63,94 @@ async def test_an_effect_is_made_once_across_retries(db: Database) -> None:
     assert await _effect_rows(db) == 1
 
 
-async def test_a_failed_write_records_nothing(db: Database) -> None:
-    async def fail() -> str:
-        raise RuntimeError("GHL down")
-
-    with pytest.raises(RuntimeError):
-        await EffectLedger(db, _event()).perform("ghl:note:x", "ghl", fail)
-    assert await _effect_rows(db) == 0
+async def _effect_states(db: Database) -> dict[str, str]:
+    async with db.session() as session:
+        return dict((await session.execute(select(SyncEffect.effect_key, SyncEffect.state))).all())
 
 
-async def test_a_write_found_remotely_is_recorded_not_repeated(db: Database) -> None:
-    """R-CALL-4: on a retry, when the earlier answer was lost but the write happened, the remote
-    look-up finds it; on a first run nothing can exist yet and no look-up (no API call) is made."""
-    writes: list[str] = []
-    lookups: list[str] = []
+def _rejected() -> RemoteRejected:
+    return RemoteRejected(
+        "bad", system="ghl", endpoint="POST /contacts/{id}/notes", status_code=422, body=None
+    )
+
+
+async def test_a_write_refused_leaves_no_intent_and_its_retry_writes_without_looking(db: Database) -> None:
+    """R-IDEM-2: a write that certainly changed nothing (a 4xx refusal) drops its intent, so the
+    retry writes at once, with no remote look-up."""
+    calls: list[str] = []
+
+    async def refused() -> str:
+        calls.append("write")
+        raise _rejected()
 
     async def write() -> str:
-        writes.append("x")
+        calls.append("write")
+        return "note-1"
+
+    async def look() -> str | None:
+        calls.append("look")
+        return None
+
+    with pytest.raises(RemoteRejected):
+        await EffectLedger(db, _event()).perform("ghl:note:x", "ghl", refused, find_existing=look)
+    assert await _effect_states(db) == {}
+    outcome = await EffectLedger(db, _event()).perform("ghl:note:x", "ghl", write, find_existing=look)
+    assert (outcome.already_done, outcome.target_id, calls) == (False, "note-1", ["write", "write"])
+    assert await _effect_states(db) == {"ghl:note:x": "done"}
+
+
+@pytest.mark.parametrize("ending", ["exception", "cancellation"])
+async def test_an_interrupted_write_is_maybe_done_and_looked_for_before_repeating(
+    db: Database, ending: str
+) -> None:
+    """R-IDEM-2: a run that ends after the request may have left — an unknown failure, or a
+    cancellation (shutdown past the grace) — leaves the committed intent; the next run, whatever
+    its attempt count, looks remotely before writing and records what it finds. A first run
+    (no intent) makes no look-up."""
+    calls: list[str] = []
+
+    async def interrupted() -> str:
+        calls.append("write")
+        if ending == "cancellation":
+            raise asyncio.CancelledError
+        raise RuntimeError("the answer was lost")
+
+    async def write() -> str:
+        calls.append("write")
         return "new"
 
     async def found() -> str | None:
-        lookups.append("looked")
+        calls.append("look")
         return "already-there"
 
-    retry = await EffectLedger(db, _event(attempts=2)).perform("k", "ghl", write, find_existing=found)
-    assert (retry.already_done, retry.target_id, writes) == (True, "already-there", [])
-    assert await _effect_rows(db) == 1
+    with pytest.raises((RuntimeError, asyncio.CancelledError)):
+        await EffectLedger(db, _event()).perform("k", "ghl", interrupted, find_existing=found)
+    assert await _effect_states(db) == {"k": "started"}
+    # The release after a shutdown gives the attempt back: the retry is attempt 1 again.
+    retry = await EffectLedger(db, _event(attempts=1)).perform("k", "ghl", write, find_existing=found)
+    assert (retry.already_done, retry.target_id, calls) == (True, "already-there", ["write", "look"])
+    assert await _effect_states(db) == {"k": "done"}
 
+    calls.clear()
     first = await EffectLedger(db, _event()).perform("k2", "ghl", write, find_existing=found)
-    assert (first.already_done, first.target_id, writes, lookups) == (False, "new", ["x"], ["looked"])
+    assert (first.already_done, first.target_id, calls) == (False, "new", ["write"])
+
+
+async def test_an_interrupted_write_that_cannot_be_looked_up_is_never_repeated(db: Database) -> None:
+    """R-IDEM-2, R-TXT-5: with no remote look-up (a Verity send), an intent with no outcome is
+    `EffectMaybeDone`: the write is not made again."""
+    writes: list[str] = []
+
+    async def interrupted() -> str:
+        writes.append("send")
+        raise asyncio.CancelledError
+
+    with pytest.raises(asyncio.CancelledError):
+        await EffectLedger(db, _event()).perform("verity:send:m1", "verity", interrupted)
+    with pytest.raises(EffectMaybeDone):
+        await EffectLedger(db, _event()).perform("verity:send:m1", "verity", interrupted)
+    assert writes == ["send"]
+    assert await _effect_states(db) == {"verity:send:m1": "started"}
 
 
 async def test_echo_guard_recognises_our_own_write(db: Database) -> None:

@@ -42,7 +42,7 @@ from tenacity import (
 
 from df_middleware.config import Settings
 from df_middleware.connectors.ratelimit import LimitedCall, retry_after_seconds
-from df_middleware.errors import PermanentError, RetryableError
+from df_middleware.errors import InvalidPhoneNumber, PermanentError, RetryableError
 from df_middleware.observability import (
     EXTERNAL_CALLS,
     EXTERNAL_ERRORS,
@@ -64,12 +64,42 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 _MAX_ERROR_TEXT = 300
 
 
+def _refused_before_processing(exc: RemoteError) -> bool:
+    """Whether this attempt's answer proves the remote did nothing: a refusal (4xx, an expired
+    token), a 429 or 503 (GHL and Verity refuse those before any processing), or a connection
+    that was never made. A timeout after the request left, a 500/502/504 or a connection broken
+    mid-way may have taken effect."""
+    if isinstance(exc, RemoteUnauthorized | RemoteRejected):
+        return True
+    if isinstance(exc, RemoteUnavailable):
+        if exc.status_code in (429, 503):
+            return True
+        return exc.status_code is None and isinstance(
+            exc.__cause__, httpx.ConnectError | httpx.ConnectTimeout
+        )
+    return False
+
+
+def write_not_made(exc: BaseException) -> bool:
+    """Whether a failed remote write certainly changed nothing, so repeating it is safe
+    (R-IDEM-2): no attempt of the call may have taken effect. Anything else — including a
+    cancellation or a failure that is not the connector's — leaves the write *maybe done*."""
+    if isinstance(exc, InvalidPhoneNumber):  # refused before any request was made
+        return True
+    if not isinstance(exc, RemoteError) or exc.earlier_attempt_maybe_made:
+        return False
+    return _refused_before_processing(exc)
+
+
 class RemoteError(Exception):
     """Mixin data of a failed external call (both error classes carry it)."""
 
     system: str
     endpoint: str
     status_code: int | None
+    #: Set by `ServiceClient.request`: an earlier in-call attempt of the same call failed in a
+    #: way that may have taken effect (see `write_not_made`).
+    earlier_attempt_maybe_made: bool = False
     body: Any
 
     def _init_remote(self, system: str, endpoint: str, status_code: int | None, body: Any) -> None:
@@ -272,18 +302,24 @@ class ServiceClient:
             retry=retry_if_exception(_worth_waiting_for),
             reraise=True,
         )
+        maybe_made = False  # an earlier attempt of this call may have taken effect
         async for attempt in retrying:
             with attempt:
-                return await self._send_once(
-                    method,
-                    path,
-                    endpoint=endpoint,
-                    params=params,
-                    json=json,
-                    data=data,
-                    headers=headers,
-                    rate_key=rate_key,
-                )
+                try:
+                    return await self._send_once(
+                        method,
+                        path,
+                        endpoint=endpoint,
+                        params=params,
+                        json=json,
+                        data=data,
+                        headers=headers,
+                        rate_key=rate_key,
+                    )
+                except RemoteError as exc:
+                    exc.earlier_attempt_maybe_made = maybe_made
+                    maybe_made = maybe_made or not _refused_before_processing(exc)
+                    raise
         raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
 
     def _wait(self, state: RetryCallState) -> float:

@@ -195,6 +195,9 @@ class SyncState(Base):
     __table_args__ = (Index("sync_state_direction_entity_unique", "direction", "entity_type", unique=True),)
 
 
+_LIVE = text("deleted_at IS NULL")
+
+
 class ContactMapping(Base):
     """GHL contact ↔ Aloware contact, with the match keys (E.164 phone, lower-cased email)."""
 
@@ -214,14 +217,37 @@ class ContactMapping(Base):
     #: replay, a late retry) about this person is stale and must not write old data back (R-IDEM-1).
     ghl_event_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     aloware_event_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: When that newest change reached us: two changes with the same (one-second) event time are
+    #: ordered by receipt, as the queue processes them (R-Q-4).
+    ghl_event_received_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    aloware_event_received_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: The same watermark for Aloware's `Contact Disposed` (R-CALL-3): an older disposition
+    #: delivered late must not replace a newer one.
+    disposition_event_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    disposition_received_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     #: The GHL contact's profile as last seen (an API answer or a native contact webhook) and
     #: GHL's time of it: lets an Aloware change of a mapped contact be decided without a GET
     #: (R-PERF-3). Null when unknown or when a GHL change we could not read replaced it.
     ghl_profile: Mapped[dict[str, Any] | None] = mapped_column(JSONPayload)
     ghl_profile_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     __table_args__ = (
-        Index("contact_mappings_aloware_contact_id_unique", "aloware_contact_id", unique=True),
-        Index("contact_mappings_ghl_contact_id_unique", "ghl_contact_id", unique=True),
+        # One live row per GHL and per Aloware contact; deleted rows are history (R-C-4).
+        Index(
+            "contact_mappings_aloware_contact_id_unique",
+            "aloware_contact_id",
+            unique=True,
+            postgresql_where=_LIVE,
+            sqlite_where=_LIVE,
+        ),
+        Index(
+            "contact_mappings_ghl_contact_id_unique",
+            "ghl_contact_id",
+            unique=True,
+            postgresql_where=_LIVE,
+            sqlite_where=_LIVE,
+        ),
+        Index("contact_mappings_ghl_contact_id_idx", "ghl_contact_id"),
+        Index("contact_mappings_aloware_contact_id_idx", "aloware_contact_id"),
         Index("contact_mappings_phone_idx", "phone_number"),
         Index("contact_mappings_email_idx", "email"),
     )
@@ -481,6 +507,8 @@ class SyncEffect(Base):
     event_id: Mapped[str | None] = mapped_column(Text)
     target_system: Mapped[str] = mapped_column(Text, nullable=False)
     target_id: Mapped[str | None] = mapped_column(Text)
+    #: `started`: an intent, committed before the write left (its outcome unknown until `done`).
+    state: Mapped[str] = mapped_column(Text, nullable=False, default="done", server_default="done")
     created_at: Mapped[datetime] = _created()
     __table_args__ = (
         Index("sync_effects_effect_key_unique", "effect_key", unique=True),

@@ -472,26 +472,37 @@ class Worker:
     async def _record_effects(
         session: AsyncSession, event: ClaimedEvent, effects: Sequence[EffectRecord]
     ) -> None:
-        """Insert effects not yet recorded. A replayed event may report an effect its first run
-        already recorded; that is expected, not a conflict."""
+        """Record the handler's effects as done: insert keys not yet recorded, complete intents
+        still `started` (the ledger records each write the moment it answers, so this is mostly a
+        no-op). A replayed event may report an effect its first run already recorded; that is
+        expected, not a conflict."""
         if not effects:
             return
         keys = [e.effect_key for e in effects]
-        known = set(
-            await session.scalars(select(SyncEffect.effect_key).where(SyncEffect.effect_key.in_(keys)))
+        found = await session.execute(
+            select(SyncEffect.effect_key, SyncEffect.state).where(SyncEffect.effect_key.in_(keys))
         )
+        known: dict[str, str] = {key: state for key, state in found.all()}
         rows = [
             {
                 "effect_key": e.effect_key,
                 "event_id": str(event.id),
                 "target_system": e.target_system,
                 "target_id": e.target_id,
+                "state": "done",
             }
             for e in effects
             if e.effect_key not in known
         ]
         if rows:
             await session.execute(insert(SyncEffect), rows)
+        for effect in effects:
+            if known.get(effect.effect_key) == "started":
+                await session.execute(
+                    update(SyncEffect)
+                    .where(SyncEffect.effect_key == effect.effect_key, SyncEffect.state == "started")
+                    .values(state="done", target_id=effect.target_id, event_id=str(event.id))
+                )
 
     @staticmethod
     async def _resolve(

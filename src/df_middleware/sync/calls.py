@@ -54,7 +54,8 @@ from df_middleware.sync.contacts import (
     ghl_update,
 )
 from df_middleware.sync.conversations import ConversationCache
-from df_middleware.sync.effects import EchoGuard, EffectLedger, skipped, success
+from df_middleware.sync.echoes import EchoGuard
+from df_middleware.sync.effects import EffectLedger, skipped, success
 from df_middleware.sync.identity import ContactMappings, PersonKeys, resolve_ghl_contact
 from df_middleware.sync.registry import (
     ClaimedEvent,
@@ -504,7 +505,8 @@ async def _resolve_contact(run: _Run, contact: Mapping[str, Any]) -> str | None:
     if aloware_contact_id is None and keys.empty:
         return None
     mappings = ContactMappings(run.ctx.db)
-    first_link = aloware_contact_id is not None and await mappings.by_aloware_id(aloware_contact_id) is None
+    linked = await mappings.by_aloware_id(aloware_contact_id) if aloware_contact_id is not None else None
+    first_link = aloware_contact_id is not None and (linked is None or linked.deleted_at is not None)
     resolved = await resolve_ghl_contact(mappings, run.ghl, keys, aloware_contact_id=aloware_contact_id)
     if resolved is not None:
         ghl_contact_id = resolved.ghl_contact_id
@@ -519,7 +521,11 @@ async def _resolve_contact(run: _Run, contact: Mapping[str, Any]) -> str | None:
         async def create() -> str | None:
             return (await run.ghl.upsert_contact(upsert)).contact.id
 
-        outcome = await run.ledger.perform(key, "ghl", create)
+        async def find_existing() -> str | None:
+            found = await run.ghl.find_contact(phone=keys.phone, email=keys.email)
+            return found.id if found is not None else None
+
+        outcome = await run.ledger.perform(key, "ghl", create, find_existing=find_existing)
         if outcome.target_id is None:
             return None
         ghl_contact_id = outcome.target_id

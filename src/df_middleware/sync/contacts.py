@@ -35,7 +35,8 @@ from df_middleware.connectors.http import RemoteNotFound
 from df_middleware.db.types import utcnow
 from df_middleware.errors import RetryableError
 from df_middleware.phones import normalize_email, normalize_phone
-from df_middleware.sync.effects import EchoGuard, EffectLedger, fingerprint, skipped, success
+from df_middleware.sync.echoes import EchoGuard
+from df_middleware.sync.effects import EffectLedger, fingerprint, skipped, success
 from df_middleware.sync.identity import (
     ContactMappings,
     GhlSighting,
@@ -329,6 +330,9 @@ async def handle_ghl_contact_upsert(ctx: HandlerContext, event: ClaimedEvent) ->
     if await echoes.is_echo("ghl", contact_id, profile):
         return skipped(event, GHL_TO_ALOWARE, ECHO)
     mapping = await mappings.by_ghl_id(contact_id)
+    if mapping is not None and mapping.deleted_at is not None:
+        # A late or replayed change of a contact GHL deleted since: R-C-4, it is not synced again.
+        return skipped(event, GHL_TO_ALOWARE, f"GHL contact {contact_id} was deleted")
     if mapping is not None and mapping.is_stale("ghl", event_at):
         return skipped(event, GHL_TO_ALOWARE, STALE)
     digest = profile_fingerprint(profile)
@@ -402,8 +406,7 @@ async def handle_ghl_contact_delete(ctx: HandlerContext, event: ClaimedEvent) ->
     mappings = ContactMappings(ctx.db)
     mapping = await mappings.by_ghl_id(contact_id)
     if mapping is None or mapping.aloware_contact_id is None:
-        if mapping is not None:
-            await mappings.mark_deleted(contact_id)
+        await mappings.mark_deleted(contact_id)  # also retires the ledger's record of creating it
         return skipped(event, GHL_TO_ALOWARE, NOT_MAPPED)
     if mapping.deleted_at is not None:
         return skipped(event, GHL_TO_ALOWARE, "already deleted")
@@ -602,8 +605,14 @@ async def _create_ghl_contact(
         created.append(answer.contact)
         return answer.contact.id
 
+    async def find_existing() -> str | None:
+        found = await ghl.find_contact(phone=profile.get("phone"), email=profile.get("email"))
+        return found.id if found is not None else None
+
     ledger = EffectLedger(ctx.db, event)
-    outcome = await ledger.perform(f"ghl:contact-for-aloware:{aloware_id}", "ghl", create)
+    outcome = await ledger.perform(
+        f"ghl:contact-for-aloware:{aloware_id}", "ghl", create, find_existing=find_existing
+    )
     if outcome.target_id is None:
         raise RetryableError(f"ghl: contact upsert for Aloware contact {aloware_id} returned no id")
     if created:

@@ -1,43 +1,60 @@
-"""What makes processing safe to repeat: the effect ledger, echo fingerprints and audit rows.
+"""What makes processing safe to repeat: the effect ledger, fingerprints and audit rows.
 
 - **Effects (R-IDEM-2).** A non-idempotent remote write (create a note, add a message, send an
-  SMS, create a contact) is made through `EffectLedger.perform(key, …)`: when `sync_effects`
-  already holds the key the write is skipped and its recorded target id returned; otherwise the
-  write is made and the key recorded *at once*, in its own small transaction. Recording at once
-  (rather than only with the event's final outcome) is what keeps a handler that makes three
-  writes and fails on the third from repeating the first two when it is retried; the worker
-  records the handler's effects again with the outcome, which is a no-op for keys already there.
-  A write whose answer was lost (timeout after GHL did the work) leaves no key: callers that can
-  find the write remotely (a note's `[df:<key>]` marker, a message's `altId`) look before
-  repeating it (R-CALL-4).
-- **Echoes (R-LOOP-1).** After writing fields to an entity, `EchoGuard.remember` stores their
-  fingerprint for ECHO_TTL_SECONDS; the webhook that write causes comes back with the same fields,
-  and `EchoGuard.is_echo` recognises it, so GHL ⇄ Aloware never ping-pong.
-- **Fingerprints (R-C-3).** `fingerprint(fields)` is the canonical hash both use, and what
-  `contact_mappings.last_synced_fingerprint` stores.
+  SMS, create a contact) is made through `EffectLedger.perform(key, …)`, in three steps, each its
+  own small committed transaction: the *intent* (`state = started`) before the request leaves,
+  the request, the *outcome* (`done`, with the id the write made) the moment it answers. So the
+  ledger alone tells, whatever ended an earlier run — an exception, a lost answer, a cancellation
+  at shutdown, a killed process:
+  no row → never attempted, write; `done` → made, skip and reuse its id; `started` → *maybe
+  done*: look for it remotely (a note's `[df:<key>]` marker, a message's `altId`, a contact by
+  phone) and record what is found, else write; a write that cannot be looked up (a Verity send)
+  is never repeated: `EffectMaybeDone`, held for the operator (the texting flow resolves it when
+  Verity's receipt shows the send). A failure that certainly changed nothing (a refusal, a 429,
+  no connection: `write_not_made`) drops the intent, so its retry writes at once.
+  Recording at once (not only with the event's final outcome) keeps a handler that makes three
+  writes and fails on the third from repeating the first two; the worker records the handler's
+  effects again with the outcome, a no-op for keys already done.
+- **Fingerprints (R-C-3).** `fingerprint(fields)` is the canonical hash the echo guard
+  (`sync/echoes.py`, R-LOOP-1) and `contact_mappings.last_synced_fingerprint` use.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from df_middleware.canonical import canonical_sha256
-from df_middleware.db.models import EchoGuard as EchoGuardRow
-from df_middleware.db.models import SyncEffect, SyncLog
+from df_middleware.connectors.http import write_not_made
+from df_middleware.db.models import SyncEffect
 from df_middleware.db.session import Database
 from df_middleware.db.types import utcnow
+from df_middleware.errors import PermanentError, RetryableError
+from df_middleware.observability import get_logger
 from df_middleware.sync.registry import ClaimedEvent, EffectRecord, HandlerResult, SyncLogEntry
+
+log = get_logger(__name__)
 
 
 def fingerprint(fields: Mapping[str, Any]) -> str:
     """SHA-256 of the canonical JSON of `fields` with empty values dropped (None and "" mean the
     same thing to every system we sync, so they must not make two profiles differ)."""
     return canonical_sha256({k: v for k, v in fields.items() if v not in (None, "", [], {})})
+
+
+#: `sync_effects.state`: an intent, committed before the request leaves (its outcome unknown).
+STARTED = "started"
+#: The write's outcome is recorded (`target_id` is what it made).
+DONE = "done"
+#: A record retired because what it made is gone (a deleted GHL contact): history only.
+SUPERSEDED = "superseded"
+#: Effect keys whose write creates a GHL contact (their target is the contact's id).
+CONTACT_EFFECT_PREFIX = "ghl:contact"
 
 
 @dataclass(frozen=True)
@@ -47,19 +64,58 @@ class EffectOutcome:
     already_done: bool
 
 
+class EffectMaybeDone(PermanentError):
+    """An earlier run started this write and was interrupted before its outcome was recorded, and
+    the write cannot be looked up remotely: it is *maybe done* (R-IDEM-2) and never repeated
+    blindly. The event is dead-lettered with this message for an operator to check."""
+
+    def __init__(self, key: str, target_system: str) -> None:
+        super().__init__(
+            f"{target_system} write {key} may already have been made: an earlier run was interrupted "
+            "after sending it, before its outcome was recorded; not repeated"
+        )
+        self.key = key
+
+
 async def record_effect(
     db: Database, key: str, target_system: str, target_id: str | None, *, event_id: str
 ) -> None:
-    """Record in `sync_effects` that the write `key` happened, made for event `event_id`; an
-    existing key is left as it is."""
+    """Record in `sync_effects` that the write `key` happened, made for event `event_id`: an
+    intent becomes `done` with its target id; a key already done is left as it is."""
     async with db.session() as session:
-        exists = await session.scalar(select(SyncEffect.id).where(SyncEffect.effect_key == key))
-        if exists is None:
+        row = await session.scalar(select(SyncEffect).where(SyncEffect.effect_key == key))
+        if row is None:
             session.add(
                 SyncEffect(
-                    effect_key=key, event_id=event_id, target_system=target_system, target_id=target_id
+                    effect_key=key,
+                    event_id=event_id,
+                    target_system=target_system,
+                    target_id=target_id,
+                    state=DONE,
                 )
             )
+        elif row.state == STARTED:
+            row.state, row.target_id, row.event_id = DONE, target_id, event_id
+
+
+async def retire_contact_effects(session: AsyncSession, ghl_contact_id: str) -> int:
+    """The GHL contact was deleted (R-C-4): the records of creating it are retired — kept as
+    history under a suffixed key, state `superseded` — so a later create for the same person
+    makes a live contact instead of answering with the dead id from the ledger."""
+    result = await session.execute(
+        update(SyncEffect)
+        .where(
+            SyncEffect.target_system == "ghl",
+            SyncEffect.target_id == ghl_contact_id,
+            SyncEffect.effect_key.startswith(CONTACT_EFFECT_PREFIX, autoescape=True),
+            SyncEffect.state == DONE,
+        )
+        .values(
+            effect_key=SyncEffect.effect_key + f"#superseded:{utcnow().isoformat()}",
+            state=SUPERSEDED,
+        )
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 @dataclass
@@ -69,23 +125,6 @@ class EffectLedger:
     db: Database
     event: ClaimedEvent
     performed: list[EffectRecord] = field(default_factory=list)
-    _ran_before: bool | None = None
-
-    async def ran_before(self) -> bool:
-        """Whether an earlier run of this event may have made writes we did not record: a retry
-        (attempts > 1, which includes a crash: the lease expired and the event was re-claimed) or a
-        replay of an event that had already ended (it has sync_log rows). On a first run nothing
-        can exist remotely yet, so remote look-ups are skipped and cost no API call."""
-        if self._ran_before is None:
-            if self.event.attempts > 1:
-                self._ran_before = True
-            else:
-                async with self.db.session() as session:
-                    earlier = await session.scalar(
-                        select(SyncLog.id).where(SyncLog.correlation_id == str(self.event.id)).limit(1)
-                    )
-                self._ran_before = earlier is not None
-        return self._ran_before
 
     async def lookup(self, key: str) -> SyncEffect | None:
         async with self.db.session() as session:
@@ -95,9 +134,37 @@ class EffectLedger:
             return found
 
     async def record(self, key: str, target_system: str, target_id: str | None) -> None:
-        """Record a write that happened (idempotent: an existing key is left as it is)."""
+        """Record a write that happened (an intent becomes `done`; a done key is left as is)."""
         await record_effect(self.db, key, target_system, target_id, event_id=str(self.event.id))
         self.performed.append(EffectRecord(effect_key=key, target_system=target_system, target_id=target_id))
+
+    async def _intend(self, key: str, target_system: str) -> None:
+        """Commit the intent before the request leaves: whatever ends this run from here on — an
+        exception, a cancellation at shutdown, a killed process — the next run knows the write
+        may have been made."""
+        try:
+            async with self.db.session() as session:
+                session.add(
+                    SyncEffect(
+                        effect_key=key,
+                        event_id=str(self.event.id),
+                        target_system=target_system,
+                        target_id=None,
+                        state=STARTED,
+                    )
+                )
+        except IntegrityError as exc:
+            raise RetryableError(f"effect {key} is being written by another run; retrying") from exc
+
+    async def _abandon(self, key: str) -> None:
+        """The write certainly did not happen: drop the intent so that a retry simply writes."""
+        try:
+            async with self.db.session() as session:
+                await session.execute(
+                    delete(SyncEffect).where(SyncEffect.effect_key == key, SyncEffect.state == STARTED)
+                )
+        except Exception as exc:  # the intent stays: the next run looks before writing (safe)
+            log.warning("could not drop an effect intent", effect_key=key, error=type(exc).__name__)
 
     async def perform(
         self,
@@ -109,55 +176,34 @@ class EffectLedger:
     ) -> EffectOutcome:
         """Make `write` once per `key`, ever; returns the target id (from the ledger when done).
 
-        `find_existing`, when given, looks for the write in the remote system before making it
-        (a note's marker, a message's altId) whenever an earlier run may have made it
-        (`ran_before`): a write whose answer was lost is then recorded, not repeated.
+        The intent is committed before `write` runs and becomes `done` with its result. An intent
+        found with no outcome is a write an earlier run may have made (R-IDEM-2, whatever ended
+        that run): `find_existing` looks for it remotely (a note's marker, a message's altId, a
+        contact by phone) and a write found is recorded, not repeated; a write that cannot be
+        looked up (no `find_existing`) raises `EffectMaybeDone` instead of being repeated. When
+        `write` fails in a way that certainly changed nothing (`write_not_made`), the intent is
+        dropped and a retry writes without looking.
         """
         existing = await self.lookup(key)
-        if existing is not None:
+        if existing is not None and existing.state == DONE:
             return EffectOutcome(key, existing.target_id, already_done=True)
-        if find_existing is not None and await self.ran_before():
+        if existing is not None and existing.state == STARTED:
+            if find_existing is None:
+                raise EffectMaybeDone(key, target_system)
             found = await find_existing()
             if found is not None:
                 await self.record(key, target_system, found)
                 return EffectOutcome(key, found, already_done=True)
-        target_id = await write()
+        else:
+            await self._intend(key, target_system)
+        try:
+            target_id = await write()
+        except Exception as exc:
+            if write_not_made(exc):
+                await self._abandon(key)
+            raise
         await self.record(key, target_system, target_id)
         return EffectOutcome(key, target_id, already_done=False)
-
-
-class EchoGuard:
-    """Fingerprints of our own recent writes (R-LOOP-1)."""
-
-    def __init__(self, db: Database, ttl_seconds: int) -> None:
-        self.db = db
-        self.ttl = timedelta(seconds=ttl_seconds)
-
-    async def remember(self, system: str, entity_id: str, fields: Mapping[str, Any]) -> str:
-        """We just wrote `fields` to `system`'s entity: its webhook about them is an echo."""
-        digest = fingerprint(fields)
-        now = utcnow()
-        async with self.db.session() as session:
-            await session.execute(delete(EchoGuardRow).where(EchoGuardRow.expires_at < now))
-            session.add(
-                EchoGuardRow(
-                    system=system, entity_id=entity_id, fingerprint=digest, expires_at=now + self.ttl
-                )
-            )
-        return digest
-
-    async def is_echo(self, system: str, entity_id: str, fields: Mapping[str, Any]) -> bool:
-        """Whether `system` reporting these fields for the entity is the echo of our own write."""
-        async with self.db.session() as session:
-            found = await session.scalar(
-                select(EchoGuardRow.id).where(
-                    EchoGuardRow.system == system,
-                    EchoGuardRow.entity_id == entity_id,
-                    EchoGuardRow.fingerprint == fingerprint(fields),
-                    EchoGuardRow.expires_at >= utcnow(),
-                )
-            )
-        return found is not None
 
 
 def success(

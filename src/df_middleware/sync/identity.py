@@ -23,14 +23,16 @@ from typing import Any, Literal
 
 from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from df_middleware.connectors.ghl import GhlClient
 from df_middleware.connectors.ghl_models import Contact
 from df_middleware.db.models import ContactMapping, WebhookEvent
 from df_middleware.db.session import Database
 from df_middleware.db.types import utcnow
-from df_middleware.errors import RetryableError
+from df_middleware.errors import PermanentError, RetryableError
 from df_middleware.phones import normalize_email, normalize_phone
+from df_middleware.sync.effects import retire_contact_effects
 
 #: Queue statuses of an event whose change may not be applied yet.
 UNAPPLIED_STATUSES = ("pending", "processing", "quarantined")
@@ -133,6 +135,14 @@ class MappingConflict(RetryableError):
     """Two writers raced on one person's mapping; the retry finds the row the other wrote."""
 
 
+class ContactDeleted(PermanentError):
+    """A flow asked to map a GHL contact that was deleted (R-C-4): it is never written again."""
+
+    def __init__(self, ghl_contact_id: str) -> None:
+        super().__init__(f"GHL contact {ghl_contact_id} was deleted; it is not written to again")
+        self.ghl_contact_id = ghl_contact_id
+
+
 class ContactMappings:
     """Reads and upserts of `contact_mappings`."""
 
@@ -170,20 +180,23 @@ class ContactMappings:
         direction: str,
         fingerprint: str | None = None,
     ) -> MappingView:
-        """Create or complete the person's mapping (R-ID-3); returns it as stored.
+        """Create or complete the person's live mapping (R-ID-3); returns it as stored.
 
         Identity columns only ever gain values: a known Aloware id is never replaced by None, and
-        a phone or email is updated only to a valid new value. A deleted mapping that comes back
-        (the contact is synced again) is revived.
+        a phone or email is updated only to a valid new value. Only live rows are candidates: a
+        deleted GHL contact's row is history (R-C-4) and keeps its ids, and the person's new GHL
+        contact gets a row of its own (the unique indexes hold for live rows only). A deleted GHL
+        contact is never mapped again: asking for it raises `ContactDeleted`.
         """
         keys = keys or PersonKeys(None, None)
         aloware = str(aloware_contact_id) if aloware_contact_id is not None else None
+        live = ContactMapping.deleted_at.is_(None)
         try:
             async with self.db.session() as session:
                 conditions = [ContactMapping.ghl_contact_id == ghl_contact_id]
                 if aloware is not None:
                     conditions.append(ContactMapping.aloware_contact_id == aloware)
-                rows = list(await session.scalars(select(ContactMapping).where(or_(*conditions))))
+                rows = list(await session.scalars(select(ContactMapping).where(live, or_(*conditions))))
                 row = next((r for r in rows if r.ghl_contact_id == ghl_contact_id), None)
                 row = row or next(
                     (r for r in rows if aloware is not None and r.aloware_contact_id == aloware), None
@@ -192,17 +205,25 @@ class ContactMappings:
                     row = await session.scalar(
                         select(ContactMapping)
                         .where(
+                            live,
                             ContactMapping.phone_number == keys.phone,
                             ContactMapping.aloware_contact_id.is_(None),
                         )
                         .limit(1)
                     )
                 if row is None:
+                    deleted = await session.scalar(
+                        select(ContactMapping.id)
+                        .where(ContactMapping.ghl_contact_id == ghl_contact_id)
+                        .limit(1)
+                    )
+                    if deleted is not None:
+                        raise ContactDeleted(ghl_contact_id)
                     row = ContactMapping(ghl_contact_id=ghl_contact_id, sync_direction=direction)
                     session.add(row)
-                if row.ghl_contact_id != ghl_contact_id or row.deleted_at is not None:
-                    # Another GHL contact (or the same one back from deletion): what we saw of
-                    # the old one says nothing about it.
+                if row.ghl_contact_id != ghl_contact_id:
+                    # The person's row moves to another GHL contact: what we saw of the old one
+                    # says nothing about the new one.
                     row.ghl_profile, row.ghl_profile_at = None, None
                 row.ghl_contact_id = ghl_contact_id
                 if aloware is not None:
@@ -215,7 +236,6 @@ class ContactMappings:
                     row.last_synced_fingerprint = fingerprint
                 row.sync_direction = direction
                 row.last_synced_at = utcnow()
-                row.deleted_at = None
                 await session.flush()
                 return MappingView.of(row)
         except IntegrityError as exc:
@@ -223,12 +243,18 @@ class ContactMappings:
                 f"contact mapping for GHL {ghl_contact_id} changed concurrently; retrying"
             ) from exc
 
+    async def _live_row(self, session: AsyncSession, ghl_contact_id: str) -> ContactMapping | None:
+        row: ContactMapping | None = await session.scalar(
+            select(ContactMapping).where(
+                ContactMapping.ghl_contact_id == ghl_contact_id, ContactMapping.deleted_at.is_(None)
+            )
+        )
+        return row
+
     async def set_fingerprint(self, ghl_contact_id: str, fingerprint: str) -> None:
         """What we last wrote for this person (R-C-3)."""
         async with self.db.session() as session:
-            row = await session.scalar(
-                select(ContactMapping).where(ContactMapping.ghl_contact_id == ghl_contact_id)
-            )
+            row = await self._live_row(session, ghl_contact_id)
             if row is not None:
                 row.last_synced_fingerprint = fingerprint
                 row.last_synced_at = utcnow()
@@ -239,9 +265,7 @@ class ContactMappings:
         if event_at is None:
             return
         async with self.db.session() as session:
-            row = await session.scalar(
-                select(ContactMapping).where(ContactMapping.ghl_contact_id == ghl_contact_id)
-            )
+            row = await self._live_row(session, ghl_contact_id)
             if row is None:
                 return
             if side == "ghl" and (row.ghl_event_at is None or event_at > row.ghl_event_at):
@@ -266,9 +290,7 @@ class ContactMappings:
         change the webhook reports may be that very field)."""
         seen_at = seen_at or utcnow()
         async with self.db.session() as session:
-            row = await session.scalar(
-                select(ContactMapping).where(ContactMapping.ghl_contact_id == ghl_contact_id)
-            )
+            row = await self._live_row(session, ghl_contact_id)
             if row is None or (row.ghl_profile_at is not None and seen_at < row.ghl_profile_at):
                 return
             sighting: GhlSighting | None = None
@@ -303,11 +325,15 @@ class ContactMappings:
         return None if waiting is not None else mapping.ghl_seen
 
     async def mark_deleted(self, ghl_contact_id: str) -> MappingView | None:
-        """R-C-4: the GHL contact was deleted; the mapping is kept, marked, for history."""
+        """R-C-4: the GHL contact was deleted. The mapping is kept, marked, as history; and the
+        ledger's record of creating that contact is retired (`retire_contact_effects`), so the
+        person's next activity finds or creates a live contact instead of reusing the dead id."""
         async with self.db.session() as session:
-            row = await session.scalar(
-                select(ContactMapping).where(ContactMapping.ghl_contact_id == ghl_contact_id)
+            row = await self._live_row(session, ghl_contact_id)
+            row = row or await session.scalar(
+                select(ContactMapping).where(ContactMapping.ghl_contact_id == ghl_contact_id).limit(1)
             )
+            await retire_contact_effects(session, ghl_contact_id)
             if row is None:
                 return None
             if row.deleted_at is None:

@@ -48,7 +48,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-import httpx
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -60,12 +59,7 @@ from df_middleware.connectors.ghl_models import (
     MessageStatus,
     ProviderError,
 )
-from df_middleware.connectors.http import (
-    RemoteNotFound,
-    RemoteRejected,
-    RemoteUnauthorized,
-    RemoteUnavailable,
-)
+from df_middleware.connectors.http import RemoteNotFound, RemoteRejected, write_not_made
 from df_middleware.connectors.verity import VerityClient
 from df_middleware.db.models import MessageMapping, OptoutRegistry, SyncEffect, WebhookEvent
 from df_middleware.db.session import Database
@@ -73,7 +67,7 @@ from df_middleware.db.types import utcnow
 from df_middleware.errors import PermanentError, RetryableError
 from df_middleware.phones import normalize_phone
 from df_middleware.sync.conversations import ConversationCache
-from df_middleware.sync.effects import EffectLedger, record_effect, skipped, success
+from df_middleware.sync.effects import EffectLedger, EffectMaybeDone, record_effect, skipped, success
 from df_middleware.sync.identity import ContactMappings, PersonKeys, resolve_ghl_contact
 from df_middleware.sync.registry import (
     ClaimedEvent,
@@ -177,18 +171,11 @@ MIRROR_REASONS: dict[MirrorDecision, str] = {
 def classify_send_failure(exc: Exception) -> SendFailure:
     """Whether a failed Verity send certainly did not go out (safe to retry) or may have.
 
-    Refusals before any processing (429, 503, 401, a 4xx) and failures to connect did not send.
-    A timeout after the request left, a 500/502/504, or a broken connection may have sent it, and
-    a retry could text the person twice, so those are not retried automatically.
+    Refusals before any processing (429, 503, 401, a 4xx) and failures to connect did not send
+    (`write_not_made`). A timeout after the request left, a 500/502/504, or a broken connection
+    may have sent it, and a retry could text the person twice, so those are not retried.
     """
-    if isinstance(exc, RemoteUnauthorized | RemoteRejected):
-        return "not_sent"
-    if isinstance(exc, RemoteUnavailable):
-        if exc.status_code in (429, 503):
-            return "not_sent"
-        if exc.status_code is None and isinstance(exc.__cause__, httpx.ConnectError | httpx.ConnectTimeout):
-            return "not_sent"
-    return "unknown"
+    return "not_sent" if write_not_made(exc) else "unknown"
 
 
 def _attachments(payload: Mapping[str, Any]) -> list[str]:
@@ -422,7 +409,13 @@ async def _person_in_ghl(
             )
             return answer.contact.id
 
-        outcome = await ledger.perform(f"ghl:contact:texting:{key}", "ghl", create)
+        async def find_existing() -> str | None:
+            found = await ghl.find_contact(phone=phone)
+            return found.id if found is not None else None
+
+        outcome = await ledger.perform(
+            f"ghl:contact:texting:{key}", "ghl", create, find_existing=find_existing
+        )
         contact_id = outcome.target_id
         if contact_id is None:  # pragma: no cover - create() always returns an id
             raise PermanentError(f"no GHL contact id recorded for texting message {key}")
@@ -757,11 +750,16 @@ async def handle_provider_outbound(ctx: HandlerContext, event: ClaimedEvent) -> 
             "sent and its GHL message set failed; configure Verity and replay to send it"
         )
     ledger = EffectLedger(ctx.db, event)
-    outcome = await ledger.perform(
-        f"{SEND_EFFECT_PREFIX}{ghl_message_id}",
-        "verity",
-        lambda: _send(verity, ghl, phone, body, ghl_message_id),
-    )
+    try:
+        outcome = await ledger.perform(
+            f"{SEND_EFFECT_PREFIX}{ghl_message_id}",
+            "verity",
+            lambda: _send(verity, ghl, phone, body, ghl_message_id),
+        )
+    except EffectMaybeDone as exc:
+        # An earlier run asked Verity to send and was interrupted (killed, or cancelled at
+        # shutdown) before the answer was recorded: the text may be out. Never sent again.
+        raise await _hold_unconfirmed(ghl, ghl_message_id, "an earlier run was interrupted mid-send") from exc
     texting_message_id = outcome.target_id
     await messages.record(
         texting_message_id=texting_message_id,
@@ -802,22 +800,31 @@ async def _send(
     except RetryableError as exc:
         if classify_send_failure(exc) == "not_sent":
             raise
-        if ghl is not None:
-            await ghl.update_message_status(
-                ghl_message_id,
-                "failed",
-                error=ProviderError(
-                    code="send_unconfirmed",
-                    type=PROVIDER_ERROR_TYPE,
-                    message="The texting system did not confirm the send; it may or may not have gone out",
-                ),
-            )
-        raise PermanentError(
-            f"{UNCONFIRMED_ERROR} ({exc}); it may have been sent: if Verity's message.sent for the "
-            f"same number and text arrives within 24 h this event is resolved by it; otherwise check "
-            f"Verity for correlation id {ghl_message_id} before replaying (a replay sends again)"
-        ) from exc
+        raise await _hold_unconfirmed(ghl, ghl_message_id, str(exc)) from exc
     return sent.message_id
+
+
+async def _hold_unconfirmed(ghl: GhlClient | None, ghl_message_id: str, why: str) -> PermanentError:
+    """A send that may have gone out and cannot be looked up at Verity (R-IDEM-2): the GHL message
+    is set failed (`send_unconfirmed`) and the error to dead-letter the event with is returned.
+    Verity's `message.sent` for the same number and text resolves it (`_confirm_late`); an
+    operator who checked Verity and found nothing replays it with `--resend-unconfirmed`."""
+    if ghl is not None:
+        await ghl.update_message_status(
+            ghl_message_id,
+            "failed",
+            error=ProviderError(
+                code="send_unconfirmed",
+                type=PROVIDER_ERROR_TYPE,
+                message="The texting system did not confirm the send; it may or may not have gone out",
+            ),
+        )
+    return PermanentError(
+        f"{UNCONFIRMED_ERROR} ({why}); it may have been sent: if Verity's message.sent for the "
+        f"same number and text arrives within 24 h this event is resolved by it; otherwise check "
+        f"Verity for correlation id {ghl_message_id}, and if it was not sent replay with "
+        f"--resend-unconfirmed"
+    )
 
 
 def outbound_body(payload: Mapping[str, Any]) -> str:
