@@ -8,6 +8,10 @@ receipts back into ingest). The pure decisions are unit-tested without I/O at th
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -390,6 +394,53 @@ async def test_r_txt_5_other_text_to_the_number_does_not_resolve_an_unconfirmed_
     copies = {m.get("altId") for m in ghl_messages(world) if m["id"] != payload["messageId"]}
     assert copies == {"tlx_OTHER_TEXT", "tlx_DAY_BEFORE"}
     assert ghl_message(world, payload["messageId"])["status"] == "failed"
+
+
+async def test_r_txt_5_an_unconfirmed_send_is_resent_only_on_the_operators_word(world: SyncWorld) -> None:
+    """R-IDEM-2, R-TXT-5: the request left and Verity answered 504 without sending. The send is
+    maybe done: dead-lettered, and a plain replay does not send either (the intent stands). The
+    operator checks Verity, finds nothing, and replays with `events replay --resend-unconfirmed`
+    (the real command, as a process): the text goes out exactly once and follows its receipts."""
+    world.verity.faults(error_rate=1.0, error_status=504)  # answered 504 before any send
+    payload = agent_send(world)
+    await world.deliver_provider_message(payload)
+    await world.process()
+    world.verity.faults()
+    [event] = await rows(world.db, WebhookEvent)
+    assert event.status == "error"
+    assert "Verity send not confirmed" in (event.error_message or "")
+
+    await replay_event(world.db, event.id)
+    await world.process()
+    assert world.verity.sim.sent_messages == []
+    [event] = await rows(world.db, WebhookEvent)
+    assert event.status == "error"
+    assert ghl_message(world, payload["messageId"])["status"] == "failed"
+
+    env = {"PATH": os.environ.get("PATH", ""), "DATABASE_URL": world.settings.database_url}
+    replay = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "df_middleware.cli",
+            "events",
+            "replay",
+            str(event.id),
+            "--resend-unconfirmed",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert replay.returncode == 0, replay.stderr
+    await world.process()
+    await settle(world)
+    assert len(world.verity.sim.sent_messages) == 1
+    [event] = await rows(world.db, WebhookEvent)
+    assert event.status == "done"
+    assert ghl_message(world, payload["messageId"])["status"] == "delivered"
 
 
 # --- R-TXT-2 ---------------------------------------------------------------------------------------

@@ -124,12 +124,26 @@ def _event_action(action: Callable[[Any], Awaitable[Any]], done: str) -> None:
 
 
 @events_app.command("replay")
-def events_replay(event_id: Annotated[str, typer.Argument(help="Event id")]) -> None:
-    """Put an event back in the queue to be processed again."""
+def events_replay(
+    event_id: Annotated[str, typer.Argument(help="Event id")],
+    resend_unconfirmed: Annotated[
+        bool,
+        typer.Option(
+            "--resend-unconfirmed",
+            help="You checked the remote system and the event's unconfirmed writes (e.g. an SMS "
+            "Verity never confirmed) were NOT made: make them again. Without it they never are.",
+        ),
+    ] = False,
+) -> None:
+    """Put an event back in the queue to be processed again (writes already made are not repeated)."""
     from df_middleware.queue.operations import replay_event
 
     wanted = _event_id(event_id)
-    _event_action(lambda db: replay_event(db, wanted), f"{event_id} queued for replay")
+    _event_action(
+        lambda db: replay_event(db, wanted, actor="cli", resend_unconfirmed=resend_unconfirmed),
+        f"{event_id} queued for replay"
+        + (" (unconfirmed writes will be made again)" if resend_unconfirmed else ""),
+    )
 
 
 @events_app.command("quarantine")

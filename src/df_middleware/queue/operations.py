@@ -328,6 +328,7 @@ async def get_event(db: Database, event_id: uuid.UUID | str) -> dict[str, Any] |
                 "effect_key": effect.effect_key,
                 "target_system": effect.target_system,
                 "target_id": effect.target_id,
+                "state": effect.state,
                 "created_at": _iso(effect.created_at),
             }
             for effect in effects
@@ -413,20 +414,40 @@ async def _summary_of(session: AsyncSession, event_id: uuid.UUID) -> dict[str, A
 
 
 async def replay_event(
-    db: Database, event_id: uuid.UUID | str, *, actor: str | None = None
+    db: Database,
+    event_id: uuid.UUID | str,
+    *,
+    actor: str | None = None,
+    resend_unconfirmed: bool = False,
 ) -> dict[str, Any]:
     """Process an event again from scratch: `pending`, due now, attempts reset.
 
     Recorded effects are kept, so remote writes the event already made are not made twice
-    (R-IDEM-1). Refused for quarantined events (un-quarantine first) and events in processing.
+    (R-IDEM-1), and an unconfirmed write (an intent with no outcome: maybe done, R-IDEM-2) is
+    still not repeated. `resend_unconfirmed` is the operator's word that they checked the remote
+    system and those writes were not made: the event's intents are dropped with the replay, so
+    it makes them again. Refused for quarantined events (un-quarantine first) and events in
+    processing.
     """
     key = _as_uuid(event_id)
     async with db.session() as session:
         _, previous = await _transition(
             session, key, action="replay", allowed_from=REPLAYABLE_STATUSES, values=_back_to_pending()
         )
+        forgotten = 0
+        if resend_unconfirmed:
+            result = await session.execute(
+                delete(SyncEffect).where(SyncEffect.event_id == str(key), SyncEffect.state == "started")
+            )
+            forgotten = int(getattr(result, "rowcount", 0) or 0)
         summary = await _summary_of(session, key)
-    log.info("event replayed", event_id=str(key), previous_status=previous, actor=actor)
+    log.info(
+        "event replayed",
+        event_id=str(key),
+        previous_status=previous,
+        actor=actor,
+        unconfirmed_writes_forgotten=forgotten,
+    )
     return summary
 
 
