@@ -12,6 +12,8 @@ Rules worth knowing:
 - `quarantine_events` lists exactly the currently quarantined events: un-quarantining (or
   marking a quarantined event done) deletes the row. The act itself is logged with its actor.
 - Replaying never forgets recorded effects (sync_effects): they are what makes a replay safe.
+  The one exception is the operator's `resend_unconfirmed`, which drops the event's intents
+  (writes of unknown outcome) after the operator checked they were not made.
   For the same reason `prune` keeps every effect and sync_log row of an event that is still
   stored, however old (see `prune`).
 - The worker marks events that a handler resolved done with `mark_done_in`, inside its outcome's
@@ -702,8 +704,8 @@ async def prune(
       `correlation_id`) gone from every event table, which after the first step includes the
       old `done` ones. An event that still exists (pending, processing, error, quarantined, or
       done within the retention) can be replayed, or its webhook redelivered as a duplicate, so
-      its effects (what keeps a replay from repeating a write, R-IDEM-2) and its log rows (what
-      tells a replay it ran before, so lost answers are looked for) stay, however old.
+      its effects (what keeps a replay from repeating a write, intents included, R-IDEM-2) and
+      its log rows (what explains its history) stay, however old.
     - ghl_conversations: not written for longer than the retention, and no live contact
       mapping for the contact (a cache; a forgotten id costs one search).
     - echo_guard: expired. oauth_state_uses: older than OAUTH_STATE_USE_RETENTION.
