@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 from df_middleware.config import Settings
@@ -40,6 +41,7 @@ from df_middleware.connectors.ghl_models import (
     CustomObjectRecord,
     ExternalCall,
     GhlUser,
+    MessagePage,
     MessageResult,
     MessageStatus,
     Note,
@@ -72,6 +74,18 @@ FIELD_CACHE_SECONDS = 600.0
 MAX_PAGE_LIMIT = 100
 #: Hits read when looking a person up by phone or email (exact keys: a handful at most).
 FIND_PAGE_LIMIT = 20
+#: Messages asked for per page of `GET /conversations/{id}/messages`. GHL's document defaults to
+#: 20 and names no maximum; whatever size GHL gives, listings go on by `nextPage`/`lastMessageId`.
+MESSAGE_PAGE_LIMIT = 100
+#: Pages `find_message` reads at most. It runs when an add's answer was lost and the event is
+#: retried, minutes (at worst hours) later: 10 pages are 200 messages added after ours at GHL's
+#: documented page of 20 (1,000 at 100), far more than one person's conversation gets meanwhile.
+#: Each page is one request of the location's budget (100 per 10 s), which a lookup in a huge
+#: conversation must not exhaust.
+FIND_MESSAGE_MAX_PAGES = 10
+#: How far GHL's `dateAdded` may be before the `date` we sent (GHL may stamp the add with its own
+#: clock): a listing newest first is read down to `date` minus this, where ours cannot be.
+FIND_MESSAGE_CLOCK_SKEW = timedelta(minutes=5)
 
 
 class GhlCredentials(Protocol):
@@ -341,7 +355,12 @@ class GhlClient:
     # --- tags and notes --------------------------------------------------------------------------
 
     async def add_tags(self, contact_id: str, tags: Sequence[str]) -> list[str]:
-        """`POST /contacts/{id}/tags` (R-C-5): adding a present tag changes nothing, so repeatable."""
+        """`POST /contacts/{id}/tags` (R-C-5): adding a present tag changes nothing, so repeatable.
+
+        Returns the `tags` of GHL's answer, which GHL's document does not promise to be all the
+        contact's tags (GHL may name only the tags sent): a caller that needs every tag the contact
+        has, e.g. to remove others, uses `tags_after_adding`.
+        """
         body = await self._call(
             "POST",
             f"/contacts/{contact_id}/tags",
@@ -351,8 +370,18 @@ class GhlClient:
         )
         return list(_field(body, "tags") or [])
 
+    async def tags_after_adding(self, contact_id: str, tags: Sequence[str]) -> list[str]:
+        """Add `tags` (`add_tags`), then every tag the contact has (`GET /contacts/{id}`): what a
+        clean-up of other tags must look at (R-CALL-3, the stale `Disposition:` tags), since the
+        add's answer may name only the tags sent. One request more than `add_tags`. Empty when
+        the contact is deleted between the two requests (it has no tags left to clean)."""
+        await self.add_tags(contact_id, tags)
+        contact = await self.get_contact(contact_id)
+        return list(contact.tags) if contact is not None else []
+
     async def remove_tags(self, contact_id: str, tags: Sequence[str]) -> list[str]:
-        """`DELETE /contacts/{id}/tags` (R-C-5)."""
+        """`DELETE /contacts/{id}/tags` (R-C-5). Returns the `tags` of GHL's answer (like
+        `add_tags`'s, not promised to be the contact's remaining tags)."""
         body = await self._call(
             "DELETE",
             f"/contacts/{contact_id}/tags",
@@ -425,13 +454,21 @@ class GhlClient:
         )
         return MessageResult.model_validate(body)
 
-    async def list_messages(
-        self, conversation_id: str, *, limit: int = 100, message_type: str | None = None
-    ) -> list[ConversationMessageRecord]:
-        """The conversation's most recent messages, newest first (one page of up to 100)."""
-        params: dict[str, Any] = {"limit": min(max(limit, 1), 100)}
+    async def message_page(
+        self,
+        conversation_id: str,
+        *,
+        after: str | None = None,
+        limit: int = MESSAGE_PAGE_LIMIT,
+        message_type: str | None = None,
+    ) -> MessagePage:
+        """One page of the conversation's messages, newest first; `after` continues the listing
+        past the previous page (its `last_message_id`). GHL may give fewer than `limit`."""
+        params: dict[str, Any] = {"limit": min(max(limit, 1), MESSAGE_PAGE_LIMIT)}
         if message_type:
             params["type"] = message_type
+        if after:
+            params["lastMessageId"] = after
         body = await self._call(
             "GET",
             f"/conversations/{conversation_id}/messages",
@@ -439,7 +476,14 @@ class GhlClient:
             version=VERSION_CONVERSATIONS,
             params=params,
         )
-        return [ConversationMessageRecord.model_validate(m) for m in _field(body, "messages") or []]
+        return MessagePage.of(body)
+
+    async def list_messages(
+        self, conversation_id: str, *, limit: int = MESSAGE_PAGE_LIMIT, message_type: str | None = None
+    ) -> list[ConversationMessageRecord]:
+        """The conversation's most recent messages, newest first (one page)."""
+        page = await self.message_page(conversation_id, limit=limit, message_type=message_type)
+        return page.messages
 
     async def find_message(
         self,
@@ -450,16 +494,30 @@ class GhlClient:
         date: str | None = None,
         message_type: str | None = None,
     ) -> str | None:
-        """The id of a recent message we may already have added (its answer lost): the one with
-        our `altId` when GHL shows it, else the one with the same text and the same date (we set
-        both). None when there is none; callers then add the message."""
+        """The id of a message we may already have added (its answer lost): the one with our
+        `altId` when GHL shows it, else the one with the same text and the same date (we set
+        both). None when there is none; callers then add the message.
+
+        The conversation is read page by page, newest first, so a busy conversation cannot hide
+        ours beyond the first page; at most FIND_MESSAGE_MAX_PAGES pages, and no further than
+        messages older than `date` (less FIND_MESSAGE_CLOCK_SKEW) while the listing is seen to
+        be newest first: ours cannot be among them.
+        """
         wanted_at = parse_iso8601(date)
-        for message in await self.list_messages(conversation_id, message_type=message_type):
-            if alt_id is not None and message.alt_id == alt_id:
-                return message.id
-            same_text = message.alt_id is None and body is not None and (message.body or "") == body
-            if same_text and (wanted_at is None or parse_iso8601(message.date_added) == wanted_at):
-                return message.id
+        oldest_possible = wanted_at - FIND_MESSAGE_CLOCK_SKEW if wanted_at is not None else None
+        after: str | None = None
+        listing = _NewestFirst()
+        for _ in range(FIND_MESSAGE_MAX_PAGES):
+            page = await self.message_page(conversation_id, after=after, message_type=message_type)
+            for message in page.messages:
+                if _is_ours(message, alt_id, body, wanted_at):
+                    return message.id
+                listing.see(parse_iso8601(message.date_added))
+            if not page.next_page or not page.last_message_id or page.last_message_id == after:
+                return None
+            if oldest_possible is not None and listing.passed(oldest_possible):
+                return None
+            after = page.last_message_id
         return None
 
     async def log_external_call(self, call: ExternalCall) -> MessageResult:
@@ -609,6 +667,38 @@ class GhlClient:
 
 class UnknownCustomField(PermanentError):
     """A custom field key that the location does not define: a configuration error."""
+
+
+def _is_ours(
+    message: ConversationMessageRecord, alt_id: str | None, body: str | None, wanted_at: datetime | None
+) -> bool:
+    """Whether a listed message is the one we added: our `altId`, or (GHL not showing altIds)
+    the same text at the same date."""
+    if alt_id is not None and message.alt_id == alt_id:
+        return True
+    same_text = message.alt_id is None and body is not None and (message.body or "") == body
+    return same_text and (wanted_at is None or parse_iso8601(message.date_added) == wanted_at)
+
+
+class _NewestFirst:
+    """The dates of a message listing as read: whether it is newest first so far, and how old
+    it has got. GHL's document does not state the order, so `find_message` stops early only on
+    what it saw."""
+
+    def __init__(self) -> None:
+        self.ordered = True
+        self.oldest: datetime | None = None
+
+    def see(self, added: datetime | None) -> None:
+        if added is None:
+            return
+        if self.oldest is not None and added > self.oldest:
+            self.ordered = False
+        self.oldest = added if self.oldest is None else min(self.oldest, added)
+
+    def passed(self, moment: datetime) -> bool:
+        """Whether the listing, newest first, has reached messages older than `moment`."""
+        return self.ordered and self.oldest is not None and self.oldest < moment
 
 
 def _field(body: Any, name: str) -> Any:

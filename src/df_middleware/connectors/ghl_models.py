@@ -185,8 +185,11 @@ class CallData(_Request):
 class ConversationMessage(_Request):
     """`POST /conversations/messages/inbound` (ProcessMessageBodyDto) for SMS added by our provider.
 
-    `direction` is `"outbound"` for a text our side sent outside GHL (R-TXT-2); GHL's document
-    types that property as an object, but GHL takes (and its own example shows) the plain string.
+    `direction` is always sent: `"inbound"` for a text the person sent us (R-TXT-1), `"outbound"`
+    for one our side sent outside GHL (R-TXT-2). Despite the endpoint's name, GHL's document gives
+    `outbound` as the default of an absent `direction`, so an inbound text must say so. The
+    document types the property as an object, but GHL takes (and its own example shows) the
+    plain string.
     """
 
     type: Literal["SMS"] = "SMS"
@@ -223,6 +226,23 @@ class ConversationMessageRecord(_Response):
     body: str | None = None
     date_added: str | None = Field(None, alias="dateAdded")
     alt_id: str | None = Field(None, alias="altId")
+
+
+class MessagePage(_Response):
+    """One page of `GET /conversations/{id}/messages`: `next_page` says more follow, asked for
+    with `lastMessageId` = `last_message_id`."""
+
+    messages: list[ConversationMessageRecord] = Field(default_factory=list)
+    last_message_id: str | None = Field(None, alias="lastMessageId")
+    next_page: bool = Field(False, alias="nextPage")
+
+    @classmethod
+    def of(cls, body: Any) -> MessagePage:
+        """The page from an answer flat as GHL's document shows it, or nested under `messages` as
+        GHL's live API answers (GoHighLevel/highlevel-api-docs#54)."""
+        if isinstance(body, dict) and isinstance(body.get("messages"), dict):
+            body = body["messages"]
+        return cls.model_validate(body if isinstance(body, dict) else {})
 
 
 class MessageResult(_Response):

@@ -18,8 +18,16 @@ Everything the middleware's correctness depends on behaves like the real API:
   case-insensitive); custom fields by id or key; tags replaced by PUT/upsert, added and removed by
   the tag endpoints; `dateAdded`/`dateUpdated` kept; advanced search with filters, sort, `page`
   and `searchAfter` cursors (tie-break on id, so paging is stable).
-- **Conversations.** Inbound/outbound messages, provider status updates (`delivered`, `failed`,
-  `pending`, `read` only; `failed` needs `error {code, type, message}`).
+- **Conversations.** Inbound/outbound messages (`POST /conversations/messages/inbound` without a
+  `direction` records an *outbound* message: GHL's documented default), provider status updates
+  (`delivered`, `failed`, `pending`, `read` only; `failed` needs `error {code, type, message}`),
+  and a conversation's messages newest first in pages of `limit` (default 20) continued with
+  `lastMessageId` while `nextPage` is true.
+- **Answers the documents leave open.** GHL's documents allow answers the simulator can be set to
+  give, so that the middleware is tested against them: `tag_answer = "sent"` answers a tag change
+  with only the tags of the request (the documented `tags` promises no more), `message_page_max`
+  caps a message page below the `limit` asked for, and `nest_message_pages` wraps a message page in
+  `{"messages": {...}}` as GHL's live API does (highlevel-api-docs#54).
 - **OAuth.** Code exchange and single-use refresh tokens; a used refresh token is `invalid_grant`.
 - **Webhooks out.** With `webhook_url`, contact changes made through the API (or through the
   `/_sim/ui/*` routes, which act as a GHL user would) are posted as GHL's `Contact*` events,
@@ -103,6 +111,14 @@ OAUTH_TOKEN_ROUTE = "/oauth/token"  # noqa: S105 - a path
 AUTH_CODE_TTL_SECONDS = 600
 #: Standard pagination reaches this many records; beyond it GHL demands `searchAfter`.
 SEARCH_WINDOW = 10_000
+#: `GET /conversations/{id}/messages`: the documented default page, and the largest page given.
+MESSAGE_PAGE_DEFAULT = 20
+MESSAGE_PAGE_MAX = 100
+#: What `POST|DELETE /contacts/{id}/tags` answers in `tags`: the contact's tags after the change,
+#: or only the tags of the request (both fit GHL's document, which promises neither).
+TagAnswer = Literal["contact", "sent"]
+#: `direction` of `POST /conversations/messages/inbound` when the body has none (GHL's document).
+INBOUND_ENDPOINT_DEFAULT_DIRECTION = "outbound"
 _ID_ALPHABET = string.ascii_letters + string.digits
 #: Contact properties a write may set (anything else in a body is ignored, as GHL ignores it).
 PROFILE_FIELDS = (
@@ -651,7 +667,8 @@ class GhlSimulator:
     Operations take the caller's location and raise `GhlError` exactly where GHL answers an error;
     tests may call them directly to seed or inspect state (no webhooks are sent then: webhooks are
     published by the routes). Configuration (webhook URL and key, token lifetime, rate limits)
-    survives `reset()`; data, tokens, counters and deliveries do not.
+    survives `reset()`; data, tokens, counters and deliveries do not. So do the answers the
+    documents leave open (`tag_answer`, `message_page_max`, `nest_message_pages`).
     """
 
     def __init__(self, *, seed: int | None = None) -> None:
@@ -661,6 +678,9 @@ class GhlSimulator:
         self.provider_delivery_url: str | None = None
         self.webhook_signing_key: Ed25519PrivateKey = Ed25519PrivateKey.generate()
         self.access_token_ttl_seconds = 86399
+        self.tag_answer: TagAnswer = "contact"
+        self.message_page_max = MESSAGE_PAGE_MAX
+        self.nest_message_pages = False
         self.rate_limits = LocationRateLimiter()
         self.webhooks = WebhookSender()
         self.reset()
@@ -1051,6 +1071,10 @@ class GhlSimulator:
         removed = {str(t).strip().lower() for t in tags}
         return self._set_tags(contact, [t for t in contact.tags if t.lower() not in removed])
 
+    def tags_answer(self, write: ContactWrite, sent: list[str]) -> list[str]:
+        """The `tags` of a tag change's answer, as `tag_answer` says (see the module docstring)."""
+        return list(write.contact["tags"]) if self.tag_answer == "contact" else _unique_tags(sent)
+
     def _set_tags(self, contact: Contact, tags: list[str]) -> ContactWrite:
         if tags == contact.tags:
             return ContactWrite(contact=contact.as_ghl(), new=False, events=())
@@ -1266,8 +1290,9 @@ class GhlSimulator:
 
     @_synchronized
     def list_messages(self, location_id: str, conversation_id: str, query: Mapping[str, str]) -> JSON:
-        """`GET /conversations/{id}/messages`: newest first, pages of `limit` (max 100) continued
-        with `lastMessageId`, optionally filtered by `type` (comma list of TYPE_… codes)."""
+        """`GET /conversations/{id}/messages`: newest first, pages of `limit` (default 20, at most
+        `message_page_max`) continued with `lastMessageId` (the page's last message) while
+        `nextPage` is true, optionally filtered by `type` (comma list of TYPE_… codes)."""
         conversation = self._conversation(location_id, conversation_id)
         found = sorted(
             (m for m in self.messages.values() if m.conversation_id == conversation.id),
@@ -1281,13 +1306,15 @@ class GhlSimulator:
         if after:
             ids = [m.id for m in found]
             found = found[ids.index(after) + 1 :] if after in ids else []
-        limit = min(max(int(float(query.get("limit", "20"))), 1), 100)
+        asked = int(float(query.get("limit", str(MESSAGE_PAGE_DEFAULT))))
+        limit = min(max(asked, 1), self.message_page_max)
         page = found[:limit]
-        return {
+        answer: JSON = {
             "lastMessageId": page[-1].id if page else "",
             "nextPage": len(found) > limit,
             "messages": [m.as_ghl() for m in page],
         }
+        return {"messages": answer} if self.nest_message_pages else answer
 
     def _record_message(self, conversation: Conversation, message: Message) -> None:
         self.messages[message.id] = message
@@ -1313,7 +1340,7 @@ class GhlSimulator:
         conversation = self._conversation(location_id, body["conversationId"])
         if body["contactId"] != conversation.contact_id:
             raise GhlError.of(400, "The contact does not belong to this conversation", error="Bad Request")
-        direction = body.get("direction") or "inbound"
+        direction = body.get("direction") or INBOUND_ENDPOINT_DEFAULT_DIRECTION
         message = Message(
             id=self.new_id(),
             location_id=location_id,
@@ -1997,16 +2024,18 @@ def _add_api_routes(router: APIRouter, sim: GhlSimulator) -> None:
     @router.post("/contacts/{contactId}/tags")
     async def add_tags(request: Request) -> Response:
         call = _call(request)
-        write = sim.add_tags(call.location_id, request.path_params["contactId"], _body(request)["tags"])
+        sent = _body(request)["tags"]
+        write = sim.add_tags(call.location_id, request.path_params["contactId"], sent)
         sim.publish_contact_events(write)
-        return _ok({"tags": write.contact["tags"]}, 201)
+        return _ok({"tags": sim.tags_answer(write, sent)}, 201)
 
     @router.delete("/contacts/{contactId}/tags")
     async def remove_tags(request: Request) -> Response:
         call = _call(request)
-        write = sim.remove_tags(call.location_id, request.path_params["contactId"], _body(request)["tags"])
+        sent = _body(request)["tags"]
+        write = sim.remove_tags(call.location_id, request.path_params["contactId"], sent)
         sim.publish_contact_events(write)
-        return _ok({"tags": write.contact["tags"]})
+        return _ok({"tags": sim.tags_answer(write, sent)})
 
     @router.get("/contacts/{contactId}/notes")
     async def list_notes(request: Request) -> Response:

@@ -107,7 +107,8 @@ def correct_document(name: str, document: dict[str, Any]) -> dict[str, Any]:
     - `dateOfBirth` is typed `object` while its description lists string formats
       (`YYYY-MM-DD`, …): any type is accepted.
     - `POST /conversations/messages/inbound` `direction` is typed `object` while described as the
-      string `inbound`/`outbound`: corrected to that string enum.
+      string `inbound`/`outbound`: corrected to that string enum (its documented default,
+      `outbound`, kept).
     - `POST /objects/{schemaKey}/records/search` `searchAfter` items are typed `string`, but the
       cursor GHL returns in each record is numbers: both are accepted.
 
@@ -143,7 +144,7 @@ def correct_document(name: str, document: dict[str, Any]) -> dict[str, Any]:
         direction = schemas["ProcessMessageBodyDto"].get("properties", {}).get("direction")
         if isinstance(direction, dict):
             direction.clear()
-            direction.update({"type": "string", "enum": ["inbound", "outbound"], "default": "inbound"})
+            direction.update({"type": "string", "enum": ["inbound", "outbound"], "default": "outbound"})
     if name == "objects" and "SearchRecordsBody" in schemas:
         after = schemas["SearchRecordsBody"].get("properties", {}).get("searchAfter")
         if isinstance(after, dict):

@@ -472,7 +472,7 @@ async def _add_to_conversation(
             attachments=attachments or None,
             alt_id=texting.message_id,
             date=texting.timestamp or event.received_at.isoformat(),
-            direction="outbound" if direction == "outbound" else None,
+            direction=direction,
         )
 
     conversations = ConversationCache(ctx.db)
