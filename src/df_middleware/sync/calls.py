@@ -704,7 +704,10 @@ async def handle_contact_disposed(ctx: HandlerContext, event: ClaimedEvent) -> H
     Effects on GHL: the contact (as for calls); tag `Disposition: <value>` added, then every other
     `Disposition:` tag removed (compared ignoring case), so only the latest remains; and the
     GHL_DISPOSITION_FIELD_KEY custom field set to the value when configured. All repeatable, so
-    nothing is keyed. Skipped when the body has no disposition.
+    nothing is keyed. Skipped when the body has no disposition, and when the disposition is
+    stale: its `updated_at` (the time the body gives of the change) is older than the one last
+    applied for the person, or the same second and received no later (R-IDEM-1, R-Q-4) — a late
+    retry of an older disposition must not replace the newer one.
     """
     ctx.direction = DIRECTION
     ghl = _ghl(ctx)
@@ -714,6 +717,16 @@ async def handle_contact_disposed(ctx: HandlerContext, event: ClaimedEvent) -> H
     value = _text(body.get("disposition_status")) or _text(body.get("disposition"))
     if value is None:
         return skipped(event, DIRECTION, NO_DISPOSITION)
+    disposed_at = parse_iso8601(body.get("updated_at"))
+    mappings = ContactMappings(ctx.db)
+    contact_id = aloware_id(body.get("id"))
+    mapped = await mappings.by_aloware_id(contact_id) if contact_id is not None else None
+    if (
+        mapped is not None
+        and mapped.deleted_at is None
+        and mapped.is_stale("disposition", disposed_at, event.received_at)
+    ):
+        return skipped(event, DIRECTION, "stale: a newer disposition of this contact was already applied")
     run = _Run(ctx, event, ghl, EffectLedger(ctx.db, event))
     ghl_contact_id = await _resolve_contact(run, body)
     if ghl_contact_id is None:
@@ -732,6 +745,7 @@ async def handle_contact_disposed(ctx: HandlerContext, event: ClaimedEvent) -> H
             ContactUpdate(custom_fields=[CustomFieldValue(key=field_key, field_value=value)]),
         )
         run.log(f"custom field {field_key} set to {value}", ghl_contact_id)
+    await mappings.mark_disposition_applied(ghl_contact_id, disposed_at, received_at=event.received_at)
     return run.result()
 
 

@@ -6,11 +6,18 @@ email lower-cased (R-ID-1), empty values left out. Everything that compares cont
 profiles:
 
 - **Fingerprints (R-C-3).** `contact_mappings.last_synced_fingerprint` holds the fingerprint of the
-  *source* profile of the last sync, whichever way it ran. A webhook whose profile has that
-  fingerprint brings nothing new, so it is skipped before any API call.
+  *source* profile of the last sync, whichever way it ran, or of the echo that followed it (the
+  target's profile after our write). A webhook whose profile has that fingerprint brings nothing
+  new, so it is skipped before any API call.
 - **Echoes (R-LOOP-1).** After a write, the profile the target system now holds (read back from
-  its answer) is remembered; the webhook that write causes carries that same profile and is
-  skipped as an echo.
+  its answer) is remembered; the webhook that write causes carries that same profile (as far as
+  that system's webhooks carry it: `echoes.UNCARRIED_FIELDS`) and is skipped as an echo, which
+  consumes the fingerprint. The echo is then the system's latest word on the person: its time
+  becomes the watermark and its profile the last synced fingerprint, so a second webhook for the
+  same write is stale or unchanged, never a change to write back.
+- **Order (R-IDEM-1, R-Q-4).** Each side's newest applied change is a watermark (`MappingView.
+  is_stale`): an older change is skipped; one of the same time (Aloware's `updated_at` has
+  one-second resolution) is ordered by receipt, as the queue processes a person's events.
 - **Who wins (R-C-2).** `decide_ghl_changes` is the pure per-field decision for Aloware → GHL
   under CONTACT_SOURCE_OF_TRUTH. An empty value never clears a field in either direction: the Lead
   API ignores empty values, and "unknown" in one system is no reason to erase the other's data.
@@ -35,13 +42,14 @@ from df_middleware.connectors.http import RemoteNotFound
 from df_middleware.db.types import utcnow
 from df_middleware.errors import RetryableError
 from df_middleware.phones import normalize_email, normalize_phone
-from df_middleware.sync.echoes import EchoGuard
+from df_middleware.sync.echoes import UNCARRIED_FIELDS, EchoGuard
 from df_middleware.sync.effects import EffectLedger, fingerprint, skipped, success
 from df_middleware.sync.identity import (
     ContactMappings,
     GhlSighting,
     MappingView,
     PersonKeys,
+    Side,
     resolve_ghl_contact,
 )
 from df_middleware.sync.registry import ClaimedEvent, HandlerContext, HandlerRegistry, HandlerResult
@@ -103,7 +111,7 @@ GHL_WRITE_ATTRIBUTES: dict[str, str] = {
 #: carry what the workflow author chose.
 FULL_CONTACT_EVENTS: frozenset[str] = frozenset({"ContactCreate", "ContactUpdate"})
 #: Profile fields GHL's contact webhooks do not carry (contracts/ghl/webhooks/ContactUpdate.json).
-NOT_IN_WEBHOOKS: tuple[str, ...] = ("timezone",)
+NOT_IN_WEBHOOKS: tuple[str, ...] = tuple(sorted(UNCARRIED_FIELDS["ghl"]))
 
 # Skip reasons (the sync_log message of a `skipped` row).
 NO_PHONE = "no phone"
@@ -315,29 +323,23 @@ async def handle_ghl_contact_upsert(ctx: HandlerContext, event: ClaimedEvent) ->
     profile = ghl_profile(event.payload, region)
     mappings = ContactMappings(ctx.db)
     event_at = ghl_event_time(event)
-    # GHL's own word on the contact, first of all (even when nothing is written to Aloware):
-    # a native webhook carries the whole contact but its timezone; a workflow webhook may carry
-    # anything, so then the last-seen profile is forgotten rather than trusted.
-    full = event.event_type in FULL_CONTACT_EVENTS
-    seen_at = event_at or event.received_at
-    await mappings.see_ghl_profile(
-        contact_id, profile if full else None, changed_at=seen_at, seen_at=seen_at, unseen=NOT_IN_WEBHOOKS
-    )
+    mapping = await mappings.by_ghl_id(contact_id)
+    await _see_ghl_webhook(mappings, mapping, event, profile, event_at)
     phone = profile.get("phone")
     if phone is None:
         return skipped(event, GHL_TO_ALOWARE, NO_PHONE)
+    digest = profile_fingerprint(profile)
     echoes = EchoGuard(ctx.db, ctx.settings.echo_ttl_seconds)
     if await echoes.is_echo("ghl", contact_id, profile):
+        await _settle_echo(mappings, mapping, "ghl", event, event_at, digest)
         return skipped(event, GHL_TO_ALOWARE, ECHO)
-    mapping = await mappings.by_ghl_id(contact_id)
     if mapping is not None and mapping.deleted_at is not None:
         # A late or replayed change of a contact GHL deleted since: R-C-4, it is not synced again.
         return skipped(event, GHL_TO_ALOWARE, f"GHL contact {contact_id} was deleted")
-    if mapping is not None and mapping.is_stale("ghl", event_at):
+    if mapping is not None and mapping.is_stale("ghl", event_at, event.received_at):
         return skipped(event, GHL_TO_ALOWARE, STALE)
-    digest = profile_fingerprint(profile)
     if mapping is not None and mapping.deleted_at is None and mapping.fingerprint == digest:
-        await mappings.mark_applied(contact_id, "ghl", event_at)
+        await mappings.mark_applied(contact_id, "ghl", event_at, received_at=event.received_at)
         return skipped(event, GHL_TO_ALOWARE, UNCHANGED)
 
     started = utcnow()
@@ -374,7 +376,7 @@ async def handle_ghl_contact_upsert(ctx: HandlerContext, event: ClaimedEvent) ->
         direction=GHL_TO_ALOWARE,
         fingerprint=digest,
     )
-    await mappings.mark_applied(contact_id, "ghl", event_at)
+    await mappings.mark_applied(contact_id, "ghl", event_at, received_at=event.received_at)
     await echoes.remember("aloware", written.id, _aloware_contact_profile(written, region))
     entry = success(
         event,
@@ -384,6 +386,61 @@ async def handle_ghl_contact_upsert(ctx: HandlerContext, event: ClaimedEvent) ->
     )
     entry.started_at = started
     return HandlerResult(entries=[entry])
+
+
+async def _see_ghl_webhook(
+    mappings: ContactMappings,
+    mapping: MappingView | None,
+    event: ClaimedEvent,
+    profile: Profile,
+    event_at: datetime | None,
+) -> None:
+    """Record GHL's own word on the contact, first of all (even when nothing is written to
+    Aloware): a native webhook carries the whole contact but its timezone; a workflow webhook may
+    carry anything, so then the last-seen profile is forgotten rather than trusted.
+
+    The sighting is dated by when the webhook reached us: its age is measured against our clock
+    (GHL_PROFILE_TRUST), and so are the API answers that may replace it, so a GHL clock running
+    ahead can neither keep it trusted longer nor make it outrank what GHL answers us later. GHL's
+    own time stays its `changed_at`; a webhook about an older state than the sighting held (by
+    GHL's clock on both sides: a late delivery) does not replace it.
+    """
+    known = mapping.ghl_seen if mapping is not None and mapping.deleted_at is None else None
+    if (
+        known is not None
+        and known.changed_at is not None
+        and event_at is not None
+        and event_at < known.changed_at
+    ):
+        return
+    full = event.event_type in FULL_CONTACT_EVENTS
+    await mappings.see_ghl_profile(
+        event.entity_id or "",
+        profile if full else None,
+        changed_at=event_at or event.received_at,
+        seen_at=event.received_at,
+        unseen=NOT_IN_WEBHOOKS,
+    )
+
+
+async def _settle_echo(
+    mappings: ContactMappings,
+    mapping: MappingView | None,
+    side: Side,
+    event: ClaimedEvent,
+    event_at: datetime | None,
+    digest: str,
+) -> None:
+    """The echo of our write is `side`'s latest word on the person (R-LOOP-1 with R-C-3): its
+    time becomes the watermark, so an older change delivered after it is stale, and its profile
+    the last synced one, so a second webhook for the same write (GHL may send two, with the same
+    fields) is unchanged rather than a change to write back. A stale echo changes nothing."""
+    if mapping is None or mapping.deleted_at is not None:
+        return
+    if mapping.is_stale(side, event_at, event.received_at):
+        return
+    await mappings.set_fingerprint(mapping.ghl_contact_id, digest)
+    await mappings.mark_applied(mapping.ghl_contact_id, side, event_at, received_at=event.received_at)
 
 
 def _aloware_contact_profile(contact: AlowareContact, region: str) -> Profile:
@@ -455,22 +512,25 @@ async def handle_aloware_contact(ctx: HandlerContext, event: ClaimedEvent) -> Ha
     body = _aloware_body(event)
     aloware_id = event.entity_id or ""
     profile = aloware_profile(body, region)
+    mappings = ContactMappings(ctx.db)
+    mapping = await mappings.by_aloware_id(aloware_id)
+    digest = profile_fingerprint(profile)
+    event_at = parse_iso8601(body.get("updated_at"))
     echoes = EchoGuard(ctx.db, ctx.settings.echo_ttl_seconds)
     if await echoes.is_echo("aloware", aloware_id, profile):
+        await _settle_echo(mappings, mapping, "aloware", event, event_at, digest)
         return skipped(event, ALOWARE_TO_GHL, ECHO)
     keys = PersonKeys(profile.get("phone"), profile.get("email"))
     if keys.empty:
         return skipped(event, ALOWARE_TO_GHL, NO_KEYS)
-    mappings = ContactMappings(ctx.db)
-    mapping = await mappings.by_aloware_id(aloware_id)
-    digest = profile_fingerprint(profile)
     if mapping is not None and mapping.deleted_at is not None:
         return skipped(event, ALOWARE_TO_GHL, f"GHL contact {mapping.ghl_contact_id} was deleted")
-    event_at = parse_iso8601(body.get("updated_at"))
-    if mapping is not None and mapping.is_stale("aloware", event_at):
+    if mapping is not None and mapping.is_stale("aloware", event_at, event.received_at):
         return skipped(event, ALOWARE_TO_GHL, STALE)
     if mapping is not None and mapping.fingerprint == digest:
-        await mappings.mark_applied(mapping.ghl_contact_id, "aloware", event_at)
+        await mappings.mark_applied(
+            mapping.ghl_contact_id, "aloware", event_at, received_at=event.received_at
+        )
         return skipped(event, ALOWARE_TO_GHL, UNCHANGED)
 
     started = utcnow()
@@ -514,7 +574,7 @@ async def handle_aloware_contact(ctx: HandlerContext, event: ClaimedEvent) -> Ha
         await mappings.see_ghl_profile(
             ghl_contact_id, latest_profile, changed_at=latest_changed_at, seen_at=started
         )
-    await mappings.mark_applied(ghl_contact_id, "aloware", event_at)
+    await mappings.mark_applied(ghl_contact_id, "aloware", event_at, received_at=event.received_at)
     if not changes:
         return skipped(
             event,
@@ -636,7 +696,10 @@ async def _create_ghl_contact(
             seen_at=started,
         )
     await mappings.mark_applied(
-        outcome.target_id, "aloware", parse_iso8601(_aloware_body(event).get("updated_at"))
+        outcome.target_id,
+        "aloware",
+        parse_iso8601(_aloware_body(event).get("updated_at")),
+        received_at=event.received_at,
     )
     entry = success(
         event,

@@ -2,7 +2,20 @@
 
 After writing fields to an entity, `EchoGuard.remember` stores their fingerprint for
 ECHO_TTL_SECONDS; the webhook that write causes comes back with the same fields, and
-`EchoGuard.is_echo` recognises it, so GHL ⇄ Aloware never ping-pong.
+`EchoGuard.is_echo` recognises it, so GHL ⇄ Aloware never ping-pong. Three rules keep a
+fingerprint from hiding a genuine change:
+
+- **Only what the echo can carry.** A system's webhooks may leave fields out (GHL's contact
+  webhooks never carry the timezone): those fields are dropped from what is remembered and from
+  what is compared (`UNCARRIED_FIELDS`), inside the guard, so no caller can forget it.
+- **One write, one echo.** The echo that matches a fingerprint consumes it: the same fields
+  reported again later are a change (a GHL user renaming a contact back to the name we wrote).
+- **A genuine change ends the rest.** A webhook that matches none of the entity's fingerprints
+  means the entity has moved on from what we wrote: its remaining fingerprints are cleared.
+
+A second webhook for one write (GHL sometimes sends two) is then no echo; the handlers' second
+line catches it: the echo is recorded as the change last applied (its time the watermark, its
+profile the last synced fingerprint, R-C-3), so the second one is stale or unchanged.
 """
 
 from __future__ import annotations
@@ -18,6 +31,16 @@ from df_middleware.db.session import Database
 from df_middleware.db.types import utcnow
 from df_middleware.sync.effects import fingerprint
 
+#: Fields a system's webhooks never carry, by system (contracts/ghl/webhooks/ContactUpdate.json
+#: has no timezone): a fingerprint holding them could never match the echo.
+UNCARRIED_FIELDS: Mapping[str, frozenset[str]] = {"ghl": frozenset({"timezone"})}
+
+
+def echo_fingerprint(system: str, fields: Mapping[str, Any]) -> str:
+    """The fingerprint of `fields` as `system`'s webhooks can report them."""
+    uncarried = UNCARRIED_FIELDS.get(system, frozenset())
+    return fingerprint({name: value for name, value in fields.items() if name not in uncarried})
+
 
 class EchoGuard:
     """Fingerprints of our own recent writes (R-LOOP-1)."""
@@ -28,7 +51,7 @@ class EchoGuard:
 
     async def remember(self, system: str, entity_id: str, fields: Mapping[str, Any]) -> str:
         """We just wrote `fields` to `system`'s entity: its webhook about them is an echo."""
-        digest = fingerprint(fields)
+        digest = echo_fingerprint(system, fields)
         now = utcnow()
         async with self.db.session() as session:
             await session.execute(delete(EchoGuardRow).where(EchoGuardRow.expires_at < now))
@@ -40,14 +63,26 @@ class EchoGuard:
         return digest
 
     async def is_echo(self, system: str, entity_id: str, fields: Mapping[str, Any]) -> bool:
-        """Whether `system` reporting these fields for the entity is the echo of our own write."""
+        """Whether `system` reporting these fields for the entity is the echo of our own write.
+
+        An echo consumes its fingerprint (one write, one echo); anything else is a genuine change
+        and clears the entity's remaining fingerprints for `system`.
+        """
+        entity = (EchoGuardRow.system == system, EchoGuardRow.entity_id == entity_id)
         async with self.db.session() as session:
             found = await session.scalar(
-                select(EchoGuardRow.id).where(
-                    EchoGuardRow.system == system,
-                    EchoGuardRow.entity_id == entity_id,
-                    EchoGuardRow.fingerprint == fingerprint(fields),
+                select(EchoGuardRow.id)
+                .where(
+                    *entity,
+                    EchoGuardRow.fingerprint == echo_fingerprint(system, fields),
                     EchoGuardRow.expires_at >= utcnow(),
                 )
+                .order_by(EchoGuardRow.expires_at)
+                .limit(1)
             )
-        return found is not None
+            if found is not None:
+                consumed = await session.execute(delete(EchoGuardRow).where(EchoGuardRow.id == found))
+                if getattr(consumed, "rowcount", 0) == 1:
+                    return True
+            await session.execute(delete(EchoGuardRow).where(*entity))
+        return False

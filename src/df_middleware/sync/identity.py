@@ -41,6 +41,37 @@ GHL_PROFILE_TRUST = timedelta(hours=24)
 
 #: Which system a contact change came from.
 Side = Literal["ghl", "aloware"]
+#: A stream of changes ordered by a watermark: each system's contact changes, and Aloware's
+#: `Contact Disposed` (R-CALL-3).
+Stream = Literal["ghl", "aloware", "disposition"]
+#: The watermark columns of each stream: the event time of the newest change applied, and when
+#: that change reached us.
+WATERMARK_COLUMNS: dict[Stream, tuple[str, str]] = {
+    "ghl": ("ghl_event_at", "ghl_event_received_at"),
+    "aloware": ("aloware_event_at", "aloware_event_received_at"),
+    "disposition": ("disposition_event_at", "disposition_received_at"),
+}
+
+
+def is_covered(
+    event_at: datetime,
+    received_at: datetime | None,
+    applied_at: datetime | None,
+    applied_received_at: datetime | None,
+) -> bool:
+    """Whether a change of `event_at`, received at `received_at`, is no newer than the watermark
+    (`applied_at`, `applied_received_at`): older, or of the same time and received no later.
+
+    Event times can tie (Aloware's `updated_at` has one-second resolution); two changes of one
+    person are processed in receipt order (R-Q-4), so receipt breaks the tie, and the change
+    applied itself (a replay) stays covered. A watermark with no receipt time (written before
+    receipt times were kept) covers only older changes.
+    """
+    if applied_at is None:
+        return False
+    if event_at != applied_at:
+        return event_at < applied_at
+    return applied_received_at is not None and received_at is not None and received_at <= applied_received_at
 
 
 @dataclass(frozen=True)
@@ -107,6 +138,10 @@ class MappingView:
     aloware_event_at: datetime | None = None
     ghl_seen: GhlSighting | None = None
     ghl_seen_at: datetime | None = None
+    ghl_event_received_at: datetime | None = None
+    aloware_event_received_at: datetime | None = None
+    disposition_event_at: datetime | None = None
+    disposition_received_at: datetime | None = None
 
     @classmethod
     def of(cls, row: ContactMapping) -> MappingView:
@@ -122,13 +157,21 @@ class MappingView:
             aloware_event_at=row.aloware_event_at,
             ghl_seen=GhlSighting.load(row.ghl_profile),
             ghl_seen_at=row.ghl_profile_at,
+            ghl_event_received_at=row.ghl_event_received_at,
+            aloware_event_received_at=row.aloware_event_received_at,
+            disposition_event_at=row.disposition_event_at,
+            disposition_received_at=row.disposition_received_at,
         )
 
-    def is_stale(self, side: Side, event_at: datetime | None) -> bool:
-        """Whether a `side` contact event of `event_at` is no newer than the last one applied
-        (a replay or a late retry of an old change: applying it would write old data back)."""
-        applied = self.ghl_event_at if side == "ghl" else self.aloware_event_at
-        return event_at is not None and applied is not None and event_at <= applied
+    def is_stale(self, stream: Stream, event_at: datetime | None, received_at: datetime | None) -> bool:
+        """Whether a `stream` event of `event_at`, received at `received_at`, is no newer than the
+        last one applied (a replay or a late retry of an old change: applying it would write old
+        data back). `is_covered` says how ties are ordered; an event of unknown time is never
+        stale."""
+        at, received = WATERMARK_COLUMNS[stream]
+        return event_at is not None and is_covered(
+            event_at, received_at, getattr(self, at), getattr(self, received)
+        )
 
 
 class MappingConflict(RetryableError):
@@ -259,19 +302,32 @@ class ContactMappings:
                 row.last_synced_fingerprint = fingerprint
                 row.last_synced_at = utcnow()
 
-    async def mark_applied(self, ghl_contact_id: str, side: Side, event_at: datetime | None) -> None:
-        """Remember that `side`'s contact change of `event_at` is applied (the watermark only
-        moves forward)."""
+    async def mark_applied(
+        self, ghl_contact_id: str, side: Side, event_at: datetime | None, *, received_at: datetime | None
+    ) -> None:
+        """Remember that `side`'s contact change of `event_at`, received at `received_at`, is
+        applied (the watermark only moves forward; a tie is ordered by receipt)."""
+        await self._advance(ghl_contact_id, side, event_at, received_at)
+
+    async def mark_disposition_applied(
+        self, ghl_contact_id: str, event_at: datetime | None, *, received_at: datetime | None
+    ) -> None:
+        """Remember that Aloware's `Contact Disposed` of `event_at` is applied (R-CALL-3): an
+        older disposition delivered later must not replace it."""
+        await self._advance(ghl_contact_id, "disposition", event_at, received_at)
+
+    async def _advance(
+        self, ghl_contact_id: str, stream: Stream, event_at: datetime | None, received_at: datetime | None
+    ) -> None:
         if event_at is None:
             return
+        at, received = WATERMARK_COLUMNS[stream]
         async with self.db.session() as session:
             row = await self._live_row(session, ghl_contact_id)
-            if row is None:
+            if row is None or is_covered(event_at, received_at, getattr(row, at), getattr(row, received)):
                 return
-            if side == "ghl" and (row.ghl_event_at is None or event_at > row.ghl_event_at):
-                row.ghl_event_at = event_at
-            if side == "aloware" and (row.aloware_event_at is None or event_at > row.aloware_event_at):
-                row.aloware_event_at = event_at
+            setattr(row, at, event_at)
+            setattr(row, received, received_at)
 
     async def see_ghl_profile(
         self,
