@@ -344,11 +344,6 @@ async def test_tags_after_adding_lists_every_tag_when_ghl_answers_only_the_sent_
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="calls.py handle_contact_disposed still reads add_tags' answer as the contact's tags; "
-    "it must call GhlClient.tags_after_adding (to be wired by the lead; then drop this mark)",
-)
 async def test_contact_disposed_removes_the_old_disposition_when_ghl_answers_only_the_sent_tags(
     sync_world: SyncWorld,
 ) -> None:

@@ -732,7 +732,7 @@ async def handle_contact_disposed(ctx: HandlerContext, event: ClaimedEvent) -> H
     if ghl_contact_id is None:
         return skipped(event, DIRECTION, NO_CONTACT_DATA)
     tag = disposition_tag(value)
-    tags_now = await ghl.add_tags(ghl_contact_id, [tag])
+    tags_now = await ghl.tags_after_adding(ghl_contact_id, [tag])
     stale = stale_disposition_tags(tags_now, value)
     if stale:
         await ghl.remove_tags(ghl_contact_id, stale)
