@@ -75,7 +75,11 @@ def classify_aloware(payload: Mapping[str, Any], region: str = "US") -> Classifi
     if entity_id is None and entity_type in {"contact", "call"}:
         raise InvalidEvent(f"Aloware {event_type} webhook has no body.id")
     phone = first_phone(body, ("phone_number", "contact.phone_number"), region)
-    if phone:
+    if entity_type == "contact":
+        # By the contact, not its phone: a `Contact Updated` may bring a new number, and the
+        # contact's changes before and after it must still run one at a time, in order (R-Q-4).
+        ordering_key = f"aloware:contact:{entity_id}"
+    elif phone:
         ordering_key = f"phone:{phone}"
     elif entity_type in _CALL_CHILDREN and call_id:
         ordering_key = f"aloware:call:{call_id}"

@@ -97,12 +97,22 @@ PROVIDER_EVENT_TYPE = "ProviderOutboundMessage"
 
 
 def _ordering_key(payload: Mapping[str, Any], entity_type: str, entity_id: str, region: str) -> str:
-    """`phone:<E.164>` when the payload names the person's phone; else the person's GHL contact
-    id when it names one (messages, notes, tasks… of one contact stay in order); else the entity."""
+    """The queue's ordering key (R-Q-4).
+
+    A contact event is keyed by its contact, `ghl:contact:<id>`, whatever phone it carries: the
+    phone is what a contact event may change, and keyed by it a contact's changes before and after
+    a new number would sit under two keys and could run at once, an older change finishing last
+    (its staleness check passed before the newer one was applied). Other events: `phone:<E.164>`
+    when the payload names the person's phone; else the person's GHL contact id when it names one
+    (messages, notes, tasks… of one contact stay in order, and with its contact events); else the
+    entity.
+    """
+    if entity_type == "contact":
+        return f"ghl:contact:{entity_id}"
     phone = first_phone(payload, ("phone", "contact.phone"), region)
     if phone:
         return f"phone:{phone}"
-    contact_id = scalar_id(payload.get("contactId"), "contactId") if entity_type != "contact" else None
+    contact_id = scalar_id(payload.get("contactId"), "contactId")
     if contact_id:
         return f"ghl:contact:{contact_id}"
     return f"ghl:{entity_type}:{entity_id}"
