@@ -32,7 +32,8 @@ def test_ghl_contact_update_entity_and_phone_ordering(contracts: Path) -> None:
         "contact",
         "nmFmQEsNgz6AVpgLVUJ0",
     )
-    assert event.ordering_key == "phone:+919509597501"
+    # R-Q-4 (issue 10): a contact's own events are ordered by the contact, not the phone it carries.
+    assert event.ordering_key == "ghl:contact:nmFmQEsNgz6AVpgLVUJ0"
     assert event.dedupe_key.startswith("ghl:ContactUpdate:nmFmQEsNgz6AVpgLVUJ0:")
 
 
@@ -58,7 +59,7 @@ def test_ghl_workflow_contact_id_from_nested_contact() -> None:
         {"event": "contact.updated", "contact": {"id": "nested-1", "phone": "(919) 555-1234"}}
     )
     assert event.entity_id == "nested-1"
-    assert event.ordering_key == "phone:+19195551234"
+    assert event.ordering_key == "ghl:contact:nested-1"
 
 
 def test_ghl_webhook_id_is_the_dedupe_key() -> None:
@@ -114,14 +115,15 @@ def test_aloware_event_names(raw: str, expected: tuple[str, str] | None) -> None
 
 
 def test_aloware_examples_classify(contracts: Path) -> None:
-    """R-IN-5, R-Q-4: every Aloware example gets its entity; a contact's call activity shares one key."""
+    """R-IN-5, R-Q-4: every Aloware example gets its entity; a contact's call activity shares one key
+    (the phone), its own contact events another (the contact's id)."""
     keys = set()
     for path in sorted((contracts / "aloware" / "webhooks").glob("*.json")):
         event = classify_aloware(json.loads(path.read_text()))
         assert event.entity_type != "unknown", path.name
         assert event.entity_id, path.name
         keys.add(event.ordering_key)
-    assert keys == {"phone:+19195551234"}
+    assert keys == {"phone:+19195551234", "aloware:contact:48213"}
 
 
 def test_aloware_ids_are_strings_and_children_name_their_entity(contracts: Path) -> None:

@@ -88,10 +88,14 @@ async def statuses(world: SyncWorld) -> list[str]:
 
 
 def note_markers(contact: dict[str, Any]) -> list[str]:
-    return [line for note in contact["notes"] for line in note["body"].splitlines() if line.startswith("[df:")]
+    return [
+        line for note in contact["notes"] for line in note["body"].splitlines() if line.startswith("[df:")
+    ]
 
 
-async def test_a_call_after_the_contact_was_deleted_lands_on_a_new_live_contact(sync_world: SyncWorld) -> None:
+async def test_a_call_after_the_contact_was_deleted_lands_on_a_new_live_contact(
+    sync_world: SyncWorld,
+) -> None:
     """R-C-4, R-CALL-1: call → contact created; deleted in GHL; the next call creates a new live
     contact (not the dead id from the ledger), its note goes there, the mapping moves to it and
     the deleted row stays as history; the ledger's create record of the dead contact is retired."""

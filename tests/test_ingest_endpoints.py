@@ -115,7 +115,7 @@ async def test_ghl_signed_webhook_is_stored(
     assert row.status == "pending"
     assert row.signature_verified is True
     assert row.dedupe_key == "ghl:wh-1"
-    assert row.ordering_key == "phone:+19195551234"
+    assert row.ordering_key == "ghl:contact:contact-1"
     assert row.payload_json["firstName"] == "Sarah"
 
 
@@ -274,7 +274,7 @@ async def test_two_updates_to_one_contact_are_two_events(
     rows = await _rows(db, WebhookEvent)
     assert [r.payload_json["firstName"] for r in rows] == ["Sarah", "Sara"]
     assert len({r.dedupe_key for r in rows}) == 2
-    assert {r.ordering_key for r in rows} == {"phone:+19195551234"}
+    assert {r.ordering_key for r in rows} == {"ghl:contact:contact-1"}
 
 
 async def test_same_webhook_id_is_a_duplicate_even_if_body_differs(

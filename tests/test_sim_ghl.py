@@ -371,6 +371,7 @@ def test_conversation_messages_and_status_rules(ghl: Ghl) -> None:
             "conversationId": conversation["id"],
             "conversationProviderId": "prov_sms",
             "message": "STOP",
+            "direction": "inbound",
             "altId": "tlx_1",
             "date": "2025-01-28T14:35:00Z",
         },

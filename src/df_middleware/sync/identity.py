@@ -255,9 +255,14 @@ class ContactMappings:
                         .limit(1)
                     )
                 if row is None:
+                    # Only a deleted row counts: a live one written meanwhile by another
+                    # flow makes the insert below fail its unique index (a retried conflict).
                     deleted = await session.scalar(
                         select(ContactMapping.id)
-                        .where(ContactMapping.ghl_contact_id == ghl_contact_id)
+                        .where(
+                            ContactMapping.ghl_contact_id == ghl_contact_id,
+                            ContactMapping.deleted_at.is_not(None),
+                        )
                         .limit(1)
                     )
                     if deleted is not None:
