@@ -398,19 +398,13 @@ def aloware_contacts(world: SyncWorld, phone: str = PHONE) -> list[dict[str, Any
     return [c for c in world.aloware.sim.snapshot()["contacts"] if c["phone_number"] == phone]
 
 
-class MaybeDoneLeftOver(AssertionError):
-    """Every write is recorded, but some intent is still `started` (maybe done) after its event
-    ended `done` (see LEFTOVER_CONTACT_INTENT)."""
-
-
 async def assert_every_effect_done(world: SyncWorld, expected_keys: set[str]) -> dict[str, str | None]:
     """The ledger holds exactly the expected writes, each known as made (`done`): nothing is left
     *maybe done*. Returns each write's target id."""
     recorded = await effects(world)
     assert set(recorded) == expected_keys
     states = {key: state for key, (state, _) in recorded.items()}
-    if states != dict.fromkeys(expected_keys, "done"):
-        raise MaybeDoneLeftOver(f"effects not done after the event ended done: {states}")
+    assert states == dict.fromkeys(expected_keys, "done"), f"left maybe done after the event ended: {states}"
     return {key: target for key, (_, target) in recorded.items()}
 
 
@@ -522,21 +516,6 @@ async def test_ghl_inbound_message_interrupted_is_added_once(
     assert targets[f"ghl:message:texting:{TEXTING_ID}"] == made["id"]
 
 
-#: Found by these tests, not fixed yet: when a contact create's answer is lost, the retry finds the
-#: contact by phone in `resolve_ghl_contact` (sync/identity.py), before it reaches the ledger, so
-#: the create's intent (`ghl:contact-for-aloware:<id>` in sync/calls.py `_resolve_contact`,
-#: `ghl:contact:texting:<id>` in sync/texting.py `_person_in_ghl`) stays `started` for good on an
-#: event that ended `done`. The remote state is right (one contact, asserted first); only the
-#: ledger keeps a write "maybe done" that was found. Strict: the test fails once this is fixed,
-#: so the marker is then removed.
-LEFTOVER_CONTACT_INTENT = pytest.mark.xfail(
-    raises=MaybeDoneLeftOver,
-    strict=True,
-    reason="contact found by phone on the retry; its create intent is left `started`",
-)
-
-
-@LEFTOVER_CONTACT_INTENT
 @pytest.mark.parametrize("ending", ENDINGS)
 @pytest.mark.parametrize("origin", ["aloware-call", "texting"])
 async def test_ghl_contact_create_interrupted_makes_one_contact(

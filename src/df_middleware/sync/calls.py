@@ -508,14 +508,16 @@ async def _resolve_contact(run: _Run, contact: Mapping[str, Any]) -> str | None:
     linked = await mappings.by_aloware_id(aloware_contact_id) if aloware_contact_id is not None else None
     first_link = aloware_contact_id is not None and (linked is None or linked.deleted_at is not None)
     resolved = await resolve_ghl_contact(mappings, run.ghl, keys, aloware_contact_id=aloware_contact_id)
+    key = f"ghl:contact-for-aloware:{aloware_contact_id or keys.phone or keys.email}"
     if resolved is not None:
         ghl_contact_id = resolved.ghl_contact_id
+        if resolved.via != "mapping":  # found in GHL: maybe by an interrupted create of ours
+            await run.ledger.settle_found(key, "ghl", ghl_contact_id)
         if first_link:
             await _fill_from_aloware(run, resolved.ghl_contact_id, resolved.contact, contact)
     elif keys.empty:
         return None  # a mapping miss with no phone or email: nothing to create a contact from
     else:
-        key = f"ghl:contact-for-aloware:{aloware_contact_id or keys.phone or keys.email}"
         upsert = contact_upsert_of(contact, keys, run.ghl.location_id)
 
         async def create() -> str | None:

@@ -635,6 +635,10 @@ async def _find_ghl_target(
             f"conflict: GHL contact {resolved.ghl_contact_id} (found by {resolved.via}) is mapped to "
             f"Aloware contact {owner.aloware_contact_id}, not {aloware_id}; nothing was written",
         )
+    if resolved.via != "mapping":  # found in GHL: maybe by an interrupted create of ours
+        await EffectLedger(ctx.db, event).settle_found(
+            f"ghl:contact-for-aloware:{aloware_id}", "ghl", resolved.ghl_contact_id
+        )
     current = resolved.contact or await ghl.get_contact(resolved.ghl_contact_id)
     if current is None:
         return skipped(event, ALOWARE_TO_GHL, f"GHL contact {resolved.ghl_contact_id} not found")

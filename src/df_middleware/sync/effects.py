@@ -138,6 +138,15 @@ class EffectLedger:
         await record_effect(self.db, key, target_system, target_id, event_id=str(self.event.id))
         self.performed.append(EffectRecord(effect_key=key, target_system=target_system, target_id=target_id))
 
+    async def settle_found(self, key: str, target_system: str, target_id: str) -> None:
+        """What the write `key` would have made was found by another path (a contact found by a
+        search before its create was retried): an intent left by an interrupted create is
+        recorded `done` with it, so the ledger never keeps a stale "maybe done". A no-op (one
+        indexed read) when there is no intent."""
+        existing = await self.lookup(key)
+        if existing is not None and existing.state == STARTED:
+            await self.record(key, target_system, target_id)
+
     async def _intend(self, key: str, target_system: str) -> None:
         """Commit the intent before the request leaves: whatever ends this run from here on — an
         exception, a cancellation at shutdown, a killed process — the next run knows the write

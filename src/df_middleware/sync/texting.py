@@ -432,6 +432,8 @@ async def _person_in_ghl(
             )
     else:
         contact_id = resolved.ghl_contact_id
+        if resolved.via != "mapping":  # found in GHL: maybe by an interrupted create of ours
+            await ledger.settle_found(f"ghl:contact:texting:{key}", "ghl", contact_id)
     # A person already mapped (by a contact sync, or an earlier text) keeps the row as it is; only
     # a newly found or created contact gets a (texting-only) mapping.
     mapping = (
