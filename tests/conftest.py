@@ -30,7 +30,7 @@ from df_middleware.db.models import Base
 from df_middleware.db.session import Database
 
 #: The sync tests' world (service + simulators + worker) is a fixture available to every test.
-pytest_plugins = ["tests.sync_world"]
+pytest_plugins = ["tests.sync_world", "tests.worker_processes"]
 
 PG_ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}

@@ -32,32 +32,28 @@ Verity's own `message.sent` for the same number and text then resolves it (R-TXT
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 from sqlalchemy import select
 
-from df_middleware.config import Settings
 from df_middleware.db.models import MessageMapping, SyncEffect, TextingWebhookEvent, WebhookEvent
 from df_middleware.simulators.verity import SEND_MESSAGE_PATH
 from tests.sync_world import CONVERSATION_PROVIDER, LOCATION, Served, SyncWorld
+from tests.worker_processes import StartWorker, worker_env
 
 #: A step's deadline is generous (STEP_DEADLINE); the test as a whole gets room for its three.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
-CLI = [sys.executable, "-m", "df_middleware.cli", "worker"]
 #: The shortest lease the settings allow: a killed worker's event is taken over this soon.
 LEASE_SECONDS = 5
 #: How long a test waits for a step (a write, a worker's exit, the queue to settle). A deadline,
@@ -69,7 +65,6 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 Asgi = Callable[[Scope, Receive, Send], Awaitable[None]]
-StartWorker = Callable[[dict[str, str], str], subprocess.Popen[bytes]]
 
 
 # --- holding a write's answer -----------------------------------------------------------------------
@@ -122,23 +117,6 @@ class AnswerHold:
 # --- the worker processes -----------------------------------------------------------------------------
 
 
-def worker_env(settings: Settings, **overrides: str) -> dict[str, str]:
-    """A clean environment holding exactly the test's settings (as an operator's would), plus
-    PYTHONPATH, so the worker imports the same code as the test."""
-    keep = {"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH"}
-    env = {k: v for k, v in os.environ.items() if k in keep}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if isinstance(value, SecretStr):
-            value = value.get_secret_value()
-        if isinstance(value, bool):
-            value = "true" if value else "false"
-        env[name.upper()] = str(value)
-    env.update(overrides)
-    return env
-
-
 def interruptible_env(world: SyncWorld) -> dict[str, str]:
     return worker_env(
         world.settings,
@@ -151,24 +129,6 @@ def interruptible_env(world: SyncWorld) -> dict[str, str]:
         HTTP_TIMEOUT_SECONDS=str(int(STEP_DEADLINE * 2)),
         LOG_LEVEL="info",
     )
-
-
-@pytest.fixture
-def start_worker(tmp_path: Path) -> Iterator[StartWorker]:
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
-        log = (tmp_path / f"{name}.log").open("wb")
-        proc = subprocess.Popen(CLI, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
 
 
 def log_tail(tmp_path: Path, name: str) -> str:

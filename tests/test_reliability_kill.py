@@ -26,30 +26,25 @@ note exactly once (unique by marker), one call log per call, one GHL message per
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from pydantic import SecretStr
 from sqlalchemy import func, select
 
-from df_middleware.config import Settings
 from df_middleware.db.models import SyncEffect, TextingWebhookEvent, WebhookEvent
 from df_middleware.simulators.ghl import GhlError, LocationRateLimiter
 from tests.sync_world import SyncWorld
+from tests.worker_processes import StartWorker, worker_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
-CLI = [sys.executable, "-m", "df_middleware.cli", "worker"]
 PEOPLE = 10
 LEASE_SECONDS = 5
 #: Events the worker processes at once (WORKER_CONCURRENCY).
@@ -165,40 +160,6 @@ async def deliver_batch(world: SyncWorld) -> int:
 # --- the worker process -----------------------------------------------------------------------------
 
 
-def worker_env(settings: Settings, **overrides: str) -> dict[str, str]:
-    """A clean environment holding exactly the test's settings (as the operator's env would)."""
-    keep = {"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV"}
-    env = {k: v for k, v in os.environ.items() if k in keep}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        if isinstance(value, SecretStr):
-            value = value.get_secret_value()
-        if isinstance(value, bool):
-            value = "true" if value else "false"
-        env[name.upper()] = str(value)
-    env.update(overrides)
-    return env
-
-
-@pytest.fixture
-def start_worker(tmp_path: Path) -> Iterator[Callable[[dict[str, str], str], subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
-        log = (tmp_path / f"{name}.log").open("wb")
-        proc = subprocess.Popen(CLI, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-
-
 # --- choosing where the kill lands ------------------------------------------------------------------
 
 
@@ -298,7 +259,7 @@ TARGETS = [
 @pytest.mark.parametrize("target", TARGETS)
 async def test_r_rel_1_sigkill_mid_batch_loses_and_duplicates_nothing(
     sync_world: SyncWorld,
-    start_worker: Callable[[dict[str, str], str], subprocess.Popen[bytes]],
+    start_worker: StartWorker,
     target: str,
     tmp_path: Path,
 ) -> None:
