@@ -208,3 +208,16 @@ def test_ghl_dedupe_key_differs_exactly_when_payload_differs(a: dict[str, Any], 
     b.pop("webhookId", None)
     same_key = classify_ghl(a).dedupe_key == classify_ghl(b).dedupe_key
     assert same_key == (a == b)
+
+
+def test_an_id_number_beyond_what_a_float_holds_exactly_is_refused() -> None:
+    """R-IDEM-2, R-SEC-3 (issue 10): JSON integers beyond 64 bits are read as floats, so 2**64 and
+    2**64 + 1 would become one key and two calls one note; such an id is a 422, while the same id
+    sent as a string, and any id up to 2**53, are kept exactly."""
+    too_big = json.loads("18446744073709551617")  # what orjson/json give for 2**64 + 1
+    for number in (float(2**64), 1e40, float(too_big)):
+        with pytest.raises(InvalidEvent, match="too large"):
+            classify_aloware({"event": "Call Disposed", "body": {"id": number}})
+    exact = classify_aloware({"event": "Call Disposed", "body": {"id": "18446744073709551617"}})
+    assert exact.entity_id == "18446744073709551617"
+    assert classify_aloware({"event": "Call Disposed", "body": {"id": float(2**53)}}).entity_id == str(2**53)

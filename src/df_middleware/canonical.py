@@ -15,3 +15,8 @@ def canonical_json(value: Any) -> bytes:
 
 def canonical_sha256(value: Any) -> str:
     return hashlib.sha256(canonical_json(value)).hexdigest()
+
+
+#: The largest integer a float holds exactly (2**53). JSON numbers are read as floats beyond 64 bits,
+#: so an id number beyond this may stand for another id: ingest refuses it, handlers ignore it.
+MAX_EXACT_FLOAT_ID = 2**53

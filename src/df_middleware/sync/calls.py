@@ -37,6 +37,7 @@ from datetime import UTC
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from df_middleware.canonical import MAX_EXACT_FLOAT_ID
 from df_middleware.connectors.ghl import GhlClient
 from df_middleware.connectors.ghl_models import (
     CallData,
@@ -161,10 +162,13 @@ def _mapping(value: object) -> Mapping[str, Any]:
 
 
 def aloware_id(value: object) -> str | None:
-    """Aloware ids come as numbers or strings; keys and mappings use the string."""
+    """Aloware ids come as numbers or strings; keys and mappings use the string. A number beyond
+    what a float holds exactly is no id (two calls would share one note key)."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, float):
+        if not value.is_integer() or abs(value) > MAX_EXACT_FLOAT_ID:
+            return None
         value = int(value)
     return _text(value)
 

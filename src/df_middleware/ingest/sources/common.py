@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from df_middleware.canonical import MAX_EXACT_FLOAT_ID
 from df_middleware.phones import normalize_phone
 
 
@@ -67,8 +68,12 @@ def scalar_id(value: Any, field: str) -> str | None:
     if isinstance(value, str):
         text = value.strip()
     elif isinstance(value, int):
-        text = str(value)  # orjson refuses integers beyond 64 bits, so this is short
+        text = str(value)  # orjson reads integers beyond 64 bits as floats, so this is short
     elif isinstance(value, float) and value.is_integer():
+        if abs(value) > MAX_EXACT_FLOAT_ID:
+            # A number JSON carried beyond what a float holds exactly (orjson reads integers
+            # beyond 64 bits as floats): two different ids would become one key (R-IDEM-2).
+            raise InvalidEvent(f"{field} is a number too large to be an exact id; send it as a string")
         text = str(int(value))
     else:
         return None
