@@ -180,3 +180,42 @@ async def test_a_late_change_of_a_deleted_contact_is_not_synced(sync_world: Sync
     [row] = await mappings(world)
     assert row.deleted_at is not None
     assert set(await statuses(world)) == {"done"}
+
+
+async def test_a_call_and_a_text_before_the_delete_webhook_land_on_a_live_contact(
+    sync_world: SyncWorld,
+) -> None:
+    """R-C-4, R-CALL-1, R-TXT-1: the contact is deleted in GHL, and the person's next call and text
+    are processed before GHL's `ContactDelete` (ordered under the contact, not the phone) — or it
+    never comes. GHL refuses the writes on the dead contact; the middleware checks that GHL no
+    longer knows it, retires it as a delete would (mapping marked deleted, off Aloware's lists) and
+    writes to the person's live contact: nothing dead-lettered, nothing on the dead contact. The
+    late `ContactDelete` then finds it done."""
+    world = sync_world
+    await world.deliver_aloware("Call Disposed", call_disposed(9_923_001))
+    await world.deliver_texting(text_from_person("tlx_DEL_0"))
+    await world.process()
+    [first] = live_contacts(world)
+    world.ghl.sim.delete_contact(LOCATION, first["id"])  # GHL's webhook has not reached us
+
+    await world.deliver_aloware("Call Disposed", call_disposed(9_923_002))
+    await world.deliver_texting(text_from_person("tlx_DEL_2"))
+    await world.process()
+
+    assert set(await statuses(world)) == {"done"}
+    [live] = live_contacts(world)
+    assert live["id"] != first["id"]
+    assert note_markers(live) == ["[df:aloware:call:9923002:note:call-disposed]"]
+    texts = {m["altId"]: m["contactId"] for m in world.ghl.sim.snapshot()["messages"] if m.get("altId")}
+    assert texts["tlx_DEL_2"] == live["id"]
+    rows = await mappings(world)
+    assert [(r.ghl_contact_id, r.deleted_at is not None) for r in rows] == [
+        (first["id"], True),
+        (live["id"], False),
+    ]
+
+    await world.deliver_ghl({"type": "ContactDelete", "id": first["id"], "phone": PHONE})
+    await world.process()
+    assert set(await statuses(world)) == {"done"}
+    [still] = live_contacts(world)
+    assert still["id"] == live["id"]

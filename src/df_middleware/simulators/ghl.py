@@ -1053,6 +1053,10 @@ class GhlSimulator:
         self._index(self._location(contact.location_id), contact, add=False)
         contact.deleted = True
         contact.updated_ms = now_ms()
+        # GHL deletes a contact's conversations with it: nothing more can be written into them.
+        for conversation in self.conversations.values():
+            if conversation.contact_id == contact.id:
+                conversation.deleted = True
         return ContactWrite(contact=contact.as_ghl(), new=False, events=("ContactDelete",))
 
     @_synchronized

@@ -31,7 +31,7 @@ Database sessions are short and never held across a GHL call.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
@@ -48,9 +48,11 @@ from df_middleware.connectors.ghl_models import (
     CustomFieldValue,
     ExternalCall,
 )
+from df_middleware.connectors.http import RemoteRejected
 from df_middleware.sync.contacts import (
     aloware_profile,
     decide_ghl_changes,
+    ghl_contact_gone,
     ghl_profile,
     ghl_update,
 )
@@ -651,15 +653,45 @@ async def _write_activity(
     if contact.get("id") is None:
         contact["id"] = body.get("contact_id")
     run = _Run(ctx, event, ghl, EffectLedger(ctx.db, event))
-    ghl_contact_id = await _resolve_contact(run, contact)
-    if ghl_contact_id is None:
+
+    async def write(ghl_contact_id: str) -> None:
+        await _write_note(run, ghl_contact_id, activity)
+        if activity.tags:
+            await ghl.add_tags(ghl_contact_id, list(activity.tags))
+            run.log(f"tags added: {', '.join(activity.tags)}", ghl_contact_id, entity_type="contact")
+        await _log_call(run, ghl_contact_id, activity)
+
+    if await _on_live_contact(run, contact, write) is None:
         return skipped(event, DIRECTION, NO_CONTACT_DATA)
-    await _write_note(run, ghl_contact_id, activity)
-    if activity.tags:
-        await ghl.add_tags(ghl_contact_id, list(activity.tags))
-        run.log(f"tags added: {', '.join(activity.tags)}", ghl_contact_id, entity_type="contact")
-    await _log_call(run, ghl_contact_id, activity)
     return run.result()
+
+
+async def _on_live_contact(
+    run: _Run, contact: Mapping[str, Any], write: Callable[[str], Awaitable[None]]
+) -> str | None:
+    """Resolve the person's GHL contact and make `write` on it; returns the contact id, or None
+    when the body names nobody. When GHL refuses because the contact was deleted (its
+    `ContactDelete` not processed yet, or never sent), it is retired (R-C-4: off Aloware's lists,
+    mapping marked deleted) and the person resolved and written once more: to a live contact,
+    found or created. Writes already made are recorded, so the second pass repeats none."""
+    for last in (False, True):
+        ghl_contact_id: str | None = None
+        try:
+            ghl_contact_id = await _resolve_contact(run, contact)
+            if ghl_contact_id is None:
+                return None
+            await write(ghl_contact_id)
+            return ghl_contact_id
+        except RemoteRejected:
+            if last or ghl_contact_id is None or not await ghl_contact_gone(run.ctx, run.ghl, ghl_contact_id):
+                raise
+        run.log(
+            f"GHL contact {ghl_contact_id} no longer exists in GHL: mapping marked deleted (R-C-4); "
+            "written to the person's live contact",
+            ghl_contact_id,
+            entity_type="contact",
+        )
+    raise AssertionError("unreachable: the second pass returns or raises")
 
 
 # --- handlers ------------------------------------------------------------------------------------
@@ -734,23 +766,26 @@ async def handle_contact_disposed(ctx: HandlerContext, event: ClaimedEvent) -> H
     ):
         return skipped(event, DIRECTION, "stale: a newer disposition of this contact was already applied")
     run = _Run(ctx, event, ghl, EffectLedger(ctx.db, event))
-    ghl_contact_id = await _resolve_contact(run, body)
+    tag = disposition_tag(value)
+    field_key = ctx.settings.ghl_disposition_field_key
+
+    async def write(ghl_contact_id: str) -> None:
+        tags_now = await ghl.tags_after_adding(ghl_contact_id, [tag])
+        stale = stale_disposition_tags(tags_now, value)
+        if stale:
+            await ghl.remove_tags(ghl_contact_id, stale)
+        removed = f"; removed {', '.join(stale)}" if stale else ""
+        run.log(f"tag {tag}{removed}", ghl_contact_id)
+        if field_key:
+            await ghl.update_contact(
+                ghl_contact_id,
+                ContactUpdate(custom_fields=[CustomFieldValue(key=field_key, field_value=value)]),
+            )
+            run.log(f"custom field {field_key} set to {value}", ghl_contact_id)
+
+    ghl_contact_id = await _on_live_contact(run, body, write)
     if ghl_contact_id is None:
         return skipped(event, DIRECTION, NO_CONTACT_DATA)
-    tag = disposition_tag(value)
-    tags_now = await ghl.tags_after_adding(ghl_contact_id, [tag])
-    stale = stale_disposition_tags(tags_now, value)
-    if stale:
-        await ghl.remove_tags(ghl_contact_id, stale)
-    removed = f"; removed {', '.join(stale)}" if stale else ""
-    run.log(f"tag {tag}{removed}", ghl_contact_id)
-    field_key = ctx.settings.ghl_disposition_field_key
-    if field_key:
-        await ghl.update_contact(
-            ghl_contact_id,
-            ContactUpdate(custom_fields=[CustomFieldValue(key=field_key, field_value=value)]),
-        )
-        run.log(f"custom field {field_key} set to {value}", ghl_contact_id)
     await mappings.mark_disposition_applied(ghl_contact_id, disposed_at, received_at=event.received_at)
     return run.result()
 

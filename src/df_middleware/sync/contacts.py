@@ -451,6 +451,39 @@ def _ghl_contact_profile(contact: Contact, region: str) -> Profile:
     return ghl_profile(contact.model_dump(by_alias=True), region)
 
 
+async def retire_deleted_ghl_contact(ctx: HandlerContext, ghl_contact_id: str) -> str | None:
+    """What R-C-4 does once a GHL contact is gone: its mapped Aloware contact off every
+    power-dialer list (nothing in Aloware is deleted), the mapping marked deleted (history kept)
+    and the ledger's records of creating the contact retired. Returns what was done to Aloware
+    (None when nothing: not mapped, already deleted, or Aloware not configured)."""
+    mappings = ContactMappings(ctx.db)
+    mapping = await mappings.by_ghl_id(ghl_contact_id)
+    aloware = _aloware(ctx)
+    done: str | None = None
+    live = mapping is not None and mapping.deleted_at is None
+    if live and mapping is not None and mapping.aloware_contact_id is not None and aloware is not None:
+        target = mapping.aloware_contact_id
+        known = await aloware.remove_from_all_lists(target)
+        done = (
+            f"removed Aloware contact {target} from all power-dialer lists"
+            if known
+            else f"Aloware does not know contact {target} (so it is on no list)"
+        )
+    await mappings.mark_deleted(ghl_contact_id)
+    return done
+
+
+async def ghl_contact_gone(ctx: HandlerContext, ghl: GhlClient, ghl_contact_id: str) -> bool:
+    """GHL refused a write on this contact: whether it is because the contact was deleted (GHL no
+    longer knows it), in which case it is retired as R-C-4 says — its `ContactDelete` webhook may
+    come later, or never — so that the person's events resolve a live contact again instead of
+    being dead-lettered on the dead one."""
+    if await ghl.get_contact(ghl_contact_id) is not None:
+        return False
+    await retire_deleted_ghl_contact(ctx, ghl_contact_id)
+    return True
+
+
 async def handle_ghl_contact_delete(ctx: HandlerContext, event: ClaimedEvent) -> HandlerResult:
     """GHL `ContactDelete` (and `contact.deleted`) → Aloware (R-C-4).
 
@@ -467,18 +500,11 @@ async def handle_ghl_contact_delete(ctx: HandlerContext, event: ClaimedEvent) ->
         return skipped(event, GHL_TO_ALOWARE, NOT_MAPPED)
     if mapping.deleted_at is not None:
         return skipped(event, GHL_TO_ALOWARE, "already deleted")
-    aloware = _aloware(ctx)
-    if aloware is None:
+    if _aloware(ctx) is None:
         return skipped(event, GHL_TO_ALOWARE, ALOWARE_OFF)
     started = utcnow()
-    known = await aloware.remove_from_all_lists(mapping.aloware_contact_id)
-    await mappings.mark_deleted(contact_id)
-    target = mapping.aloware_contact_id
-    message = (
-        f"removed Aloware contact {target} from all power-dialer lists; mapping marked deleted"
-        if known
-        else f"Aloware does not know contact {target} (so it is on no list); mapping marked deleted"
-    )
+    done = await retire_deleted_ghl_contact(ctx, contact_id)
+    message = f"{done}; mapping marked deleted"
     entry = success(event, GHL_TO_ALOWARE, message, target_id=mapping.aloware_contact_id)
     entry.started_at = started
     return HandlerResult(entries=[entry])

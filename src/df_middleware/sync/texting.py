@@ -66,6 +66,7 @@ from df_middleware.db.session import Database
 from df_middleware.db.types import utcnow
 from df_middleware.errors import PermanentError, RetryableError
 from df_middleware.phones import normalize_phone
+from df_middleware.sync.contacts import ghl_contact_gone
 from df_middleware.sync.conversations import ConversationCache
 from df_middleware.sync.effects import EffectLedger, EffectMaybeDone, record_effect, skipped, success
 from df_middleware.sync.identity import ContactMappings, PersonKeys, resolve_ghl_contact
@@ -385,7 +386,6 @@ def _provider_id(ctx: HandlerContext) -> str:
 class _Person:
     ghl_contact_id: str
     aloware_contact_id: str | None
-    conversation_id: str
 
 
 async def _person_in_ghl(
@@ -397,7 +397,7 @@ async def _person_in_ghl(
     key: str,
     entries: list[SyncLogEntry],
 ) -> _Person:
-    """The person's GHL contact (created when unknown) and conversation, mapping upserted."""
+    """The person's GHL contact (created when unknown), mapping upserted."""
     mappings = ContactMappings(ctx.db)
     keys = PersonKeys(phone, None)
     resolved = await resolve_ghl_contact(mappings, ghl, keys)
@@ -441,8 +441,7 @@ async def _person_in_ghl(
     )
     if mapping is None:
         mapping = await mappings.upsert(ghl_contact_id=contact_id, keys=keys, direction=ctx.direction)
-    conversation_id = await ConversationCache(ctx.db).conversation_for(ghl, contact_id)
-    return _Person(contact_id, mapping.aloware_contact_id, conversation_id)
+    return _Person(contact_id, mapping.aloware_contact_id)
 
 
 async def _add_to_conversation(
@@ -462,7 +461,8 @@ async def _add_to_conversation(
     """
     provider = _provider_id(ctx)
     messages = MessageMappings(ctx.db)
-    conversation_id = person.conversation_id
+    conversations = ConversationCache(ctx.db)
+    conversation_id = await conversations.conversation_for(ghl, person.ghl_contact_id)
     attachments = _attachments(event.payload)
 
     def message(conversation: str) -> ConversationMessage:
@@ -476,8 +476,6 @@ async def _add_to_conversation(
             date=texting.timestamp or event.received_at.isoformat(),
             direction=direction,
         )
-
-    conversations = ConversationCache(ctx.db)
 
     async def add() -> str:
         nonlocal conversation_id
@@ -496,8 +494,6 @@ async def _add_to_conversation(
             return mapped.ghl_message_id
         # Added by an earlier run whose answer was lost: GHL has it (our altId, or text and date).
         nonlocal conversation_id
-        if not conversation_id:
-            return None
 
         async def look_in(conversation: str) -> str | None:
             sent = message(conversation)
@@ -544,10 +540,30 @@ async def _record_text_in_ghl(
     key = texting_key(texting, event)
     ledger = EffectLedger(ctx.db, event)
     entries: list[SyncLogEntry] = []
-    person = await _person_in_ghl(ctx, event, ghl, ledger, phone, key, entries)
-    ghl_message_id, conversation_id, already = await _add_to_conversation(
-        ctx, ghl, ledger, person, texting, event, key, direction
-    )
+    for last in (False, True):
+        person: _Person | None = None
+        try:
+            person = await _person_in_ghl(ctx, event, ghl, ledger, phone, key, entries)
+            ghl_message_id, conversation_id, already = await _add_to_conversation(
+                ctx, ghl, ledger, person, texting, event, key, direction
+            )
+            break
+        except RemoteRejected:
+            # The person's contact was deleted in GHL (its ContactDelete not processed yet, or
+            # never sent): retire it (R-C-4) and put the text on the person's live contact.
+            gone = person.ghl_contact_id if person is not None else None
+            if last or gone is None or not await ghl_contact_gone(ctx, ghl, gone):
+                raise
+            entries.append(
+                success(
+                    event,
+                    ctx.direction,
+                    f"GHL contact {gone} no longer exists in GHL: mapping marked deleted (R-C-4)",
+                    target_id=gone,
+                    entity_type="contact",
+                )
+            )
+    assert person is not None
     await MessageMappings(ctx.db).record(
         texting_message_id=texting.message_id,
         ghl_message_id=ghl_message_id,
