@@ -435,6 +435,7 @@ async def test_r_txt_5_an_unconfirmed_send_is_resent_only_on_the_operators_word(
         timeout=120,
     )
     assert replay.returncode == 0, replay.stderr
+    assert "1 unconfirmed write(s) will be made again" in replay.stdout
     await world.process()
     await settle(world)
     assert len(world.verity.sim.sent_messages) == 1

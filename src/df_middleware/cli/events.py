@@ -136,14 +136,30 @@ def events_replay(
     ] = False,
 ) -> None:
     """Put an event back in the queue to be processed again (writes already made are not repeated)."""
-    from df_middleware.queue.operations import replay_event
+    from df_middleware.queue.operations import EventNotFound, replay_event
 
     wanted = _event_id(event_id)
-    _event_action(
-        lambda db: replay_event(db, wanted, actor="cli", resend_unconfirmed=resend_unconfirmed),
-        f"{event_id} queued for replay"
-        + (" (unconfirmed writes will be made again)" if resend_unconfirmed else ""),
-    )
+    try:
+        summary = run_on_database(
+            lambda db: replay_event(db, wanted, actor="cli", resend_unconfirmed=resend_unconfirmed)
+        )
+    except EventNotFound as exc:
+        fail(str(exc))
+    except ValueError as exc:
+        fail(f"refused: {exc}")
+    forgotten = summary.get("unconfirmed_writes_forgotten", 0)
+    if forgotten:
+        console.print(
+            f"{event_id} queued for replay; {forgotten} unconfirmed write(s) will be made again",
+            soft_wrap=True,
+        )
+    elif resend_unconfirmed:
+        console.print(
+            f"{event_id} queued for replay; it had no unconfirmed writes, so nothing is resent",
+            soft_wrap=True,
+        )
+    else:
+        console.print(f"{event_id} queued for replay")
 
 
 @events_app.command("quarantine")

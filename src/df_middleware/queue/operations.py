@@ -443,6 +443,7 @@ async def replay_event(
             )
             forgotten = int(getattr(result, "rowcount", 0) or 0)
         summary = await _summary_of(session, key)
+        summary["unconfirmed_writes_forgotten"] = forgotten
     log.info(
         "event replayed",
         event_id=str(key),
