@@ -24,6 +24,11 @@ RULES: list[tuple[str, tuple[str, ...], str]] = [
         ("app", "admin", "cli", "config", "connectors", "db", "ingest", "queue", "sync"),
         "the fakes import nothing from the service except shared helpers",
     ),
+    (
+        "consent",
+        ("sync", "queue", "ingest", "simulators", "demo", "demo_run"),
+        "consent decides and records; the flows that tell other systems live in sync and call it",
+    ),
     ("app", ("simulators", "demo", "demo_run"), "the service never imports the simulators"),
     ("admin", ("simulators", "demo", "demo_run"), "the service never imports the simulators"),
     ("queue", ("simulators", "demo", "demo_run"), "the service never imports the simulators"),

@@ -61,7 +61,8 @@ from df_middleware.connectors.ghl_models import (
 )
 from df_middleware.connectors.http import RemoteNotFound, RemoteRejected, write_not_made
 from df_middleware.connectors.verity import VerityClient
-from df_middleware.db.models import MessageMapping, OptoutRegistry, SyncEffect, WebhookEvent
+from df_middleware.consent.store import sms_allowed
+from df_middleware.db.models import MessageMapping, SyncEffect, WebhookEvent
 from df_middleware.db.session import Database
 from df_middleware.db.types import utcnow
 from df_middleware.errors import PermanentError, RetryableError
@@ -308,15 +309,6 @@ class MessageMappings:
             if row is not None and status_advances(row.status, status):
                 row.status = status
                 row.status_updated_at = utcnow()
-
-
-async def is_opted_out(db: Database, phone: str) -> bool:
-    """R-OPT-4: the number's current SMS consent (optout_registry holds E.164 numbers)."""
-    async with db.session() as session:
-        status = await session.scalar(
-            select(OptoutRegistry.status).where(OptoutRegistry.phone_number == phone)
-        )
-    return status == "opted_out"
 
 
 async def own_send_of(db: Database, texting_message_id: str) -> str | None:
@@ -744,7 +736,7 @@ async def handle_provider_outbound(ctx: HandlerContext, event: ClaimedEvent) -> 
             ),
             "invalid phone number",
         )
-    if await is_opted_out(ctx.db, phone):
+    if not await sms_allowed(ctx.db, phone):  # at send time, every send (R-OPT-4)
         return await refuse(OPTED_OUT_ERROR, "recipient opted out of SMS (R-OPT-4)")
     if not body:
         return await refuse(
