@@ -47,6 +47,7 @@ SCHEMA_COMMANDS: dict[str, tuple[list[str], int]] = {
     "events unquarantine": (["events", "unquarantine", SOME_ID], 1),
     "prune": (["prune", "--json"], 0),
     "oauth status": (["oauth", "status", "--json"], 0),
+    "optout check": (["optout", "check", "+19195550100", "--json"], 0),
 }
 
 

@@ -9,7 +9,8 @@ when AUTO_MIGRATE is true, as `serve` does, and otherwise say to run `df-middlew
 
 One module per flow: `processes` (serve, worker, migrate, and the stop request they honour),
 `retention` (prune), `connections` (check), `demo`, and the sub-commands `events`, `config`
-(`configuration`, which also reads the settings for every command), `oauth` and `simulate`.
+(`configuration`, which also reads the settings for every command), `oauth`, `optout` and
+`simulate`.
 `database` opens the database for a command; `output` is what a command prints. Each module
 imports only Typer, rich and the settings at import time, and the rest inside its commands, so that
 `df-middleware --help` stays fast and touches nothing.
@@ -23,6 +24,7 @@ from df_middleware.cli import connections, demo, processes, retention
 from df_middleware.cli.configuration import config_app
 from df_middleware.cli.events import events_app
 from df_middleware.cli.oauth import oauth_app
+from df_middleware.cli.optout import optout_app
 from df_middleware.cli.simulate import simulate_app
 
 app = typer.Typer(
@@ -33,6 +35,7 @@ app = typer.Typer(
 app.add_typer(events_app, name="events")
 app.add_typer(config_app, name="config")
 app.add_typer(oauth_app, name="oauth")
+app.add_typer(optout_app, name="optout")
 app.add_typer(simulate_app, name="simulate")
 # The top-level commands, in the order `--help` lists them (before the groups above).
 app.command()(processes.serve)

@@ -1,0 +1,102 @@
+"""`optout …`: an operator's SMS consent actions and the report that explains a number
+(R-OPT-2, R-OPT-5). Decisions are `manual`, audited in `optout_events` with the actor."""
+
+from __future__ import annotations
+
+import getpass
+from typing import Annotated, Any
+
+import typer
+
+from df_middleware.cli.database import run_on_database
+from df_middleware.cli.output import console, fail, print_json
+
+optout_app = typer.Typer(help="SMS opt-outs: add, remove, check a number.", no_args_is_help=True)
+
+
+def _phone(raw: str) -> str:
+    """The number in E.164, checked before the database is opened."""
+    from df_middleware.cli.configuration import load_settings
+    from df_middleware.consent.manual import e164_or_refuse
+    from df_middleware.errors import InvalidPhoneNumber
+
+    try:
+        return e164_or_refuse(raw, load_settings().default_phone_region)
+    except InvalidPhoneNumber as exc:
+        fail(str(exc), code=2)
+
+
+def _default_actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _said(outcome: Any, phone: str, done: str) -> None:
+    if outcome.decision.applies:
+        console.print(f"{phone}: {done}", soft_wrap=True)
+    else:
+        console.print(f"{phone}: unchanged ({outcome.decision.why})", soft_wrap=True)
+
+
+@optout_app.command("add")
+def optout_add(
+    phone: Annotated[str, typer.Argument(help="The number, in any common format")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (stored in the history)")],
+    actor: Annotated[str | None, typer.Option(help="Who (default: cli:<your user>)")] = None,
+) -> None:
+    """Opt a number out of SMS (manual source): nothing will be texted to it."""
+    from df_middleware.consent.manual import opt_out
+
+    number = _phone(phone)
+    who = actor or _default_actor()
+    outcome = run_on_database(lambda db: opt_out(db, number, reason=reason, actor=who))
+    _said(outcome, number, "opted out of SMS")
+
+
+@optout_app.command("remove")
+def optout_remove(
+    phone: Annotated[str, typer.Argument(help="The number, in any common format")],
+    reason: Annotated[str, typer.Option("--reason", help="Why it may be texted again")] = "manual opt-in",
+    actor: Annotated[str | None, typer.Option(help="Who (default: cli:<your user>)")] = None,
+) -> None:
+    """Lift a number's SMS opt-out (manual source; only after the person consented again)."""
+    from df_middleware.consent.manual import opt_in
+
+    number = _phone(phone)
+    who = actor or _default_actor()
+    outcome = run_on_database(lambda db: opt_in(db, number, reason=reason, actor=who))
+    _said(outcome, number, "may be texted again")
+
+
+@optout_app.command("check")
+def optout_check(
+    phone: Annotated[str, typer.Argument(help="The number, in any common format")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """A number's SMS and voice status, who decided and why, and its history."""
+    from df_middleware.consent.manual import consent_report
+
+    number = _phone(phone)
+    report = run_on_database(lambda db: consent_report(db, number))
+    if as_json:
+        print_json(report)
+        return
+    console.print(f"{number}: SMS {'allowed' if report['sms_allowed'] else 'OPTED OUT'}", soft_wrap=True)
+    for channel in ("sms", "voice"):
+        state = report[channel]
+        if state is None:
+            console.print(f"  {channel}: no decision recorded", soft_wrap=True)
+        else:
+            console.print(
+                f"  {channel}: {state['status']} by {state['source']} ({state['reason'] or '-'}) "
+                f"at {state['last_event_at']}",
+                soft_wrap=True,
+            )
+    for entry in report["history"]:
+        console.print(
+            f"  {entry['event_at']}  {entry['channel']:5} {entry['status']:9} {entry['source']:8} "
+            f"{entry['reason'] or '-'}{'  by ' + entry['actor'] if entry['actor'] else ''}",
+            soft_wrap=True,
+        )

@@ -1,0 +1,56 @@
+"""`df-middleware optout add|remove|check`: an operator's SMS consent actions, audited (R-OPT-2,
+R-OPT-4, R-OPT-5, R-ID-1). The installed command, as a process, on a fresh SQLite file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.test_cli_fresh_machine import entries, one_line_error, run
+
+pytestmark = pytest.mark.slow
+
+
+def test_an_operator_opts_a_number_out_checks_it_and_lifts_it(tmp_path: Path) -> None:
+    """R-OPT-2, R-OPT-5, R-ID-1: `optout add` in one formatting and `optout check` in another name
+    one number; the decision is `manual`, with the reason and the actor in its history; `optout
+    remove` lifts it (a manual action may lift any opt-out), and both stay in the history."""
+    added = run(
+        ["optout", "add", "(919) 555-0100", "--reason", "asked by phone", "--actor", "ops:ann"], tmp_path
+    )
+    assert added.returncode == 0, added.stderr
+    assert "+19195550100: opted out of SMS" in added.stdout
+
+    checked = run(["optout", "check", "919.555.0100", "--json"], tmp_path)
+    assert checked.returncode == 0, checked.stderr
+    report = json.loads(checked.stdout)
+    assert report["phone_number"] == "+19195550100"
+    assert report["sms_allowed"] is False
+    assert (report["sms"]["status"], report["sms"]["source"], report["sms"]["reason"]) == (
+        "opted_out",
+        "manual",
+        "asked by phone",
+    )
+    assert report["voice"] is None
+    assert [(h["status"], h["actor"]) for h in report["history"]] == [("opted_out", "ops:ann")]
+
+    removed = run(["optout", "remove", "+1 919 555 0100", "--reason", "consented in writing"], tmp_path)
+    assert removed.returncode == 0, removed.stderr
+    report = json.loads(run(["optout", "check", "19195550100", "--json"], tmp_path).stdout)
+    assert report["sms_allowed"] is True
+    assert [h["status"] for h in report["history"]] == ["opted_in", "opted_out"]
+    assert report["history"][0]["actor"].startswith("cli")
+
+    human = run(["optout", "check", "9195550100"], tmp_path)
+    assert "SMS allowed" in human.stdout
+    assert "consented in writing" in human.stdout
+
+
+def test_an_invalid_number_is_one_line_and_touches_nothing(tmp_path: Path) -> None:
+    """R-ID-1: a number that is not valid is refused before the database is opened."""
+    done = run(["optout", "add", "555-01", "--reason", "x"], tmp_path)
+    assert done.returncode == 2
+    assert "not a valid phone number" in one_line_error(done)
+    assert entries(tmp_path) == []
