@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -71,6 +71,7 @@ from df_middleware.sync.contacts import ghl_contact_gone
 from df_middleware.sync.conversations import ConversationCache
 from df_middleware.sync.effects import EffectLedger, EffectMaybeDone, record_effect, skipped, success
 from df_middleware.sync.identity import ContactMappings, PersonKeys, resolve_ghl_contact
+from df_middleware.sync.optout import consent_change_of, record_consent, tell_ghl_sms_dnd
 from df_middleware.sync.registry import (
     ClaimedEvent,
     EventResolution,
@@ -518,9 +519,16 @@ def _no_ghl(event: ClaimedEvent, direction: str) -> HandlerResult:
 
 
 async def _record_text_in_ghl(
-    ctx: HandlerContext, event: ClaimedEvent, texting: TextingEvent, direction: Literal["inbound", "outbound"]
+    ctx: HandlerContext,
+    event: ClaimedEvent,
+    texting: TextingEvent,
+    direction: Literal["inbound", "outbound"],
+    *,
+    then: Callable[[GhlClient, str], Awaitable[list[SyncLogEntry]]] | None = None,
 ) -> HandlerResult:
-    """R-TXT-1 / R-TXT-2: put a text that happened at Verity into the person's GHL conversation."""
+    """R-TXT-1 / R-TXT-2: put a text that happened at Verity into the person's GHL conversation;
+    `then(ghl, contact id)` runs after, on the person's GHL contact (the consent flow sets its DND
+    there), and its rows join the result."""
     ghl = _ghl(ctx)
     if ghl is None:
         return _no_ghl(event, ctx.direction)
@@ -574,6 +582,8 @@ async def _record_text_in_ghl(
         what = "inbound SMS added" if direction == "inbound" else "outbound SMS (sent outside GHL) added"
         entries.append(success(event, ctx.direction, f"{what} to GHL conversation", target_id=ghl_message_id))
     entries.append(_mirror_entry(ctx, event, person.aloware_contact_id))
+    if then is not None:
+        entries += await then(ghl, person.ghl_contact_id)
     return HandlerResult(entries=entries, effects=list(ledger.performed))
 
 
@@ -588,7 +598,20 @@ async def handle_message_received(ctx: HandlerContext, event: ClaimedEvent) -> H
     """
     ctx.direction = TEXTING_TO_GHL
     texting = normalize_texting_payload(event.payload, ctx.settings.default_phone_region)
-    return await _record_text_in_ghl(ctx, event, texting, "inbound")
+    change = consent_change_of(event, texting)
+    if change is None:
+        return await _record_text_in_ghl(ctx, event, texting, "inbound")
+    # The decision first: a local write that cannot wait on GHL, and from its commit on every
+    # send to the number is refused (R-OPT-4).
+    outcome, decided = await record_consent(ctx, event, change)
+
+    async def tell_ghl(ghl: GhlClient, ghl_contact_id: str) -> list[SyncLogEntry]:
+        if not outcome.decision.applies:
+            return []
+        return [await tell_ghl_sms_dnd(ctx, event, ghl, ghl_contact_id, change)]
+
+    result = await _record_text_in_ghl(ctx, event, texting, "inbound", then=tell_ghl)
+    return HandlerResult(entries=[decided, *result.entries], effects=result.effects, resolves=result.resolves)
 
 
 async def handle_message_sent(ctx: HandlerContext, event: ClaimedEvent) -> HandlerResult:
@@ -991,7 +1014,7 @@ async def tell_agent_send_failed(ctx: HandlerContext, event: ClaimedEvent, reaso
 
 
 def register_handlers(registry: HandlerRegistry) -> None:
-    registry.register("texting", "message.received")(handle_message_received)
+    registry.register("texting", "message.received", "optout.stop", "optout.help")(handle_message_received)
     registry.register("texting", "message.sent")(handle_message_sent)
     registry.register("texting", "message.delivered", "message.failed")(handle_message_status)
     registry.register("ghl", PROVIDER_EVENT)(handle_provider_outbound)

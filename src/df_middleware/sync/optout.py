@@ -1,0 +1,107 @@
+"""SMS consent from what people text, told to GHL (R-OPT-1…R-OPT-3; issue 11, first flows).
+
+A person's inbound text (`message.received`) whose whole body is a consent keyword, and Verity's
+own `optout.stop` / `optout.help` events (which count the same, R-OPT-1), become a consent change
+of source `texting`, timed by the text's own timestamp. The texting handler calls
+`consent_change_of` and `record_consent` *before* it records the text in GHL: the decision is a
+local write that cannot wait on GHL, and from the moment it is committed every send to that
+number is refused (`consent.store.sms_allowed`, asked at send time; one person's events share the
+`phone:` ordering key, so an agent's send queued after the STOP runs after it). The text itself is
+still recorded in the GHL conversation (R-OPT-3), and then the GHL contact's
+`dndSettings.SMS.status` is set (`active` for an opt-out, `inactive` for an opt-in) by
+`tell_ghl_sms_dnd`, so the next agent who opens the contact sees it.
+
+The decision rules (who may lift what, which event is newer) are `consent.decisions`'; this module
+only turns events into changes and tells GHL.
+"""
+
+from __future__ import annotations
+
+from df_middleware.connectors.ghl import GhlClient
+from df_middleware.connectors.ghl_models import ContactUpdate, DndChannel
+from df_middleware.consent.decisions import OPTED_IN, OPTED_OUT, ConsentChange
+from df_middleware.consent.keywords import KeywordMatch, classify_keyword
+from df_middleware.consent.store import ConsentOutcome, ConsentStore
+from df_middleware.sync.echoes import EchoGuard
+from df_middleware.sync.effects import skipped, success
+from df_middleware.sync.registry import ClaimedEvent, HandlerContext, SyncLogEntry
+from df_middleware.texting_payload import TextingEvent
+from df_middleware.timestamps import parse_iso8601
+
+INTERNAL = "internal"
+TEXTING_TO_GHL = "texting_to_ghl"
+#: Verity's own consent events: they count as the keyword whatever the body says (R-OPT-1).
+VERITY_CONSENT_EVENTS: dict[str, KeywordMatch] = {
+    "optout.stop": KeywordMatch("stop", "STOP"),
+    "optout.help": KeywordMatch("help", "HELP"),
+}
+
+
+def keyword_of(event_type: str, body: str | None) -> KeywordMatch | None:
+    """The consent keyword an inbound texting event carries: Verity's `optout.*` events by their
+    type, a `message.received` by its whole body (R-OPT-1), else None."""
+    verity = VERITY_CONSENT_EVENTS.get(event_type.lower())
+    if verity is not None:
+        return verity
+    if event_type.lower() == "message.received":
+        return classify_keyword(body)
+    return None
+
+
+def consent_change_of(event: ClaimedEvent, texting: TextingEvent) -> ConsentChange | None:
+    """The SMS consent change an inbound text makes: STOP family → opted out, START family →
+    opted in (source `texting`, timed by the text's own timestamp, else its receipt); None for an
+    ordinary message, a HELP request, or a sender whose number is not valid."""
+    match = keyword_of(event.event_type, texting.body)
+    if match is None or match.kind == "help" or texting.from_number is None:
+        return None
+    return ConsentChange(
+        channel="sms",
+        phone=texting.from_number,
+        status=OPTED_OUT if match.kind == "stop" else OPTED_IN,
+        source="texting",
+        event_at=parse_iso8601(texting.timestamp) or event.received_at,
+        reason=match.kind.upper(),
+        keyword=match.keyword,
+        message_id=texting.message_id,
+    )
+
+
+async def record_consent(
+    ctx: HandlerContext, event: ClaimedEvent, change: ConsentChange
+) -> tuple[ConsentOutcome, SyncLogEntry]:
+    """Apply the change to the registry (R-OPT-2) and say what happened, in one sync_log row."""
+    outcome = await ConsentStore(ctx.db).apply(change)
+    what = "opted out of SMS" if change.status == OPTED_OUT else "opted in to SMS"
+    if outcome.decision.applies:
+        entry = success(
+            event,
+            INTERNAL,
+            f"{change.phone} {what} ({change.keyword or change.reason}, source {change.source})",
+            entity_type="optout",
+            entity_id=change.phone,
+        )
+    else:
+        entry = skipped(event, INTERNAL, f"consent unchanged: {outcome.decision.why}").entries[0]
+    return outcome, entry
+
+
+async def tell_ghl_sms_dnd(
+    ctx: HandlerContext, event: ClaimedEvent, ghl: GhlClient, ghl_contact_id: str, change: ConsentChange
+) -> SyncLogEntry:
+    """R-OPT-3: the contact's SMS DND in GHL follows the decision (`active` for an opt-out,
+    `inactive` for an opt-in). The write is remembered as ours (R-LOOP-1), so the
+    `ContactDndUpdate` it causes is recognised as our echo, not a GHL-sourced decision."""
+    status = "active" if change.status == OPTED_OUT else "inactive"
+    await ghl.update_contact(ghl_contact_id, ContactUpdate(dnd_settings={"SMS": DndChannel(status=status)}))
+    await EchoGuard(ctx.db, ctx.settings.echo_ttl_seconds).remember(
+        "ghl", ghl_contact_id, {"dnd_sms": status}
+    )
+    return success(
+        event,
+        TEXTING_TO_GHL,
+        f"GHL contact SMS DND set {status} ({change.keyword or change.reason})",
+        target_id=ghl_contact_id,
+        entity_type="contact",
+        entity_id=ghl_contact_id,
+    )

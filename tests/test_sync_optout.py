@@ -1,0 +1,137 @@
+"""SMS consent from what people text, end to end (R-OPT-1…R-OPT-4): real ingest, worker, GHL and
+Verity simulators over HTTP, both databases."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+import df_middleware.sync.texting as texting
+from df_middleware.consent.store import ConsentStore, sms_allowed
+from df_middleware.db.models import OptoutEvent, WebhookEvent
+from tests.sync_world import CONVERSATION_PROVIDER, LOCATION, SyncWorld
+
+PERSON = "+19195550100"
+
+
+@pytest.fixture
+def world(sync_world: SyncWorld) -> SyncWorld:
+    sync_world.use_modules(texting)
+    return sync_world
+
+
+def text(
+    message_id: str, body: str, *, sender: str = PERSON, at: str = "2026-11-24T17:10:00.000Z"
+) -> dict[str, Any]:
+    """`contracts/verity/webhooks/texting.message.received*.json`, with our own ids."""
+    return {
+        "eventType": "message.received",
+        "messageId": message_id,
+        "conversationId": "chat_7781",
+        "direction": "inbound",
+        "from": sender,
+        "to": "+19195550000",
+        "body": body,
+        "timestamp": at,
+        "status": "received",
+    }
+
+
+def contact_of(world: SyncWorld) -> dict[str, Any]:
+    [contact] = [c for c in world.ghl.sim.snapshot()["contacts"] if not c["deleted"] and c["phone"] == PERSON]
+    return contact
+
+
+def sms_dnd(contact: dict[str, Any]) -> str | None:
+    return (contact.get("dndSettings") or {}).get("SMS", {}).get("status")
+
+
+async def history_rows(world: SyncWorld) -> int:
+    async with world.db.session() as session:
+        return int(await session.scalar(select(func.count()).select_from(OptoutEvent)) or 0)
+
+
+async def agent_texts(world: SyncWorld, words: str) -> dict[str, Any]:
+    """An agent texts the person from GHL; returns the GHL message after processing."""
+    contact = contact_of(world)
+    _, payload = world.ghl.sim.send_sms_as_user(
+        LOCATION, contact["id"], words, conversation_provider_id=CONVERSATION_PROVIDER
+    )
+    await world.deliver_provider_message(dict(payload))
+    await world.process()
+    return next(m for m in world.ghl.sim.snapshot()["messages"] if m["id"] == payload["messageId"])
+
+
+async def test_a_stop_opts_out_tells_ghl_and_refuses_the_next_agent_text(world: SyncWorld) -> None:
+    """R-OPT-1…R-OPT-4: "Stop!" from an unknown number → registry opted out (texting, STOP), one
+    history row, a GHL contact created with SMS DND active and the STOP message in its
+    conversation; the agent's next text is refused (failed, `opted_out`) and nothing reaches
+    Verity. START lifts it: DND inactive, the next text goes out."""
+    await world.deliver_texting(text("tlx_STOP_1", "Stop!"))
+    await world.process()
+
+    state = await ConsentStore(world.db).state("sms", PERSON)
+    assert state is not None
+    assert (state.status, state.source, state.reason) == ("opted_out", "texting", "STOP")
+    assert await history_rows(world) == 1
+    contact = contact_of(world)
+    assert sms_dnd(contact) == "active"
+    stop_messages = [m for m in world.ghl.sim.snapshot()["messages"] if m.get("altId") == "tlx_STOP_1"]
+    assert [(m["body"], m["direction"]) for m in stop_messages] == [("Stop!", "inbound")]
+
+    refused = await agent_texts(world, "Are you still interested?")
+    assert refused["status"] == "failed"
+    assert refused["error"]["code"] == "opted_out"
+    assert world.verity.sim.sent_messages == []
+
+    await world.deliver_texting(text("tlx_START_1", "START", at="2026-11-24T18:00:00.000Z"))
+    await world.process()
+    assert await sms_allowed(world.db, PERSON)
+    assert sms_dnd(contact_of(world)) == "inactive"
+    sent = await agent_texts(world, "Welcome back!")
+    assert sent["status"] != "failed"
+    assert len(world.verity.sim.sent_messages) == 1
+    async with world.db.session() as session:
+        assert set(await session.scalars(select(WebhookEvent.status))) == {"done"}
+
+
+@pytest.mark.parametrize("body", ["see you this weekend", "cancel my appointment", "stop by at 5", "S T O P"])
+async def test_an_ordinary_text_is_no_consent_decision(world: SyncWorld, body: str) -> None:
+    """R-OPT-1: a message that merely contains a keyword is an ordinary message: recorded in GHL,
+    no consent decision, no DND."""
+    await world.deliver_texting(text("tlx_ORDINARY", body))
+    await world.process()
+    assert await history_rows(world) == 0
+    assert await sms_allowed(world.db, PERSON)
+    assert sms_dnd(contact_of(world)) is None
+
+
+async def test_the_same_stop_twice_and_an_old_stop_after_a_start_make_one_decision_each(
+    world: SyncWorld,
+) -> None:
+    """R-OPT-2, R-IDEM-1: Verity's `optout.stop` for the STOP text already received counts the same
+    (one decision, one GHL message); a STOP from before a START, delivered after it, leaves the
+    number opted in."""
+    await world.deliver_texting(text("tlx_STOP_2", "STOP", at="2026-11-24T17:10:00.000Z"))
+    await world.deliver_texting(
+        {
+            "eventType": "optout.stop",
+            "messageId": "tlx_STOP_2",
+            "from": PERSON,
+            "to": "+19195550000",
+            "body": "STOP",
+            "timestamp": "2026-11-24T17:10:00.000Z",
+        }
+    )
+    await world.process()
+    assert await history_rows(world) == 1
+    assert len([m for m in world.ghl.sim.snapshot()["messages"] if m.get("altId") == "tlx_STOP_2"]) == 1
+
+    await world.deliver_texting(text("tlx_START_2", "start", at="2026-11-24T19:00:00.000Z"))
+    await world.deliver_texting(text("tlx_STOP_OLD", "stop", at="2026-11-24T18:00:00.000Z"))
+    await world.process()
+    assert await sms_allowed(world.db, PERSON)
+    assert sms_dnd(contact_of(world)) == "inactive"
+    assert await history_rows(world) == 2
