@@ -135,3 +135,41 @@ async def test_the_same_stop_twice_and_an_old_stop_after_a_start_make_one_decisi
     assert await sms_allowed(world.db, PERSON)
     assert sms_dnd(contact_of(world)) == "inactive"
     assert await history_rows(world) == 2
+
+
+async def test_help_is_answered_once_a_day_and_never_to_an_opted_out_number(world: SyncWorld) -> None:
+    """R-OPT-3, R-OPT-4: HELP gets HELP_REPLY_TEXT through Verity; INFO the same day gets nothing
+    more; a HELP from a number that opted out gets no reply; HELP is no consent decision."""
+    world.settings = world.settings.model_copy(
+        update={"help_reply_text": "Acme Realty: reply STOP to opt out."}
+    )
+    await world.deliver_texting(text("tlx_HELP_1", "help"))
+    await world.deliver_texting(text("tlx_HELP_2", "INFO", at="2026-11-24T17:20:00.000Z"))
+    await world.process()
+    assert [(m["to"], m["body"]) for m in world.verity.sim.sent_messages] == [
+        (PERSON, "Acme Realty: reply STOP to opt out.")
+    ]
+    assert await history_rows(world) == 0
+
+    other = "+19195550177"
+    await world.deliver_texting(text("tlx_STOP_3", "STOP", sender=other, at="2026-11-24T17:30:00.000Z"))
+    await world.deliver_texting(text("tlx_HELP_3", "HELP", sender=other, at="2026-11-24T17:31:00.000Z"))
+    await world.process()
+    assert [m["to"] for m in world.verity.sim.sent_messages] == [PERSON]
+
+
+async def test_with_optout_removes_from_dialer_a_stop_takes_the_person_off_the_lists(
+    world: SyncWorld,
+) -> None:
+    """R-OPT-3: with OPTOUT_REMOVES_FROM_DIALER=true, a STOP also takes the person's Aloware contact
+    off every power-dialer list (found by phone at Aloware); nothing is deleted in Aloware."""
+    sim = world.aloware.sim
+    contact_id = sim.add_contact(PERSON, first_name="Ann")["id"]
+    list_id = sim.add_list("DF_HOT")["id"]
+    sim.lists[list_id]["contact_ids"].append(contact_id)
+    world.settings = world.settings.model_copy(update={"optout_removes_from_dialer": True})
+
+    await world.deliver_texting(text("tlx_STOP_4", "Stop"))
+    await world.process()
+    assert sim.lists_of(contact_id) == []
+    assert contact_id in sim.contacts

@@ -208,6 +208,17 @@ class Settings(BaseSettings):
     texting_sync_to_aloware: bool = Field(
         False, description="Mirror texting messages to the mapped Aloware contact (R-TXT-4)."
     )
+    optout_removes_from_dialer: bool = Field(
+        False,
+        description="An SMS opt-out also takes the person's Aloware contact off every power-dialer "
+        "list (R-OPT-3). Voice do-not-call always does.",
+    )
+    help_reply_text: str | None = Field(
+        None,
+        max_length=1600,
+        description="Text sent through Verity to a person who texts HELP or INFO, at most once per 24 h "
+        "per number and never to an opted-out number (R-OPT-3). Unset: no reply.",
+    )
 
     # --- ingest limits ---------------------------------------------------------------------------
     max_webhook_bytes: int = Field(

@@ -23,8 +23,17 @@ class PermanentError(SyncError):
     pass
 
 
-class InvalidPhoneNumber(PermanentError):
+class NotAttempted(PermanentError):
+    """A remote write refused before any request left (an invalid number, a person who opted
+    out): nothing was changed anywhere, so the write is certainly not made (R-IDEM-2)."""
+
+
+class InvalidPhoneNumber(NotAttempted):
     """A phone number that is not a valid number (R-ID-1); raised before any request is made."""
+
+
+class OptedOut(NotAttempted):
+    """An SMS to a number whose SMS consent is `opted_out` (R-OPT-4): never sent."""
 
 
 class UnexpectedResponse(PermanentError):

@@ -42,7 +42,7 @@ from tenacity import (
 
 from df_middleware.config import Settings
 from df_middleware.connectors.ratelimit import LimitedCall, retry_after_seconds
-from df_middleware.errors import InvalidPhoneNumber, PermanentError, RetryableError
+from df_middleware.errors import NotAttempted, PermanentError, RetryableError
 from df_middleware.observability import (
     EXTERNAL_CALLS,
     EXTERNAL_ERRORS,
@@ -84,7 +84,7 @@ def write_not_made(exc: BaseException) -> bool:
     """Whether a failed remote write certainly changed nothing, so repeating it is safe
     (R-IDEM-2): no attempt of the call may have taken effect. Anything else — including a
     cancellation or a failure that is not the connector's — leaves the write *maybe done*."""
-    if isinstance(exc, InvalidPhoneNumber):  # refused before any request was made
+    if isinstance(exc, NotAttempted):  # refused before any request was made
         return True
     if not isinstance(exc, RemoteError) or exc.earlier_attempt_maybe_made:
         return False

@@ -17,19 +17,34 @@ only turns events into changes and tells GHL.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
+from sqlalchemy import select
+
 from df_middleware.connectors.ghl import GhlClient
 from df_middleware.connectors.ghl_models import ContactUpdate, DndChannel
 from df_middleware.consent.decisions import OPTED_IN, OPTED_OUT, ConsentChange
 from df_middleware.consent.keywords import KeywordMatch, classify_keyword
+from df_middleware.consent.sending import send_sms
 from df_middleware.consent.store import ConsentOutcome, ConsentStore
+from df_middleware.db.models import SyncEffect
+from df_middleware.db.types import utcnow
+from df_middleware.errors import OptedOut
 from df_middleware.sync.echoes import EchoGuard
-from df_middleware.sync.effects import skipped, success
+from df_middleware.sync.effects import EffectLedger, EffectMaybeDone, skipped, success
+from df_middleware.sync.identity import ContactMappings
 from df_middleware.sync.registry import ClaimedEvent, HandlerContext, SyncLogEntry
 from df_middleware.texting_payload import TextingEvent
 from df_middleware.timestamps import parse_iso8601
 
 INTERNAL = "internal"
 TEXTING_TO_GHL = "texting_to_ghl"
+GHL_TO_TEXTING = "ghl_to_texting"
+TEXTING_TO_ALOWARE = "texting_to_aloware"
+#: Effect keys of HELP replies: `verity:help-reply:<E.164>:<event id>`.
+HELP_REPLY_PREFIX = "verity:help-reply:"
+#: A number gets at most one HELP reply in this window (R-OPT-3).
+HELP_REPLY_WINDOW = timedelta(hours=24)
 #: Verity's own consent events: they count as the keyword whatever the body says (R-OPT-1).
 VERITY_CONSENT_EVENTS: dict[str, KeywordMatch] = {
     "optout.stop": KeywordMatch("stop", "STOP"),
@@ -104,4 +119,75 @@ async def tell_ghl_sms_dnd(
         target_id=ghl_contact_id,
         entity_type="contact",
         entity_id=ghl_contact_id,
+    )
+
+
+async def _replied_recently(ctx: HandlerContext, phone: str) -> bool:
+    """Whether a HELP reply to this number was sent (or may have been) within the window."""
+    async with ctx.db.session() as session:
+        found = await session.scalar(
+            select(SyncEffect.id)
+            .where(
+                SyncEffect.effect_key.startswith(f"{HELP_REPLY_PREFIX}{phone}:", autoescape=True),
+                SyncEffect.created_at >= utcnow() - HELP_REPLY_WINDOW,
+            )
+            .limit(1)
+        )
+    return found is not None
+
+
+async def reply_to_help(ctx: HandlerContext, event: ClaimedEvent, phone: str) -> SyncLogEntry:
+    """R-OPT-3: a HELP or INFO text gets HELP_REPLY_TEXT through Verity, at most once per 24 h per
+    number, never to an opted-out number (`send_sms` asks consent at the send). The reply is an
+    effect keyed by the number and the event: an interrupted reply is never repeated."""
+    text = ctx.settings.help_reply_text
+    verity = ctx.connectors.verity if ctx.connectors is not None else None
+    if not text:
+        return skipped(event, GHL_TO_TEXTING, "HELP: no reply configured (HELP_REPLY_TEXT unset)").entries[0]
+    if verity is None:
+        return skipped(event, GHL_TO_TEXTING, "HELP: Verity not configured, no reply").entries[0]
+    if await _replied_recently(ctx, phone):
+        return skipped(event, GHL_TO_TEXTING, "HELP: already answered within 24 h").entries[0]
+
+    async def send() -> str:
+        return (await send_sms(ctx.db, verity, phone, text)).message_id
+
+    try:
+        outcome = await EffectLedger(ctx.db, event).perform(
+            f"{HELP_REPLY_PREFIX}{phone}:{event.id}", "verity", send
+        )
+    except OptedOut:
+        return skipped(
+            event, GHL_TO_TEXTING, "HELP: the number opted out of SMS, no reply (R-OPT-4)"
+        ).entries[0]
+    except EffectMaybeDone:
+        return skipped(
+            event, GHL_TO_TEXTING, "HELP: a reply may have been sent by an interrupted run; not repeated"
+        ).entries[0]
+    return success(event, GHL_TO_TEXTING, "HELP reply sent through Verity", target_id=outcome.target_id)
+
+
+async def off_the_dialer(ctx: HandlerContext, event: ClaimedEvent, phone: str) -> SyncLogEntry:
+    """R-OPT-3 with OPTOUT_REMOVES_FROM_DIALER: the opted-out person's Aloware contact leaves every
+    power-dialer list (found by the mapping, else by phone at Aloware)."""
+    aloware = ctx.connectors.aloware if ctx.connectors is not None else None
+    if aloware is None:
+        return skipped(event, TEXTING_TO_ALOWARE, "dialer lists: Aloware not configured").entries[0]
+    mapping = await ContactMappings(ctx.db).by_phone(phone)
+    aloware_id = mapping.aloware_contact_id if mapping is not None and mapping.deleted_at is None else None
+    if aloware_id is None:
+        found = await aloware.find_contact_by_phone(phone)
+        aloware_id = found.id if found is not None else None
+    if aloware_id is None:
+        return skipped(event, TEXTING_TO_ALOWARE, "dialer lists: no Aloware contact on this number").entries[
+            0
+        ]
+    await aloware.remove_from_all_lists(aloware_id)
+    return success(
+        event,
+        TEXTING_TO_ALOWARE,
+        f"opted out of SMS: Aloware contact {aloware_id} removed from all power-dialer lists",
+        target_id=aloware_id,
+        entity_type="contact",
+        entity_id=aloware_id,
     )

@@ -61,17 +61,25 @@ from df_middleware.connectors.ghl_models import (
 )
 from df_middleware.connectors.http import RemoteNotFound, RemoteRejected, write_not_made
 from df_middleware.connectors.verity import VerityClient
-from df_middleware.consent.store import sms_allowed
+from df_middleware.consent.sending import send_sms
+from df_middleware.consent.store import ConsentOutcome, sms_allowed
 from df_middleware.db.models import MessageMapping, SyncEffect, WebhookEvent
 from df_middleware.db.session import Database
 from df_middleware.db.types import utcnow
-from df_middleware.errors import PermanentError, RetryableError
+from df_middleware.errors import OptedOut, PermanentError, RetryableError
 from df_middleware.phones import normalize_phone
 from df_middleware.sync.contacts import ghl_contact_gone
 from df_middleware.sync.conversations import ConversationCache
 from df_middleware.sync.effects import EffectLedger, EffectMaybeDone, record_effect, skipped, success
 from df_middleware.sync.identity import ContactMappings, PersonKeys, resolve_ghl_contact
-from df_middleware.sync.optout import consent_change_of, record_consent, tell_ghl_sms_dnd
+from df_middleware.sync.optout import (
+    consent_change_of,
+    keyword_of,
+    off_the_dialer,
+    record_consent,
+    reply_to_help,
+    tell_ghl_sms_dnd,
+)
 from df_middleware.sync.registry import (
     ClaimedEvent,
     EventResolution,
@@ -599,19 +607,36 @@ async def handle_message_received(ctx: HandlerContext, event: ClaimedEvent) -> H
     ctx.direction = TEXTING_TO_GHL
     texting = normalize_texting_payload(event.payload, ctx.settings.default_phone_region)
     change = consent_change_of(event, texting)
-    if change is None:
-        return await _record_text_in_ghl(ctx, event, texting, "inbound")
-    # The decision first: a local write that cannot wait on GHL, and from its commit on every
-    # send to the number is refused (R-OPT-4).
-    outcome, decided = await record_consent(ctx, event, change)
+    match = keyword_of(event.event_type, texting.body)
+    outcome: ConsentOutcome | None = None
+    first: list[SyncLogEntry] = []
+    if change is not None:
+        # The decision first: a local write that cannot wait on GHL, and from its commit on every
+        # send to the number is refused (R-OPT-4).
+        outcome, decided = await record_consent(ctx, event, change)
+        first.append(decided)
 
     async def tell_ghl(ghl: GhlClient, ghl_contact_id: str) -> list[SyncLogEntry]:
-        if not outcome.decision.applies:
+        if change is None or outcome is None or not outcome.decision.applies:
             return []
         return [await tell_ghl_sms_dnd(ctx, event, ghl, ghl_contact_id, change)]
 
     result = await _record_text_in_ghl(ctx, event, texting, "inbound", then=tell_ghl)
-    return HandlerResult(entries=[decided, *result.entries], effects=result.effects, resolves=result.resolves)
+    after: list[SyncLogEntry] = []
+    phone = texting.from_number
+    if match is not None and match.kind == "help" and phone is not None:
+        after.append(await reply_to_help(ctx, event, phone))
+    opted_out = change is not None and outcome is not None and outcome.decision.applies
+    if (
+        opted_out
+        and change is not None
+        and change.status == "opted_out"
+        and ctx.settings.optout_removes_from_dialer
+    ):
+        after.append(await off_the_dialer(ctx, event, change.phone))
+    return HandlerResult(
+        entries=[*first, *result.entries, *after], effects=result.effects, resolves=result.resolves
+    )
 
 
 async def handle_message_sent(ctx: HandlerContext, event: ClaimedEvent) -> HandlerResult:
@@ -787,8 +812,12 @@ async def handle_provider_outbound(ctx: HandlerContext, event: ClaimedEvent) -> 
         outcome = await ledger.perform(
             f"{SEND_EFFECT_PREFIX}{ghl_message_id}",
             "verity",
-            lambda: _send(verity, ghl, phone, body, ghl_message_id),
+            lambda: _send(ctx.db, verity, ghl, phone, body, ghl_message_id),
         )
+    except OptedOut:
+        # Opted out after the check above (an operator's action meanwhile): consent is asked
+        # again at the very send (R-OPT-4), and nothing left.
+        return await refuse(OPTED_OUT_ERROR, "recipient opted out of SMS (R-OPT-4)")
     except EffectMaybeDone as exc:
         # An earlier run asked Verity to send and was interrupted (killed, or cancelled at
         # shutdown) before the answer was recorded: the text may be out. Never sent again.
@@ -810,14 +839,14 @@ async def handle_provider_outbound(ctx: HandlerContext, event: ClaimedEvent) -> 
 
 
 async def _send(
-    verity: VerityClient, ghl: GhlClient | None, phone: str, body: str, ghl_message_id: str
+    db: Database, verity: VerityClient, ghl: GhlClient | None, phone: str, body: str, ghl_message_id: str
 ) -> str:
     """One Verity send. A refusal (4xx) sets the GHL message failed with Verity's reason and
     dead-letters; a failure that certainly did not send is retried by the worker; one that may
     have sent is never retried automatically (the GHL message is set failed and the event
     dead-lettered, so an operator checks Verity before replaying: a replay sends again)."""
     try:
-        sent = await verity.send_message(phone, body, correlation_id=ghl_message_id)
+        sent = await send_sms(db, verity, phone, body, correlation_id=ghl_message_id)
     except RemoteRejected as exc:
         if ghl is not None:
             await ghl.update_message_status(
