@@ -63,6 +63,7 @@ DOMAIN_MODULES: tuple[str, ...] = (
     "df_middleware.sync.calls",
     "df_middleware.sync.texting",
     "df_middleware.sync.dnc",
+    "df_middleware.sync.ghl_dnd",
 )
 
 
