@@ -47,6 +47,17 @@ class ConsentOutcome:
     previous: ConsentState | None
     state: ConsentState | None
 
+    def holds(self, change: ConsentChange) -> bool:
+        """Whether the decision in force is this change's: applied now, or by an earlier run of the
+        same event (a retry after GHL failed must still tell GHL)."""
+        state = self.state
+        return (
+            state is not None
+            and state.status == change.status
+            and state.source == change.source
+            and state.last_event_at == change.event_at
+        )
+
 
 @dataclass(frozen=True)
 class HistoryEntry:

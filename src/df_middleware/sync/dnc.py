@@ -31,7 +31,7 @@ from df_middleware.connectors.http import RemoteNotFound
 from df_middleware.consent.decisions import OPTED_IN, OPTED_OUT, ConsentChange
 from df_middleware.consent.store import ConsentOutcome, ConsentStore
 from df_middleware.db.types import utcnow
-from df_middleware.sync.echoes import EchoGuard
+from df_middleware.sync.echoes import EchoGuard, dnd_entity
 from df_middleware.sync.effects import skipped, success
 from df_middleware.sync.identity import ContactMappings, PersonKeys, resolve_ghl_contact
 from df_middleware.sync.registry import (
@@ -150,7 +150,7 @@ async def tell_ghl_call_dnd(
             event, ALOWARE_TO_GHL, f"GHL contact {resolved.ghl_contact_id} not found: Call DND not set"
         ).entries[0]
     await EchoGuard(ctx.db, ctx.settings.echo_ttl_seconds).remember(
-        "ghl", resolved.ghl_contact_id, {"dnd_call": status}
+        "ghl", dnd_entity(resolved.ghl_contact_id), {"dnd_call": status}
     )
     entry = success(
         event,

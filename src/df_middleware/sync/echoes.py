@@ -36,6 +36,13 @@ from df_middleware.sync.effects import fingerprint
 UNCARRIED_FIELDS: Mapping[str, frozenset[str]] = {"ghl": frozenset({"timezone"})}
 
 
+def dnd_entity(contact_id: str) -> str:
+    """The echo guard's entity for a contact's DND settings: apart from its profile, so that a
+    profile webhook that matches nothing (and clears the profile's fingerprints) leaves the
+    fingerprint of our DND write for the `ContactDndUpdate` it causes (R-LOOP-1, R-OPT-5)."""
+    return f"{contact_id}#dnd"
+
+
 def echo_fingerprint(system: str, fields: Mapping[str, Any]) -> str:
     """The fingerprint of `fields` as `system`'s webhooks can report them."""
     uncarried = UNCARRIED_FIELDS.get(system, frozenset())

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from df_middleware.consent.decisions import OPTED_IN, OPTED_OUT, ConsentChange, Status
 from df_middleware.consent.store import ConsentStore
 from df_middleware.phones import normalize_phone
-from df_middleware.sync.echoes import EchoGuard
+from df_middleware.sync.echoes import EchoGuard, dnd_entity
 from df_middleware.sync.effects import skipped
 from df_middleware.sync.optout import INTERNAL, record_consent
 from df_middleware.sync.registry import ClaimedEvent, HandlerContext, HandlerRegistry, HandlerResult
@@ -95,7 +95,7 @@ async def handle_ghl_dnd_update(ctx: HandlerContext, event: ClaimedEvent) -> Han
         return skipped(event, INTERNAL, NO_SMS_DND)
     contact_id = event.entity_id or ""
     echoes = EchoGuard(ctx.db, ctx.settings.echo_ttl_seconds)
-    if await echoes.is_echo("ghl", contact_id, {"dnd_sms": status}):
+    if await echoes.is_echo("ghl", dnd_entity(contact_id), {"dnd_sms": status}):
         return skipped(event, INTERNAL, ECHO)
     phone = normalize_phone(event.payload.get("phone"), ctx.settings.default_phone_region)
     if phone is None:

@@ -30,7 +30,7 @@ from df_middleware.consent.store import ConsentOutcome, ConsentStore
 from df_middleware.db.models import SyncEffect
 from df_middleware.db.types import utcnow
 from df_middleware.errors import OptedOut
-from df_middleware.sync.echoes import EchoGuard
+from df_middleware.sync.echoes import EchoGuard, dnd_entity
 from df_middleware.sync.effects import EffectLedger, EffectMaybeDone, skipped, success
 from df_middleware.sync.identity import ContactMappings
 from df_middleware.sync.registry import ClaimedEvent, HandlerContext, SyncLogEntry
@@ -110,7 +110,7 @@ async def tell_ghl_sms_dnd(
     status = "active" if change.status == OPTED_OUT else "inactive"
     await ghl.update_contact(ghl_contact_id, ContactUpdate(dnd_settings={"SMS": DndChannel(status=status)}))
     await EchoGuard(ctx.db, ctx.settings.echo_ttl_seconds).remember(
-        "ghl", ghl_contact_id, {"dnd_sms": status}
+        "ghl", dnd_entity(ghl_contact_id), {"dnd_sms": status}
     )
     return success(
         event,

@@ -617,7 +617,9 @@ async def handle_message_received(ctx: HandlerContext, event: ClaimedEvent) -> H
         first.append(decided)
 
     async def tell_ghl(ghl: GhlClient, ghl_contact_id: str) -> list[SyncLogEntry]:
-        if change is None or outcome is None or not outcome.decision.applies:
+        # The decision in force, applied now or by an earlier run of this event (a retry after GHL
+        # failed must still tell GHL).
+        if change is None or outcome is None or not outcome.holds(change):
             return []
         return [await tell_ghl_sms_dnd(ctx, event, ghl, ghl_contact_id, change)]
 
@@ -626,7 +628,7 @@ async def handle_message_received(ctx: HandlerContext, event: ClaimedEvent) -> H
     phone = texting.from_number
     if match is not None and match.kind == "help" and phone is not None:
         after.append(await reply_to_help(ctx, event, phone))
-    opted_out = change is not None and outcome is not None and outcome.decision.applies
+    opted_out = change is not None and outcome is not None and outcome.holds(change)
     if (
         opted_out
         and change is not None
