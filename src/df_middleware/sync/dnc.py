@@ -29,11 +29,11 @@ from df_middleware.connectors.ghl import GhlClient
 from df_middleware.connectors.ghl_models import ContactUpdate, DndChannel
 from df_middleware.connectors.http import RemoteNotFound
 from df_middleware.consent.decisions import OPTED_IN, OPTED_OUT, ConsentChange
-from df_middleware.consent.store import ConsentOutcome, ConsentStore
 from df_middleware.db.types import utcnow
 from df_middleware.sync.echoes import EchoGuard, dnd_entity
 from df_middleware.sync.effects import skipped, success
 from df_middleware.sync.identity import ContactMappings, PersonKeys, resolve_ghl_contact
+from df_middleware.sync.optout import record_consent
 from df_middleware.sync.registry import (
     ClaimedEvent,
     HandlerContext,
@@ -91,43 +91,8 @@ def dnc_change_of(event: ClaimedEvent, phone: str, is_dnc: bool) -> ConsentChang
     )
 
 
-def in_force(outcome: ConsentOutcome, change: ConsentChange) -> bool:
-    """Whether the change is the decision in force after `apply`: it took effect now, or it was
-    already recorded (a retry after a failed effect, a redelivery, a replay), in which case its
-    effects are told again (they are set operations)."""
-    if outcome.decision.applies:
-        return True
-    state = outcome.state
-    return (
-        state is not None
-        and state.status == change.status
-        and state.source == change.source
-        and state.last_event_at == change.event_at
-    )
-
-
 def _call_dnd_status(change: ConsentChange) -> str:
     return "active" if change.status == OPTED_OUT else "inactive"
-
-
-async def record_dnc(
-    ctx: HandlerContext, event: ClaimedEvent, change: ConsentChange
-) -> tuple[bool, SyncLogEntry]:
-    """Apply the change to `dnc_registry` (R-OPT-2) and say what happened, in one sync_log row;
-    returns whether the change is in force (its effects are then told)."""
-    outcome = await ConsentStore(ctx.db).apply(change)
-    what = "on voice DNC" if change.status == OPTED_OUT else "off voice DNC"
-    if outcome.decision.applies:
-        entry = success(
-            event,
-            INTERNAL,
-            f"{change.phone} {what} (source {change.source}, {change.reason})",
-            entity_type="dnc",
-            entity_id=change.phone,
-        )
-    else:
-        entry = skipped(event, INTERNAL, f"voice consent unchanged: {outcome.decision.why}").entries[0]
-    return in_force(outcome, change), entry
 
 
 async def tell_ghl_call_dnd(
@@ -211,7 +176,10 @@ async def handle_contact_dnc_updated(ctx: HandlerContext, event: ClaimedEvent) -
     if keys.phone is None:
         return skipped(event, INTERNAL, NO_PHONE)
     change = dnc_change_of(event, keys.phone, is_dnc)
-    effective, decided = await record_dnc(ctx, event, change)
+    outcome, decided = await record_consent(ctx, event, change)
+    # In force now, or already by an earlier run of this event (a retry after a failed effect, a
+    # redelivery, a replay): its effects are told again (they are set operations).
+    effective = outcome.holds(change)
     if not effective:
         return HandlerResult(entries=[decided])
     entries = [decided, await tell_ghl_call_dnd(ctx, event, keys, change)]

@@ -82,22 +82,34 @@ def consent_change_of(event: ClaimedEvent, texting: TextingEvent) -> ConsentChan
     )
 
 
+#: How a decision reads in sync_log, by channel and status; and the entity type of its row.
+_SAID: dict[tuple[str, str], str] = {
+    ("sms", OPTED_OUT): "opted out of SMS",
+    ("sms", OPTED_IN): "opted in to SMS",
+    ("voice", OPTED_OUT): "on voice DNC",
+    ("voice", OPTED_IN): "off voice DNC",
+}
+_ENTITY_TYPES = {"sms": "optout", "voice": "dnc"}
+
+
 async def record_consent(
     ctx: HandlerContext, event: ClaimedEvent, change: ConsentChange
 ) -> tuple[ConsentOutcome, SyncLogEntry]:
-    """Apply the change to the registry (R-OPT-2) and say what happened, in one sync_log row."""
+    """Apply the change to its channel's registry (R-OPT-2) and say what happened, in one
+    sync_log row."""
     outcome = await ConsentStore(ctx.db).apply(change)
-    what = "opted out of SMS" if change.status == OPTED_OUT else "opted in to SMS"
     if outcome.decision.applies:
         entry = success(
             event,
             INTERNAL,
-            f"{change.phone} {what} ({change.keyword or change.reason}, source {change.source})",
-            entity_type="optout",
+            f"{change.phone} {_SAID[(change.channel, change.status)]} "
+            f"({change.keyword or change.reason}, source {change.source})",
+            entity_type=_ENTITY_TYPES[change.channel],
             entity_id=change.phone,
         )
     else:
-        entry = skipped(event, INTERNAL, f"consent unchanged: {outcome.decision.why}").entries[0]
+        why = f"{change.channel} consent unchanged: {outcome.decision.why}"
+        entry = skipped(event, INTERNAL, why).entries[0]
     return outcome, entry
 
 
