@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 import df_middleware.sync.texting as texting
 from df_middleware.consent.store import ConsentStore, sms_allowed
-from df_middleware.db.models import OptoutEvent, WebhookEvent
+from df_middleware.db.models import OptoutEvent, TextingWebhookEvent, WebhookEvent
 from tests.sync_world import CONVERSATION_PROVIDER, LOCATION, SyncWorld
 
 PERSON = "+19195550100"
@@ -173,3 +173,25 @@ async def test_with_optout_removes_from_dialer_a_stop_takes_the_person_off_the_l
     await world.process()
     assert sim.lists_of(contact_id) == []
     assert contact_id in sim.contacts
+
+
+async def test_a_stop_received_before_a_queued_agent_text_wins(world: SyncWorld) -> None:
+    """R-OPT-4, R-Q-4: the person's STOP and an agent's text to them are queued together (one
+    `phone:` ordering key); the STOP, received first, is processed first, and the text — checked
+    at its send, not when it was queued — is refused and shown failed. Nothing reaches Verity."""
+    contact = world.ghl.sim.create_contact(LOCATION, {"phone": PERSON, "firstName": "Ann"}).contact
+    _, payload = world.ghl.sim.send_sms_as_user(
+        LOCATION, contact["id"], "Still interested?", conversation_provider_id=CONVERSATION_PROVIDER
+    )
+    await world.deliver_texting(text("tlx_STOP_Q", "STOP"))
+    await world.deliver_provider_message(dict(payload))
+    async with world.db.session() as session:
+        keys = set(await session.scalars(select(WebhookEvent.ordering_key)))
+        keys |= set(await session.scalars(select(TextingWebhookEvent.ordering_key)))
+    assert keys == {f"phone:{PERSON}"}
+
+    await world.process()
+    refused = next(m for m in world.ghl.sim.snapshot()["messages"] if m["id"] == payload["messageId"])
+    assert refused["status"] == "failed"
+    assert refused["error"]["code"] == "opted_out"
+    assert world.verity.sim.sent_messages == []
