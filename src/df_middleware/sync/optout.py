@@ -63,11 +63,13 @@ def keyword_of(event_type: str, body: str | None) -> KeywordMatch | None:
     return None
 
 
-def consent_change_of(event: ClaimedEvent, texting: TextingEvent) -> ConsentChange | None:
-    """The SMS consent change an inbound text makes: STOP family → opted out, START family →
-    opted in (source `texting`, timed by the text's own timestamp, else its receipt); None for an
-    ordinary message, a HELP request, or a sender whose number is not valid."""
-    match = keyword_of(event.event_type, texting.body)
+def consent_change_of(
+    event: ClaimedEvent, texting: TextingEvent, match: KeywordMatch | None
+) -> ConsentChange | None:
+    """The SMS consent change an inbound text makes, given its keyword (`keyword_of`): STOP
+    family → opted out, START family → opted in (source `texting`, timed by the text's own
+    timestamp, else its receipt); None for an ordinary message, a HELP request, or a sender
+    whose number is not valid."""
     if match is None or match.kind == "help" or texting.from_number is None:
         return None
     return ConsentChange(

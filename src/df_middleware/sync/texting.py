@@ -62,7 +62,7 @@ from df_middleware.connectors.ghl_models import (
 from df_middleware.connectors.http import RemoteNotFound, RemoteRejected, write_not_made
 from df_middleware.connectors.verity import VerityClient
 from df_middleware.consent.sending import send_sms
-from df_middleware.consent.store import ConsentOutcome, sms_allowed
+from df_middleware.consent.store import sms_allowed
 from df_middleware.db.models import MessageMapping, SyncEffect, WebhookEvent
 from df_middleware.db.session import Database
 from df_middleware.db.types import utcnow
@@ -606,20 +606,19 @@ async def handle_message_received(ctx: HandlerContext, event: ClaimedEvent) -> H
     """
     ctx.direction = TEXTING_TO_GHL
     texting = normalize_texting_payload(event.payload, ctx.settings.default_phone_region)
-    change = consent_change_of(event, texting)
     match = keyword_of(event.event_type, texting.body)
-    outcome: ConsentOutcome | None = None
+    change = consent_change_of(event, texting, match)
     first: list[SyncLogEntry] = []
+    in_force = False  # the change is the decision in force, applied now or by an earlier run
     if change is not None:
         # The decision first: a local write that cannot wait on GHL, and from its commit on every
-        # send to the number is refused (R-OPT-4).
+        # send to the number is refused (R-OPT-4). A retry after GHL failed still tells GHL.
         outcome, decided = await record_consent(ctx, event, change)
         first.append(decided)
+        in_force = outcome.holds(change)
 
     async def tell_ghl(ghl: GhlClient, ghl_contact_id: str) -> list[SyncLogEntry]:
-        # The decision in force, applied now or by an earlier run of this event (a retry after GHL
-        # failed must still tell GHL).
-        if change is None or outcome is None or not outcome.holds(change):
+        if change is None or not in_force:
             return []
         return [await tell_ghl_sms_dnd(ctx, event, ghl, ghl_contact_id, change)]
 
@@ -628,13 +627,8 @@ async def handle_message_received(ctx: HandlerContext, event: ClaimedEvent) -> H
     phone = texting.from_number
     if match is not None and match.kind == "help" and phone is not None:
         after.append(await reply_to_help(ctx, event, phone))
-    opted_out = change is not None and outcome is not None and outcome.holds(change)
-    if (
-        opted_out
-        and change is not None
-        and change.status == "opted_out"
-        and ctx.settings.optout_removes_from_dialer
-    ):
+    opted_out = change is not None and in_force and change.status == "opted_out"
+    if change is not None and opted_out and ctx.settings.optout_removes_from_dialer:
         after.append(await off_the_dialer(ctx, event, change.phone))
     return HandlerResult(
         entries=[*first, *result.entries, *after], effects=result.effects, resolves=result.resolves
