@@ -34,10 +34,13 @@ def dnd_update(
     at: str | None = None,
     contact_id: str = GHL_ID,
     phone: str | None = PERSON,
-    call: str = "inactive",
+    call: str | None = "inactive",
 ) -> dict[str, Any]:
-    """`contracts/ghl/webhooks/ContactDndUpdate.json`'s example, with our contact and statuses."""
-    settings: dict[str, Any] = {"Call": {"status": call, "message": "", "code": ""}}
+    """`contracts/ghl/webhooks/ContactDndUpdate.json`'s example, with our contact and statuses
+    (a channel given None is left out)."""
+    settings: dict[str, Any] = {}
+    if call is not None:
+        settings["Call"] = {"status": call, "message": "", "code": ""}
     if sms is not None:
         settings["SMS"] = {"status": sms, "message": "", "code": ""}
     payload: dict[str, Any] = {
@@ -75,15 +78,27 @@ def stop_text(at: str = "2026-11-24T17:10:00.000Z") -> dict[str, Any]:
     }
 
 
-async def history(world: SyncWorld) -> list[tuple[str, str]]:
+async def history(world: SyncWorld, channel: str = "sms") -> list[tuple[str, str]]:
+    """One channel's consent history, oldest first."""
     async with world.db.session() as session:
-        rows = await session.scalars(select(OptoutEvent).order_by(OptoutEvent.event_at))
+        rows = await session.scalars(
+            select(OptoutEvent).where(OptoutEvent.channel == channel).order_by(OptoutEvent.event_at)
+        )
         return [(row.status, row.source) for row in rows]
 
 
-async def dnd_log(world: SyncWorld) -> list[tuple[str, str | None]]:
+def _about(message: str | None, channel: str) -> bool:
+    """Whether a sync_log row of a DND webhook is about `channel` (each row names its channel:
+    "SMS DND: …", "… opted out of SMS …", "sms consent …"; "Call DND: …", "… voice DNC …")."""
+    text = (message or "").lower()
+    if channel == "sms":
+        return "sms" in text
+    return "call dnd" in text or "voice" in text or "power-dialer" in text
+
+
+async def dnd_log(world: SyncWorld, channel: str | None = "sms") -> list[tuple[str, str | None]]:
     """The sync_log rows of the ContactDndUpdate events (the worker files each row under its
-    event's id, `correlation_id`), oldest first."""
+    event's id, `correlation_id`), oldest first; those about one channel, or all (None)."""
     async with world.db.session() as session:
         ids = [
             str(event_id)
@@ -96,7 +111,7 @@ async def dnd_log(world: SyncWorld) -> list[tuple[str, str | None]]:
             .where(SyncLog.correlation_id.in_(ids))
             .order_by(SyncLog.started_at)
         )
-        return [(status, message) for status, message in rows]
+        return [(status, message) for status, message in rows if channel is None or _about(message, channel)]
 
 
 async def all_done(world: SyncWorld) -> bool:
@@ -194,7 +209,7 @@ async def test_the_echo_of_our_own_dnd_write_is_no_decision(
     [(status, message)] = await dnd_log(world)
     assert status == "skipped"
     if not other_modules:
-        assert message == "echo"
+        assert message == "SMS DND: echo of our own DND write"
     async with world.db.session() as session:
         assert (
             await session.scalar(
@@ -223,34 +238,73 @@ async def test_a_call_dnd_toggle_restating_sms_is_no_decision(world: SyncWorld) 
     assert state is not None
     assert (state.status, state.source) == ("opted_out", "texting")
     assert await history(world) == [("opted_out", "texting")]
+    assert await history(world, "voice") == [("opted_out", "ghl")]  # the Call toggle: voice only
     assert await dnd_log(world) == [
-        ("skipped", "echo"),
-        ("skipped", "consent unchanged: SMS already opted_out by texting"),
+        ("skipped", "SMS DND: echo of our own DND write"),
+        ("skipped", "SMS DND: consent unchanged: SMS already opted_out by texting"),
     ]
 
 
 @pytest.mark.parametrize(
-    ("payload", "reason"),
+    ("payload", "reasons"),
     [
-        (dnd_update(None, call="active"), "no SMS DND in the webhook"),
-        (dnd_update("active", phone=None), "no phone"),
-        (dnd_update("active", phone="12"), "no phone"),
+        (dnd_update(None, call=None), ["no SMS or Call DND in the webhook"]),
+        (
+            dnd_update("active", phone=None),
+            [
+                "SMS DND: no valid phone: consent is keyed by E.164 number",
+                "Call DND: no valid phone: consent is keyed by E.164 number",
+            ],
+        ),
+        (
+            dnd_update("active", phone="12", call=None),
+            ["SMS DND: no valid phone: consent is keyed by E.164 number"],
+        ),
         (
             dnd_update("inactive"),
-            "consent unchanged: SMS already opted_in (no opt-out recorded)",
+            [
+                "SMS DND: consent unchanged: SMS already opted_in (no opt-out recorded)",
+                "Call DND: consent unchanged: voice already opted_in (no opt-out recorded)",
+            ],
         ),
     ],
-    ids=["call-dnd-only", "no-phone", "invalid-phone", "nothing-to-lift"],
+    ids=["no-channel", "no-phone", "invalid-phone", "nothing-to-lift"],
 )
-async def test_a_dnd_webhook_without_an_sms_decision_is_skipped(
-    world: SyncWorld, payload: dict[str, Any], reason: str
+async def test_a_dnd_webhook_without_a_decision_is_skipped(
+    world: SyncWorld, payload: dict[str, Any], reasons: list[str]
 ) -> None:
-    """R-OPT-5: only the SMS DND setting of a contact with a valid phone is a decision; Call DND
-    alone (the voice flow's, R-OPT-6), no phone, or an `inactive` SMS DND with no opt-out to lift
-    end `done` with one skipped row naming why, and nothing recorded."""
+    """R-OPT-5, R-OPT-6: only the SMS or Call DND setting of a contact with a valid phone is a
+    decision; neither setting, no phone, or `inactive` DND with no opt-out to lift end `done`
+    with one skipped row per channel naming why, and nothing recorded on either channel."""
     await world.deliver_ghl(payload)
     await world.process()
     assert await history(world) == []
+    assert await history(world, "voice") == []
     assert await ConsentStore(world.db).state("sms", PERSON) is None
-    assert await dnd_log(world) == [("skipped", reason)]
+    assert await ConsentStore(world.db).state("voice", PERSON) is None
+    assert await dnd_log(world, None) == [("skipped", reason) for reason in reasons]
+    assert await all_done(world)
+
+
+@pytest.mark.parametrize("removes", [True, False], ids=["removes-from-dialer", "keeps-lists"])
+async def test_ghl_sms_dnd_takes_the_person_off_the_dialer_when_configured(
+    world: SyncWorld, removes: bool
+) -> None:
+    """R-OPT-3, R-AG-2: an SMS opt-out from GHL's SMS DND is an SMS opt-out like a STOP: with
+    OPTOUT_REMOVES_FROM_DIALER=true the person's Aloware contact leaves every power-dialer list
+    (one `ghl_to_aloware` row); without it, the lists are left alone."""
+    sim = world.aloware.sim
+    contact_id = sim.add_contact(PERSON, first_name="Dana")["id"]
+    sim.lists[sim.add_list("DF_HOT")["id"]]["contact_ids"].append(contact_id)
+    world.settings = world.settings.model_copy(update={"optout_removes_from_dialer": removes})
+
+    await world.deliver_ghl(dnd_update("active", at=ago(30)))
+    await world.process()
+
+    assert not await sms_allowed(world.db, PERSON)
+    assert (sim.lists_of(contact_id) == []) is removes
+    assert contact_id in sim.contacts
+    async with world.db.session() as session:
+        directions = set(await session.scalars(select(SyncLog.direction)))
+    assert ("ghl_to_aloware" in directions) is removes
     assert await all_done(world)

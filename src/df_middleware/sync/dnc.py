@@ -115,7 +115,7 @@ async def tell_ghl_call_dnd(
             event, ALOWARE_TO_GHL, f"GHL contact {resolved.ghl_contact_id} not found: Call DND not set"
         ).entries[0]
     await EchoGuard(ctx.db, ctx.settings.echo_ttl_seconds).remember(
-        "ghl", dnd_entity(resolved.ghl_contact_id), {"dnd_call": status}
+        "ghl", dnd_entity(resolved.ghl_contact_id, "call"), {"dnd_call": status}
     )
     entry = success(
         event,
@@ -189,5 +189,5 @@ async def handle_contact_dnc_updated(ctx: HandlerContext, event: ClaimedEvent) -
 
 
 def register_handlers(registry: HandlerRegistry) -> None:
-    """Voice DNC of §6.4 (Aloware's side; GHL's Call DND is the opt-out module's)."""
+    """Voice DNC of §6.4 (Aloware's side; GHL's Call DND is `ghl_dnd`'s)."""
     registry.register("aloware", "Contact DNC Updated")(handle_contact_dnc_updated)

@@ -36,11 +36,14 @@ from df_middleware.sync.effects import fingerprint
 UNCARRIED_FIELDS: Mapping[str, frozenset[str]] = {"ghl": frozenset({"timezone"})}
 
 
-def dnd_entity(contact_id: str) -> str:
-    """The echo guard's entity for a contact's DND settings: apart from its profile, so that a
-    profile webhook that matches nothing (and clears the profile's fingerprints) leaves the
-    fingerprint of our DND write for the `ContactDndUpdate` it causes (R-LOOP-1, R-OPT-5)."""
-    return f"{contact_id}#dnd"
+def dnd_entity(contact_id: str, channel: str) -> str:
+    """The echo guard's entity for one DND channel of a contact (`sms` or `call`): apart from its
+    profile, so that a profile webhook that matches nothing (and clears the profile's
+    fingerprints) leaves the fingerprint of our DND write for the `ContactDndUpdate` it causes
+    (R-LOOP-1, R-OPT-5); and one entity a channel, because every `ContactDndUpdate` re-states both
+    channels: the SMS check of the webhook our Call write causes must not clear the Call write's
+    fingerprint (R-OPT-6)."""
+    return f"{contact_id}#dnd-{channel}"
 
 
 def echo_fingerprint(system: str, fields: Mapping[str, Any]) -> str:

@@ -1,121 +1,180 @@
-"""GHL's SMS DND toggles as consent decisions (R-OPT-5, R-LOOP-1; issue 11).
+"""GHL's DND toggles as consent decisions: SMS DND (R-OPT-5) and Call DND (R-OPT-6), R-LOOP-1.
 
-A GHL user (or a GHL workflow) switching a contact's SMS DND on or off is GHL telling us about the
-person's SMS consent. GHL's `ContactDndUpdate` webhook (contracts/ghl/webhooks/
-ContactDndUpdate.json; ingest knows no workflow spelling of it) becomes a `ConsentChange` of
-source `ghl`: `dndSettings.SMS.status` `active` or `permanent` → opted out, `inactive` → opted in,
-timed by the webhook's `timestamp` (else its receipt), reason `DND`. `ConsentStore.apply` decides
-whether it takes effect; `decisions.may_lift` is what keeps a GHL DND switched off from lifting a
-texting STOP (only a GHL-sourced opt-out is GHL's to lift).
+A GHL user (or a GHL workflow) switching a contact's DND on or off is GHL telling us about the
+person's consent. GHL's `ContactDndUpdate` webhook (contracts/ghl/webhooks/ContactDndUpdate.json;
+ingest knows no workflow spelling of it) carries the contact's whole `dndSettings`, and each of
+its two channels we act on becomes a `ConsentChange` of source `ghl`, reason `DND`, timed by the
+webhook's `timestamp` (else its receipt): `SMS.status` → SMS consent, `Call.status` → voice DNC;
+`active` or `permanent` → opted out, `inactive` → opted in. `ConsentStore.apply` decides whether it
+takes effect; `decisions.may_lift` is what keeps GHL's DND switched off from lifting a texting STOP
+or an Aloware DNC (only a GHL-sourced opt-out is GHL's to lift).
 
-Which DND information counts: only `dndSettings.SMS.status`. The top-level `dnd` flag is not SMS
-information: the contract's own example carries `dnd: true` with `SMS.status: inactive` (and the
-other channels active), so reading it as an SMS opt-out would contradict the per-channel setting
-in the same payload. A webhook without an SMS setting says nothing about SMS and is skipped.
+When GHL's Call DND puts the number on voice DNC, the person's Aloware contact also leaves every
+power-dialer list (R-OPT-6 "the same in the other direction"; R-AG-2); a GHL SMS DND does the same
+when OPTOUT_REMOVES_FROM_DIALER is set (R-OPT-3). Channels stay independent: the SMS setting never
+changes voice DNC, nor the reverse.
 
-Call DND (`dndSettings.Call`) is voice consent (R-OPT-6, the DNC flow), not handled here: this
-module never reads it, and a Call DND change never touches SMS consent.
+Which DND information counts: only `dndSettings.<channel>.status`. The top-level `dnd` flag is not
+read: the contract's own example carries `dnd: true` with `SMS.status: inactive` (and the other
+channels active), so it says nothing a channel's own setting does not. A channel missing from the
+webhook says nothing about that channel. Email/WhatsApp/GMB/FB DND are not consent we keep.
 
-Our own DND write (`optout.tell_ghl_sms_dnd`, after a texting STOP/START) comes back as a
-`ContactDndUpdate` too. It is remembered as an echo (`{"dnd_sms": status}`) and recognised here
-first, before anything else: it is the decision we already recorded, never a new one (R-LOOP-1).
+Per channel, before anything else: our own DND write (`optout.tell_ghl_sms_dnd` after a texting
+STOP/START, `dnc.tell_ghl_call_dnd` after an Aloware DNC) comes back as a `ContactDndUpdate` and is
+recognised as an echo (one echo entity a channel, `echoes.dnd_entity`): the decision we already
+recorded, never a new one. Then a channel re-stating the consent in force is no decision either
+(`already_in_force`): every webhook re-states both channels when only one changed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
-from df_middleware.consent.decisions import OPTED_IN, OPTED_OUT, ConsentChange, Status
+from df_middleware.consent.decisions import OPTED_IN, OPTED_OUT, Channel, ConsentChange, Status
 from df_middleware.consent.store import ConsentStore
 from df_middleware.phones import normalize_phone
 from df_middleware.sync.echoes import EchoGuard, dnd_entity
 from df_middleware.sync.effects import skipped
-from df_middleware.sync.optout import INTERNAL, record_consent
-from df_middleware.sync.registry import ClaimedEvent, HandlerContext, HandlerRegistry, HandlerResult
+from df_middleware.sync.optout import INTERNAL, off_the_dialer, record_consent
+from df_middleware.sync.registry import (
+    ClaimedEvent,
+    HandlerContext,
+    HandlerRegistry,
+    HandlerResult,
+    SyncLogEntry,
+)
 from df_middleware.timestamps import parse_iso8601
 
-#: GHL's SMS DND statuses and the consent each one states (`permanent` is an opt-out GHL itself
-#: will not let a user lift; for us it is an opt-out like `active`).
-SMS_DND_STATUS: Mapping[str, Status] = {
+#: GHL's DND statuses and the consent each one states (`permanent` is an opt-out GHL itself will
+#: not let a user lift; for us it is an opt-out like `active`).
+DND_STATUS: Mapping[str, Status] = {
     "active": OPTED_OUT,
     "permanent": OPTED_OUT,
     "inactive": OPTED_IN,
 }
 
-ECHO = "echo"
-NO_SMS_DND = "no SMS DND in the webhook"
-NO_PHONE = "no phone"
+GHL_TO_ALOWARE = "ghl_to_aloware"
+ECHO = "echo of our own DND write"
+NO_DND = "no SMS or Call DND in the webhook"
+NO_PHONE = "no valid phone: consent is keyed by E.164 number"
 DND_REASON = "DND"
 
 
-def sms_dnd_status(payload: Mapping[str, object]) -> str | None:
-    """The webhook's SMS DND status (`active`, `inactive`, `permanent`), lower-cased; None when
-    the payload has no SMS setting or an unknown status (see the module docstring for why the
-    top-level `dnd` flag is not read)."""
+@dataclass(frozen=True)
+class DndChannelSpec:
+    """One DND channel of GHL's `dndSettings` that is consent we keep."""
+
+    setting: str  # the key in dndSettings: "SMS", "Call"
+    consent: Channel  # the registry it decides: "sms", "voice"
+    echo: str  # the echo entity's channel and fingerprint field: dnd_<echo>
+
+    @property
+    def label(self) -> str:
+        return f"{self.setting} DND"
+
+
+SMS = DndChannelSpec("SMS", "sms", "sms")
+CALL = DndChannelSpec("Call", "voice", "call")
+CHANNELS: tuple[DndChannelSpec, ...] = (SMS, CALL)
+
+
+def dnd_status(payload: Mapping[str, object], channel: DndChannelSpec = SMS) -> str | None:
+    """The webhook's DND status for one channel (`active`, `inactive`, `permanent`), lower-cased;
+    None when the payload has no such setting or an unknown status."""
     settings = payload.get("dndSettings")
-    sms = settings.get("SMS") if isinstance(settings, Mapping) else None
-    status = sms.get("status") if isinstance(sms, Mapping) else None
-    if not isinstance(status, str) or status.strip().lower() not in SMS_DND_STATUS:
+    setting = settings.get(channel.setting) if isinstance(settings, Mapping) else None
+    status = setting.get("status") if isinstance(setting, Mapping) else None
+    if not isinstance(status, str) or status.strip().lower() not in DND_STATUS:
         return None
     return status.strip().lower()
 
 
-async def already_in_force(ctx: HandlerContext, phone: str, stated: Status) -> str | None:
-    """Why the webhook's SMS DND is no change (the SMS consent in force already says it), else
-    None.
+async def already_in_force(
+    ctx: HandlerContext, phone: str, stated: Status, channel: Channel = "sms"
+) -> str | None:
+    """Why the webhook's DND for `channel` is no change (the consent in force already says it),
+    else None.
 
-    Every `ContactDndUpdate` carries the contact's whole `dndSettings`, so it re-states the SMS
-    DND when something else changed: a GHL user toggling Call DND, or the echo of our own Call
-    DND write (sync/dnc.py), which the SMS echo check cannot recognise. A re-stated SMS DND is not
-    a GHL decision: recording it would turn a texting STOP into a GHL-sourced opt-out (that a GHL
-    toggle could then lift, R-OPT-5) and add a history row nobody made. No decision in force
-    means opted in (nobody opted the number out), so an `inactive` SMS DND lifts nothing.
+    Every `ContactDndUpdate` carries the contact's whole `dndSettings`, so it re-states one
+    channel's DND when the other changed: a GHL user toggling Call DND, or the echo of our own
+    write on the other channel. A re-stated DND is not a GHL decision: recording it would turn a
+    texting STOP (or an Aloware DNC) into a GHL-sourced opt-out that a GHL toggle could then lift
+    (R-OPT-5), and add a history row nobody made. No decision in force means opted in (nobody
+    opted the number out), so an `inactive` DND lifts nothing.
     """
-    current = await ConsentStore(ctx.db).state("sms", phone)
+    current = await ConsentStore(ctx.db).state(channel, phone)
     in_force = current.status if current is not None else OPTED_IN
     if in_force != stated:
         return None
     by = f"by {current.source}" if current is not None else "(no opt-out recorded)"
-    return f"consent unchanged: SMS already {in_force} {by}"
+    return f"consent unchanged: {'SMS' if channel == 'sms' else 'voice'} already {in_force} {by}"
 
 
-async def handle_ghl_dnd_update(ctx: HandlerContext, event: ClaimedEvent) -> HandlerResult:
-    """GHL `ContactDndUpdate` → an SMS consent change of source `ghl` (R-OPT-5).
-
-    Skipped (one sync_log row saying why, nothing recorded): no SMS DND in the payload; the echo
-    of our own DND write (R-LOOP-1, checked first: it is the decision already recorded, and
-    checking consumes its fingerprint); no valid phone; an SMS DND the consent in force already
-    states (`already_in_force`: the webhook re-states SMS when Call DND changed). Otherwise the
-    change is applied with `ConsentStore` and one `internal` row says whether it took effect, or
-    why not (a texting STOP is not GHL's to lift; an older toggle does not undo a newer one).
-    """
-    ctx.direction = INTERNAL
-    status = sms_dnd_status(event.payload)
-    if status is None:
-        return skipped(event, INTERNAL, NO_SMS_DND)
+async def _decide_channel(
+    ctx: HandlerContext, event: ClaimedEvent, channel: DndChannelSpec, status: str
+) -> list[SyncLogEntry]:
+    """One channel of the webhook: echo, no phone, already in force → one skipped row; else the
+    decision's row, and the dialer lists after an opt-out in force (voice always, SMS with
+    OPTOUT_REMOVES_FROM_DIALER)."""
     contact_id = event.entity_id or ""
     echoes = EchoGuard(ctx.db, ctx.settings.echo_ttl_seconds)
-    if await echoes.is_echo("ghl", dnd_entity(contact_id), {"dnd_sms": status}):
-        return skipped(event, INTERNAL, ECHO)
+    if await echoes.is_echo("ghl", dnd_entity(contact_id, channel.echo), {f"dnd_{channel.echo}": status}):
+        return skipped(event, INTERNAL, f"{channel.label}: {ECHO}").entries
     phone = normalize_phone(event.payload.get("phone"), ctx.settings.default_phone_region)
     if phone is None:
-        return skipped(event, INTERNAL, NO_PHONE)
-    stated = SMS_DND_STATUS[status]
-    unchanged = await already_in_force(ctx, phone, stated)
+        return skipped(event, INTERNAL, f"{channel.label}: {NO_PHONE}").entries
+    stated = DND_STATUS[status]
+    unchanged = await already_in_force(ctx, phone, stated, channel.consent)
     if unchanged is not None:
-        return skipped(event, INTERNAL, unchanged)
+        return skipped(event, INTERNAL, f"{channel.label}: {unchanged}").entries
     change = ConsentChange(
-        channel="sms",
+        channel=channel.consent,
         phone=phone,
         status=stated,
         source="ghl",
         event_at=parse_iso8601(event.payload.get("timestamp")) or event.received_at,
         reason=DND_REASON,
     )
-    _, entry = await record_consent(ctx, event, change)
-    return HandlerResult(entries=[entry])
+    outcome, entry = await record_consent(ctx, event, change)
+    entries = [entry]
+    leaves_dialer = channel is CALL or ctx.settings.optout_removes_from_dialer
+    if outcome.holds(change) and stated == OPTED_OUT and leaves_dialer:
+        entries.append(
+            await off_the_dialer(
+                ctx,
+                event,
+                phone,
+                because=f"GHL {channel.label}",
+                direction=GHL_TO_ALOWARE,
+                ghl_contact_id=contact_id or None,
+            )
+        )
+    return entries
+
+
+async def handle_ghl_dnd_update(ctx: HandlerContext, event: ClaimedEvent) -> HandlerResult:
+    """GHL `ContactDndUpdate` → an SMS and/or a voice consent change of source `ghl` (R-OPT-5,
+    R-OPT-6).
+
+    Per channel present in the webhook, one sync_log row: skipped and why (the echo of our own
+    DND write, R-LOOP-1, checked first since checking consumes its fingerprint; no valid phone;
+    a DND the consent in force already states), or the decision applied with `ConsentStore`
+    (`internal`), saying whether it took effect or why not (a texting STOP or an Aloware DNC is
+    not GHL's to lift; an older toggle does not undo a newer one). A voice opt-out in force adds
+    a row for the Aloware dialer lists. No SMS or Call setting at all: one skipped row.
+    """
+    ctx.direction = INTERNAL
+    entries: list[SyncLogEntry] = []
+    for channel in CHANNELS:
+        status = dnd_status(event.payload, channel)
+        if status is not None:
+            entries.extend(await _decide_channel(ctx, event, channel, status))
+    if not entries:
+        return skipped(event, INTERNAL, NO_DND)
+    return HandlerResult(entries=entries)
 
 
 def register_handlers(registry: HandlerRegistry) -> None:
-    """GHL's DND webhook; Call DND inside it is the voice flow's (R-OPT-6), not read here."""
+    """GHL's DND webhook: SMS DND (R-OPT-5) and Call DND (R-OPT-6)."""
     registry.register("ghl", "ContactDndUpdate")(handle_ghl_dnd_update)

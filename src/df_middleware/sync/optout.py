@@ -124,7 +124,7 @@ async def tell_ghl_sms_dnd(
     status = "active" if change.status == OPTED_OUT else "inactive"
     await ghl.update_contact(ghl_contact_id, ContactUpdate(dnd_settings={"SMS": DndChannel(status=status)}))
     await EchoGuard(ctx.db, ctx.settings.echo_ttl_seconds).remember(
-        "ghl", dnd_entity(ghl_contact_id), {"dnd_sms": status}
+        "ghl", dnd_entity(ghl_contact_id, "sms"), {"dnd_sms": status}
     )
     return success(
         event,
@@ -181,26 +181,37 @@ async def reply_to_help(ctx: HandlerContext, event: ClaimedEvent, phone: str) ->
     return success(event, GHL_TO_TEXTING, "HELP reply sent through Verity", target_id=outcome.target_id)
 
 
-async def off_the_dialer(ctx: HandlerContext, event: ClaimedEvent, phone: str) -> SyncLogEntry:
-    """R-OPT-3 with OPTOUT_REMOVES_FROM_DIALER: the opted-out person's Aloware contact leaves every
-    power-dialer list (found by the mapping, else by phone at Aloware)."""
+async def off_the_dialer(
+    ctx: HandlerContext,
+    event: ClaimedEvent,
+    phone: str,
+    *,
+    because: str = "opted out of SMS",
+    direction: str = TEXTING_TO_ALOWARE,
+    ghl_contact_id: str | None = None,
+) -> SyncLogEntry:
+    """The person's Aloware contact leaves every power-dialer list: after an SMS opt-out with
+    OPTOUT_REMOVES_FROM_DIALER (R-OPT-3), after GHL Call DND (R-OPT-6, `because` says which). The
+    contact is found by the mapping (the GHL contact's, when known, else the number's), else by
+    phone at Aloware; a set operation, so a retry repeats it harmlessly."""
     aloware = ctx.connectors.aloware if ctx.connectors is not None else None
     if aloware is None:
-        return skipped(event, TEXTING_TO_ALOWARE, "dialer lists: Aloware not configured").entries[0]
-    mapping = await ContactMappings(ctx.db).by_phone(phone)
+        return skipped(event, direction, "dialer lists: Aloware not configured").entries[0]
+    mappings = ContactMappings(ctx.db)
+    mapping = await mappings.by_ghl_id(ghl_contact_id) if ghl_contact_id else None
+    if mapping is None or mapping.aloware_contact_id is None:
+        mapping = await mappings.by_phone(phone)
     aloware_id = mapping.aloware_contact_id if mapping is not None and mapping.deleted_at is None else None
     if aloware_id is None:
         found = await aloware.find_contact_by_phone(phone)
         aloware_id = found.id if found is not None else None
     if aloware_id is None:
-        return skipped(event, TEXTING_TO_ALOWARE, "dialer lists: no Aloware contact on this number").entries[
-            0
-        ]
+        return skipped(event, direction, "dialer lists: no Aloware contact on this number").entries[0]
     await aloware.remove_from_all_lists(aloware_id)
     return success(
         event,
-        TEXTING_TO_ALOWARE,
-        f"opted out of SMS: Aloware contact {aloware_id} removed from all power-dialer lists",
+        direction,
+        f"{because}: Aloware contact {aloware_id} removed from all power-dialer lists",
         target_id=aloware_id,
         entity_type="contact",
         entity_id=aloware_id,
