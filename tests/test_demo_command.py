@@ -30,7 +30,9 @@ def test_demo_plays_the_day_and_reaches_the_expected_end_state(tmp_path: Path) -
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)
     assert report["matches_expected"] is True
-    assert report["events"] == {"texting_webhook_events:done": 4, "webhook_events:done": 9}
-    [contact] = report["end_state"]["ghl_contacts"]
-    assert len(contact["notes"]) == 4
-    assert len(report["end_state"]["verity_sends"]) == 1
+    assert report["events"] == {"texting_webhook_events:done": 9, "webhook_events:done": 11}
+    dana, sam = report["end_state"]["ghl_contacts"]
+    assert len(dana["notes"]) == 4
+    assert [m["error"] for m in sam["messages"] if m["status"] == "failed"] == ["opted_out"]  # R-OPT-4
+    assert sam["dnd"] == [["SMS", "inactive"]]  # STOP, then START (R-OPT-5)
+    assert len(report["end_state"]["verity_sends"]) == 2

@@ -18,10 +18,16 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from df_middleware.db.models import SyncEffect, SyncLog, TextingWebhookEvent, WebhookEvent
+from df_middleware.consent.store import ConsentStore, sms_allowed
+from df_middleware.db.models import OptoutEvent, SyncEffect, SyncLog, TextingWebhookEvent, WebhookEvent
 from df_middleware.demo import (
     LEAD_PHONE,
     RECORDING_URL,
+    REFUSED_SMS,
+    RESUMED_SMS,
+    SAM_PHONE,
+    SAM_START_ID,
+    SAM_STOP_ID,
     SUMMARY,
     TRANSCRIPT,
     DaySimulators,
@@ -37,6 +43,8 @@ from df_middleware.sync.registry import DOMAIN_MODULES
 from tests.sync_world import CONVERSATION_PROVIDER, LOCATION, SyncWorld
 
 EVENT_MODELS = (WebhookEvent, TextingWebhookEvent)
+#: Events the day stores: its 16 webhooks and Verity's 4 receipts (two agent texts sent).
+DAY_EVENTS = 20
 
 
 def sims_of(world: SyncWorld) -> DaySimulators:
@@ -142,6 +150,11 @@ async def test_the_day_ends_with_the_expected_state_in_every_simulator(world: Sy
         "aloware",
         "provider",
         "texting",
+        "texting",  # Sam: "See you this weekend!"
+        "texting",  # Sam: STOP
+        "provider",  # Chris texts Sam: refused
+        "texting",  # Sam: START
+        "provider",  # Chris texts Sam again: sent
         "ghl",
         "aloware",
     ]
@@ -149,20 +162,69 @@ async def test_the_day_ends_with_the_expected_state_in_every_simulator(world: Sy
     await assert_clean_end(world)
 
     ghl = world.ghl.sim.snapshot()
-    [contact] = [c for c in ghl["contacts"] if not c["deleted"]]
+    [contact] = [c for c in ghl["contacts"] if not c["deleted"] and c["phone"] == LEAD_PHONE]
     bodies = "\n".join(n["body"] for n in contact["notes"])
     for expected in (RECORDING_URL, TRANSCRIPT, SUMMARY, "Agent: Chris Agent", "Disposition: Interested"):
         assert expected in bodies
-    [sms] = [m for m in ghl["messages"] if m["type"] == "SMS" and m["direction"] == "outbound"]
+    [sms] = [
+        m
+        for m in ghl["messages"]
+        if m["type"] == "SMS" and m["direction"] == "outbound" and m["contactId"] == contact["id"]
+    ]
     assert sms["statusHistory"] == ["pending", "delivered"]  # GHL has no `sent` (R-TXT-5)
-    [send] = world.verity.sim.sent_messages
+    [send] = [m for m in world.verity.sim.sent_messages if m["to"] == LEAD_PHONE]
     assert send["correlationId"] == sms["id"]
     assert send["receipts"] == ["message.sent", "message.delivered"]
     assert world.aloware.sim.contact_by_phone(LEAD_PHONE)["first_name"] == "Dani"
     # The Verity receipts came in through the real texting endpoint and were processed.
     async with world.db.session() as session:
         receipts = list(await session.scalars(select(TextingWebhookEvent.event_type)))
-    assert sorted(receipts) == ["message.delivered", "message.received", "message.received", "message.sent"]
+    assert sorted(receipts) == ["message.delivered"] * 2 + ["message.received"] * 5 + ["message.sent"] * 2
+
+
+async def test_the_day_s_consent_story(world: SyncWorld) -> None:
+    """R-OPT-1, R-OPT-2, R-OPT-3, R-OPT-4, R-OPT-5 on the demo's day: "See you this weekend!" is no
+    opt-out; Sam's STOP is one texting decision with its message id, GHL's SMS DND went active; the
+    agent's text meanwhile was refused before any request to Verity (GHL message failed with the
+    spec's error body, a sync_log row saying why); START lifted it (one more decision, DND
+    inactive) and the next text went out. Dana, who never said a keyword, has no decision."""
+    await play_day(world)
+
+    async with world.db.session() as session:
+        history = [
+            (r.phone_number, r.channel, r.status, r.source, r.keyword, r.message_id)
+            for r in await session.scalars(select(OptoutEvent).order_by(OptoutEvent.event_at))
+        ]
+        refusals = list(
+            await session.scalars(
+                select(SyncLog.message).where(SyncLog.message.like("not sent: recipient opted out%"))
+            )
+        )
+    assert history == [
+        (SAM_PHONE, "sms", "opted_out", "texting", "STOP", SAM_STOP_ID),
+        (SAM_PHONE, "sms", "opted_in", "texting", "START", SAM_START_ID),
+    ]
+    assert await sms_allowed(world.db, SAM_PHONE)
+    assert await ConsentStore(world.db).state("sms", LEAD_PHONE) is None
+    assert len(refusals) == 1
+
+    ghl = world.ghl.sim.snapshot()
+    [sam] = [c for c in ghl["contacts"] if c["phone"] == SAM_PHONE]
+    [refused] = [m for m in ghl["messages"] if m["body"] == REFUSED_SMS]
+    assert refused["status"] == "failed"
+    assert refused["error"] == {
+        "code": "opted_out",
+        "type": "saas",
+        "message": "Recipient has opted out of SMS",
+    }
+    dnd_writes = [
+        body["dndSettings"]["SMS"]["status"]
+        for body in (r.json() for r in world.ghl.requests("PUT", f"/contacts/{sam['id']}"))
+        if body and "dndSettings" in body
+    ]
+    assert dnd_writes == ["active", "inactive"]
+    assert [m["body"] for m in world.verity.sim.sent_messages if m["to"] == SAM_PHONE] == [RESUMED_SMS]
+    await assert_clean_end(world)
 
 
 # --- R-IDEM-1 ------------------------------------------------------------------------------------------
@@ -194,10 +256,10 @@ async def test_processing_every_event_twice_changes_nothing(world: SyncWorld) ->
     replaying = ReplayingSettler(world)
     await run_day(world, replaying, sims_of(world))
 
-    assert replaying.replayed == 13  # the day's 11 webhooks and Verity's two receipts, once each
+    assert replaying.replayed == DAY_EVENTS  # every webhook of the day and Verity's receipts, once each
     assert snapshot(world) == expected_final_state()
     await assert_clean_end(world)
-    assert len(world.verity.sim.sent_messages) == 1  # the agent's SMS was not sent again
+    assert len(world.verity.sim.sent_messages) == 2  # the agents' SMS were not sent again
 
 
 async def test_replaying_every_event_of_the_day_afterwards_changes_nothing(world: SyncWorld) -> None:
@@ -210,10 +272,12 @@ async def test_replaying_every_event_of_the_day_afterwards_changes_nothing(world
         effects_before = int(await session.scalar(select(func.count()).select_from(SyncEffect)) or 0)
 
     replayed = await bulk_replay(world.db, status="done", actor="e2e-test")
-    assert replayed == 13  # the day's 11 webhooks and Verity's two receipts
+    assert replayed == DAY_EVENTS
     await settler(world)()
 
-    assert len(world.verity.sim.sent_messages) == 1  # the agent's SMS is not sent again
+    # The agents' SMS are not sent again, and the text refused while Sam was opted out is not sent
+    # now that they opted back in: a refusal is final (R-OPT-4).
+    assert len(world.verity.sim.sent_messages) == 2
     async with world.db.session() as session:
         effects_after = int(await session.scalar(select(func.count()).select_from(SyncEffect)) or 0)
     assert effects_after == effects_before
@@ -274,7 +338,7 @@ async def test_delivering_every_webhook_twice_changes_nothing(world: SyncWorld) 
     assert twice.fresh == sum(1 for d in delivered if d.channel == "ghl")
 
     receipts = [d for d in world.verity.sim.deliveries if d["event"].startswith("message.")]
-    assert [r["event"] for r in receipts] == ["message.sent", "message.delivered"]
+    assert [r["event"] for r in receipts] == ["message.sent", "message.delivered"] * 2
     for receipt in receipts:
         again = await world.deliver_texting(receipt["payload"])
         assert again.json()["status"] == "duplicate"

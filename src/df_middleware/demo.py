@@ -9,7 +9,10 @@ newcomer watches is the day the suite proves. It does not depend on pytest.
   `Recording Saved`, `Transcription Saved`, `Call Summarized`), inbound texts (Verity
   `message.received`), an agent's SMS from GHL (`ProviderOutboundMessage`, after which Verity
   posts its own `message.sent` / `message.delivered` receipts), and the contact edited in GHL and
-  then in Aloware. Payloads are shaped like `contracts/…` and built here in code.
+  then in Aloware. Then consent (SPEC 6.4): a second person texts "See you this weekend" (an
+  ordinary text, not an opt-out), then STOP; the agent's next text to them is refused and shown
+  failed in GHL; they text START, and the agent's text goes out. Payloads are shaped like
+  `contracts/…` and built here in code.
 - **The driver** (`run_day`) plays the steps in order. A step that happens *in* a simulator (a
   GHL user saving a contact, an agent texting from GHL, an agent editing in Aloware) is made in the
   simulator's state first, and the webhook is built from that state, as the real system would
@@ -60,6 +63,14 @@ SUMMARY = "Dana is interested in the spring offer and wants the details by email
 FIRST_TEXT_ID = "tlx_DAY0001IN"
 SECOND_TEXT_ID = "tlx_DAY0002IN"
 AGENT_SMS = "Great talking to you, Dana! Sending the details by email now."
+#: The second person of the day: a past customer who opts out of texts, then back in.
+SAM_PHONE = "+19195557002"
+SAM_WEEKEND_TEXT = "See you this weekend!"
+SAM_WEEKEND_ID = "tlx_DAY0003IN"
+SAM_STOP_ID = "tlx_DAY0004IN"
+SAM_START_ID = "tlx_DAY0005IN"
+REFUSED_SMS = "Hi Sam, are we still on for Saturday?"
+RESUMED_SMS = "Thanks for coming back, Sam! See you Saturday."
 
 Channel: TypeAlias = Literal["ghl", "provider", "aloware", "texting"]
 
@@ -331,6 +342,29 @@ DAY: tuple[Step, ...] = (
         "Got it, thanks Chris!",
         "2026-11-24T16:45:00.000Z",
     ),
+    InboundText(
+        "Sam, a past customer, texts 'See you this weekend!': an ordinary text, not an opt-out",
+        SAM_PHONE,
+        SAM_WEEKEND_ID,
+        SAM_WEEKEND_TEXT,
+        "2026-11-24T17:00:00.000Z",
+    ),
+    InboundText(
+        "Sam texts STOP: opted out, recorded in GHL's conversation, GHL's SMS DND on",
+        SAM_PHONE,
+        SAM_STOP_ID,
+        "STOP",
+        "2026-11-24T17:05:00.000Z",
+    ),
+    AgentSms("Chris texts Sam from GHL: refused, the message shows failed in GHL", SAM_PHONE, REFUSED_SMS),
+    InboundText(
+        "Sam texts START: opted back in, GHL's SMS DND off",
+        SAM_PHONE,
+        SAM_START_ID,
+        "Start",
+        "2026-11-24T17:20:00.000Z",
+    ),
+    AgentSms("Chris texts Sam again: it goes out", SAM_PHONE, RESUMED_SMS),
     GhlContactSaved(
         "Dana's new email and city are saved in GHL",
         {"email": "dana.whitfield@example.org", "city": "Raleigh"},
@@ -406,6 +440,8 @@ class MessageView:
     alt_id: str
     body: str
     status: str
+    #: The provider error's code of a failed message (`opted_out`…), '' for none.
+    error: str = ""
 
 
 @dataclass(frozen=True, order=True)
@@ -416,6 +452,8 @@ class GhlContactView:
     notes: tuple[NoteView, ...]
     conversations: int
     messages: tuple[MessageView, ...]
+    #: DND status by channel (`("SMS", "active")`…), as GHL shows it; () when none is set.
+    dnd: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, order=True)
@@ -449,6 +487,17 @@ def _fields(source: Mapping[str, Any], names: Sequence[str]) -> Fields:
     return tuple((name, str(source[name])) for name in names if source.get(name) not in (None, ""))
 
 
+def _dnd(contact: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    settings = contact.get("dndSettings") or {}
+    return tuple(
+        sorted(
+            (str(channel), str(setting.get("status")))
+            for channel, setting in settings.items()
+            if isinstance(setting, Mapping) and setting.get("status")
+        )
+    )
+
+
 def _note_view(note: Mapping[str, Any]) -> NoteView:
     lines = str(note.get("body") or "").splitlines()
     marker = next((line.strip() for line in reversed(lines) if line.strip().startswith("[df:")), "")
@@ -479,6 +528,7 @@ def snapshot_of_world(
             alt_id=str(message.get("altId") or ""),
             body=str(message.get("body") or ""),
             status=str(message["status"]),
+            error=str((message.get("error") or {}).get("code") or ""),
         )
         messages.setdefault(message["contactId"], []).append(view)
         label_of_message[message["id"]] = f"{phone_of.get(message['contactId'], '?')}: {view.body}"
@@ -491,6 +541,7 @@ def snapshot_of_world(
                 notes=tuple(sorted(_note_view(n) for n in c.get("notes") or [])),
                 conversations=conversations.get(c["id"], 0),
                 messages=tuple(sorted(messages.get(c["id"], []))),
+                dnd=_dnd(c),
             )
             for c in contacts
         )
@@ -539,7 +590,7 @@ def expected_final_state() -> WorldSnapshot:
     the time zone Aloware filled in (GHL keeps its first name: GHL owns the profile), its tags plus
     the call's and summary's; one note per call event; the call log, both inbound texts and the
     agent's SMS, delivered; one Aloware contact with the GHL profile and the agent's own edits;
-    one Verity send for the agent's SMS, delivered."""
+    one Verity send for the agent's SMS, delivered. And Sam, who opted out and back in (below)."""
     ghl_contact = GhlContactView(
         phone=LEAD_PHONE,
         fields=(
@@ -610,4 +661,32 @@ def expected_final_state() -> WorldSnapshot:
     send = VeritySendView(
         correlated=f"{LEAD_PHONE}: {AGENT_SMS}", to=LEAD_PHONE, body=AGENT_SMS, status="delivered"
     )
-    return WorldSnapshot((ghl_contact,), (aloware_contact,), (send,))
+    # Sam: a contact their first text created (phone and source only); all three texts in the
+    # conversation (the STOP too, R-OPT-3); the text sent while they were opted out failed with
+    # `opted_out` and never reached Verity (R-OPT-4); after START, SMS DND off and the next text
+    # delivered (R-OPT-5).
+    sam = GhlContactView(
+        phone=SAM_PHONE,
+        fields=(("phone", SAM_PHONE), ("source", "SMS")),
+        tags=(),
+        notes=(),
+        conversations=1,
+        messages=tuple(
+            sorted(
+                (
+                    MessageView("SMS", "inbound", SAM_WEEKEND_ID, SAM_WEEKEND_TEXT, "delivered"),
+                    MessageView("SMS", "inbound", SAM_STOP_ID, "STOP", "delivered"),
+                    MessageView("SMS", "inbound", SAM_START_ID, "Start", "delivered"),
+                    MessageView("SMS", "outbound", "", REFUSED_SMS, "failed", "opted_out"),
+                    MessageView("SMS", "outbound", "", RESUMED_SMS, "delivered"),
+                )
+            )
+        ),
+        dnd=(("SMS", "inactive"),),
+    )
+    resumed = VeritySendView(
+        correlated=f"{SAM_PHONE}: {RESUMED_SMS}", to=SAM_PHONE, body=RESUMED_SMS, status="delivered"
+    )
+    return WorldSnapshot(
+        tuple(sorted((ghl_contact, sam))), (aloware_contact,), tuple(sorted((send, resumed)))
+    )

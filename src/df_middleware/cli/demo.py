@@ -32,7 +32,7 @@ def demo(
 
     def progress(step: Any, webhooks: int) -> None:
         if not as_json:
-            console.print(f"  • {type(step).__name__}: {webhooks} webhook(s) delivered and processed")
+            console.print(f"  • {step.label} ({webhooks} webhook(s) delivered and processed)", soft_wrap=True)
 
     if not as_json:
         console.print("Playing the scripted day against the simulators (nothing leaves 127.0.0.1)…")
@@ -52,8 +52,10 @@ def demo(
         for contact in snapshot.ghl_contacts:
             table.add_row(
                 "GHL",
-                f"contact {contact.phone}: {len(contact.notes)} notes, {len(contact.messages)} messages, "
-                f"tags: {', '.join(contact.tags)}",
+                f"contact {contact.phone}: {len(contact.notes)} notes, {len(contact.messages)} messages "
+                f"({sum(m.status == 'failed' for m in contact.messages)} failed), "
+                f"tags: {', '.join(contact.tags) or '-'}, "
+                f"DND: {', '.join(f'{c} {s}' for c, s in contact.dnd) or '-'}",
             )
         for aloware in snapshot.aloware_contacts:
             table.add_row("Aloware", f"contact {aloware.phone}: {dict(aloware.fields)}")

@@ -99,6 +99,7 @@ PROVIDER_EVENT = "ProviderOutboundMessage"
 #: GHL's ErrorDto example and the only type our provider reports: the failure is on our side of
 #: the provider integration (carrier, consent, configuration), not GHL's.
 PROVIDER_ERROR_TYPE = "saas"
+REFUSED_BEFORE = "refused before (GHL message failed): a refused text is never sent later"
 #: Effect key prefix of Verity sends (R-TXT-5); the rest is the GHL message id.
 SEND_EFFECT_PREFIX = "verity:send:"
 #: What the error message of a dead-lettered send Verity never confirmed says (`_send`).
@@ -754,6 +755,11 @@ async def handle_provider_outbound(ctx: HandlerContext, event: ClaimedEvent) -> 
     existing = await messages.by_ghl_id(ghl_message_id)
     if existing is not None and existing.texting_message_id is not None:
         return skipped(event, ctx.direction, f"already sent as texting message {existing.texting_message_id}")
+    if existing is not None and existing.status == "failed":
+        # Refused before (opted out, invalid number, no text) and shown failed to the agent: a
+        # refusal is final. A replay after the person texted START must not send an old text the
+        # agent saw fail; the agent writes again if they still want to (R-OPT-4, R-IDEM-1).
+        return skipped(event, ctx.direction, REFUSED_BEFORE)
     phone = normalize_phone(payload.get("phone"), ctx.settings.default_phone_region)
     contact_id = _text(payload.get("contactId"))
     conversation_id = _text(payload.get("conversationId"))
