@@ -54,3 +54,32 @@ def test_an_invalid_number_is_one_line_and_touches_nothing(tmp_path: Path) -> No
     assert done.returncode == 2
     assert "not a valid phone number" in one_line_error(done)
     assert entries(tmp_path) == []
+
+
+def test_an_operator_decision_is_queued_to_be_told(tmp_path: Path) -> None:
+    """R-OPT-3, R-OPT-6: `optout add` records the decision and, in the same transaction, queues
+    one `operator` / `consent.decided` event keyed by the number (the worker tells GHL's DND and
+    the dialer); `--channel voice` is the do-not-call registry, SMS untouched; a channel other
+    than sms/voice is one line, exit 2, nothing recorded or queued."""
+    bad = run(["optout", "add", "9195550101", "--reason", "x", "--channel", "email"], tmp_path)
+    assert bad.returncode == 2
+    assert "--channel must be sms or voice" in one_line_error(bad)
+
+    added = run(
+        ["optout", "add", "9195550101", "--reason", "asked not to be called", "--channel", "voice"], tmp_path
+    )
+    assert added.returncode == 0, added.stderr
+    assert "+19195550101: on the do-not-call registry" in added.stdout
+    report = json.loads(run(["optout", "check", "9195550101", "--json"], tmp_path).stdout)
+    assert report["sms"] is None
+    assert report["sms_allowed"] is True
+    assert (report["voice"]["status"], report["voice"]["source"]) == ("opted_out", "manual")
+
+    listed = run(["events", "list", "--source", "operator", "--json"], tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    [event] = json.loads(listed.stdout)["items"]
+    assert (event["event_type"], event["status"], event["entity_id"]) == (
+        "consent.decided",
+        "pending",
+        "+19195550101",
+    )

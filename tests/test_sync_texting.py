@@ -163,7 +163,7 @@ async def test_r_txt_1_inbound_from_unknown_number_creates_contact_conversation_
     )
     to_ghl = await log_rows(world.db, "texting_to_ghl")
     assert sorted(r.message for r in to_ghl if r.status == "success") == [
-        "GHL contact upserted for the texting number (none matched the phone)",
+        "GHL contact upserted for the number (none matched the phone)",
         "inbound SMS added to GHL conversation",
     ]
     [mirror] = await log_rows(world.db, "texting_to_aloware")

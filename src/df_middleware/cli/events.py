@@ -41,7 +41,7 @@ def _event_id(value: str) -> uuid.UUID:
 @events_app.command("list")
 def events_list(
     kind: Annotated[str | None, typer.Option(help="webhook | texting | broadcast")] = None,
-    source: Annotated[str | None, typer.Option(help="ghl | aloware | texting | broadcast")] = None,
+    source: Annotated[str | None, typer.Option(help="ghl | aloware | operator | texting | broadcast")] = None,
     status: Annotated[
         str | None, typer.Option(help="pending | processing | done | error | quarantined")
     ] = None,

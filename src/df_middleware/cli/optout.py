@@ -1,5 +1,6 @@
-"""`optout …`: an operator's SMS consent actions and the report that explains a number
-(R-OPT-2, R-OPT-5). Decisions are `manual`, audited in `optout_events` with the actor."""
+"""`optout …`: an operator's consent actions (SMS opt-out, voice do-not-call) and the report that
+explains a number (R-OPT-2, R-OPT-5, R-OPT-6). Decisions are `manual`, audited in `optout_events`
+with the actor, and queued to be told to GHL and the dialer (`queue/operator_events.py`)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ import typer
 
 from df_middleware.cli.database import run_on_database
 from df_middleware.cli.output import console, fail, print_json
+from df_middleware.consent.decisions import Channel
 
-optout_app = typer.Typer(help="SMS opt-outs: add, remove, check a number.", no_args_is_help=True)
+optout_app = typer.Typer(
+    help="Opt-outs (SMS) and do-not-call (voice): add, remove, check a number.", no_args_is_help=True
+)
 
 
 def _phone(raw: str) -> str:
@@ -40,19 +44,41 @@ def _said(outcome: Any, phone: str, done: str) -> None:
         console.print(f"{phone}: unchanged ({outcome.decision.why})", soft_wrap=True)
 
 
+ChannelOption = Annotated[
+    str,
+    typer.Option(
+        "--channel",
+        help="sms (texts, the default) or voice (do-not-call)",
+        case_sensitive=False,
+    ),
+]
+
+
+def _channel(raw: str) -> Channel:
+    value = raw.strip().lower()
+    if value not in ("sms", "voice"):
+        fail(f"--channel must be sms or voice, not {raw!r}", code=2)
+    return "voice" if value == "voice" else "sms"
+
+
 @optout_app.command("add")
 def optout_add(
     phone: Annotated[str, typer.Argument(help="The number, in any common format")],
     reason: Annotated[str, typer.Option("--reason", help="Why (stored in the history)")],
     actor: Annotated[str | None, typer.Option(help="Who (default: cli:<your user>)")] = None,
+    channel: ChannelOption = "sms",
 ) -> None:
-    """Opt a number out of SMS (manual source): nothing will be texted to it."""
-    from df_middleware.consent.manual import opt_out
+    """Opt a number out (manual source): nothing will be texted to it (sms), or it goes on the
+    do-not-call registry (voice). GHL's DND and the dialer lists follow through the worker."""
+    from df_middleware.queue.operator_events import decide_and_tell
 
     number = _phone(phone)
+    which = _channel(channel)
     who = actor or _default_actor()
-    outcome = run_on_database(lambda db: opt_out(db, number, reason=reason, actor=who))
-    _said(outcome, number, "opted out of SMS")
+    outcome = run_on_database(
+        lambda db: decide_and_tell(db, number, "opted_out", channel=which, reason=reason, actor=who)
+    )
+    _said(outcome, number, "opted out of SMS" if which == "sms" else "on the do-not-call registry")
 
 
 @optout_app.command("remove")
@@ -60,14 +86,19 @@ def optout_remove(
     phone: Annotated[str, typer.Argument(help="The number, in any common format")],
     reason: Annotated[str, typer.Option("--reason", help="Why it may be texted again")] = "manual opt-in",
     actor: Annotated[str | None, typer.Option(help="Who (default: cli:<your user>)")] = None,
+    channel: ChannelOption = "sms",
 ) -> None:
-    """Lift a number's SMS opt-out (manual source; only after the person consented again)."""
-    from df_middleware.consent.manual import opt_in
+    """Lift a number's opt-out (manual source; only after the person consented again). GHL's DND
+    follows through the worker."""
+    from df_middleware.queue.operator_events import decide_and_tell
 
     number = _phone(phone)
+    which = _channel(channel)
     who = actor or _default_actor()
-    outcome = run_on_database(lambda db: opt_in(db, number, reason=reason, actor=who))
-    _said(outcome, number, "may be texted again")
+    outcome = run_on_database(
+        lambda db: decide_and_tell(db, number, "opted_in", channel=which, reason=reason, actor=who)
+    )
+    _said(outcome, number, "may be texted again" if which == "sms" else "off the do-not-call registry")
 
 
 @optout_app.command("check")

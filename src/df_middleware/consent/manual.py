@@ -8,6 +8,7 @@ channel and the history that explains it.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from df_middleware.consent.decisions import OPTED_IN, OPTED_OUT, Channel, ConsentChange, Status
@@ -38,8 +39,10 @@ async def decide_manually(
     channel: Channel = "sms",
     reason: str,
     actor: str,
+    also: Callable[[ConsentChange], Sequence[object]] | None = None,
 ) -> ConsentOutcome:
-    """Record an operator's decision about an E.164 number, timed now."""
+    """Record an operator's decision about an E.164 number, timed now (`also`: rows written in
+    the same transaction when it takes effect, see `ConsentStore.apply`)."""
     change = ConsentChange(
         channel=channel,
         phone=phone,
@@ -49,7 +52,7 @@ async def decide_manually(
         reason=reason.strip()[:MAX_REASON_CHARS] or "manual",
         actor=actor,
     )
-    return await ConsentStore(db).apply(change)
+    return await ConsentStore(db).apply(change, also=also)
 
 
 async def opt_out(

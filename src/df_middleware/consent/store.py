@@ -13,6 +13,7 @@ whose SMS status is `opted_out`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -50,13 +51,18 @@ class ConsentOutcome:
     def holds(self, change: ConsentChange) -> bool:
         """Whether the decision in force is this change's: applied now, or by an earlier run of the
         same event (a retry after GHL failed must still tell GHL)."""
-        state = self.state
-        return (
-            state is not None
-            and state.status == change.status
-            and state.source == change.source
-            and state.last_event_at == change.event_at
-        )
+        return is_in_force(self.state, change)
+
+
+def is_in_force(state: ConsentState | None, change: ConsentChange) -> bool:
+    """Whether `state` (a registry row) is the decision `change` made: same status, source and
+    time. A newer decision since then means `change` is no longer what to tell anyone."""
+    return (
+        state is not None
+        and state.status == change.status
+        and state.source == change.source
+        and state.last_event_at == change.event_at
+    )
 
 
 @dataclass(frozen=True)
@@ -117,9 +123,13 @@ class ConsentStore:
             )
             return _state(row)
 
-    async def apply(self, change: ConsentChange) -> ConsentOutcome:
+    async def apply(
+        self, change: ConsentChange, *, also: Callable[[ConsentChange], Sequence[object]] | None = None
+    ) -> ConsentOutcome:
         """Decide `change` against the number's state in force and record it when it takes effect
-        (registry upsert and one history row, one transaction)."""
+        (registry upsert and one history row, one transaction). `also` gives rows to write in that
+        same transaction when it does (an operator's decision queues the event that tells GHL and
+        the dialer: recorded and queued together, or neither)."""
         registry = REGISTRIES[change.channel]
         try:
             async with self.db.session() as session:
@@ -151,6 +161,8 @@ class ConsentStore:
                         actor=change.actor,
                     )
                 )
+                if also is not None:
+                    session.add_all(also(change))
                 await session.flush()
                 return ConsentOutcome(decision, previous, _state(row))
         except IntegrityError as exc:

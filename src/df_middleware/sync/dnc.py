@@ -96,30 +96,37 @@ def _call_dnd_status(change: ConsentChange) -> str:
 
 
 async def tell_ghl_call_dnd(
-    ctx: HandlerContext, event: ClaimedEvent, keys: PersonKeys, change: ConsentChange
+    ctx: HandlerContext,
+    event: ClaimedEvent,
+    keys: PersonKeys,
+    change: ConsentChange,
+    *,
+    aloware_contact_id: str | None = None,
+    direction: str = ALOWARE_TO_GHL,
 ) -> SyncLogEntry:
-    """R-OPT-6: the person's GHL contact gets `dndSettings.Call.status` following the decision.
-    The write is remembered as ours (R-LOOP-1). Nobody in GHL → skipped: a DNC creates no one."""
+    """R-OPT-6: the person's GHL contact (R-ID-2: by the Aloware contact's mapping when given,
+    then phone, email) gets `dndSettings.Call.status` following the decision. The write is
+    remembered as ours (R-LOOP-1). Nobody in GHL → skipped: a DNC creates no one."""
     ghl = ctx.connectors.ghl if ctx.connectors is not None else None
     if ghl is None:
-        return skipped(event, ALOWARE_TO_GHL, GHL_OFF).entries[0]
+        return skipped(event, direction, GHL_OFF).entries[0]
     started = utcnow()
     resolved = await resolve_ghl_contact(
-        ContactMappings(ctx.db), ghl, keys, aloware_contact_id=event.entity_id
+        ContactMappings(ctx.db), ghl, keys, aloware_contact_id=aloware_contact_id
     )
     if resolved is None:
-        return skipped(event, ALOWARE_TO_GHL, NO_GHL_CONTACT).entries[0]
+        return skipped(event, direction, NO_GHL_CONTACT).entries[0]
     status = _call_dnd_status(change)
     if not await _set_call_dnd(ghl, resolved.ghl_contact_id, status):
         return skipped(
-            event, ALOWARE_TO_GHL, f"GHL contact {resolved.ghl_contact_id} not found: Call DND not set"
+            event, direction, f"GHL contact {resolved.ghl_contact_id} not found: Call DND not set"
         ).entries[0]
     await EchoGuard(ctx.db, ctx.settings.echo_ttl_seconds).remember(
         "ghl", dnd_entity(resolved.ghl_contact_id, "call"), {"dnd_call": status}
     )
     entry = success(
         event,
-        ALOWARE_TO_GHL,
+        direction,
         f"GHL contact Call DND set {status} (found by {resolved.via}; {change.reason})",
         target_id=resolved.ghl_contact_id,
     )
@@ -182,7 +189,8 @@ async def handle_contact_dnc_updated(ctx: HandlerContext, event: ClaimedEvent) -
     effective = outcome.holds(change)
     if not effective:
         return HandlerResult(entries=[decided])
-    entries = [decided, await tell_ghl_call_dnd(ctx, event, keys, change)]
+    told = await tell_ghl_call_dnd(ctx, event, keys, change, aloware_contact_id=event.entity_id)
+    entries = [decided, told]
     if change.status == OPTED_OUT:
         entries.append(await remove_from_dialer(ctx, event))
     return HandlerResult(entries=entries)

@@ -116,7 +116,13 @@ async def record_consent(
 
 
 async def tell_ghl_sms_dnd(
-    ctx: HandlerContext, event: ClaimedEvent, ghl: GhlClient, ghl_contact_id: str, change: ConsentChange
+    ctx: HandlerContext,
+    event: ClaimedEvent,
+    ghl: GhlClient,
+    ghl_contact_id: str,
+    change: ConsentChange,
+    *,
+    direction: str = TEXTING_TO_GHL,
 ) -> SyncLogEntry:
     """R-OPT-3: the contact's SMS DND in GHL follows the decision (`active` for an opt-out,
     `inactive` for an opt-in). The write is remembered as ours (R-LOOP-1), so the
@@ -128,7 +134,7 @@ async def tell_ghl_sms_dnd(
     )
     return success(
         event,
-        TEXTING_TO_GHL,
+        direction,
         f"GHL contact SMS DND set {status} ({change.keyword or change.reason})",
         target_id=ghl_contact_id,
         entity_type="contact",

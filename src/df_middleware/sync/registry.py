@@ -64,6 +64,7 @@ DOMAIN_MODULES: tuple[str, ...] = (
     "df_middleware.sync.texting",
     "df_middleware.sync.dnc",
     "df_middleware.sync.ghl_dnd",
+    "df_middleware.sync.operator_consent",
 )
 
 
@@ -72,7 +73,8 @@ class ClaimedEvent:
     """An event row as the worker claimed it: what a handler needs, nothing it could mutate.
 
     `kind` names the table (webhook_events / texting_webhook_events / broadcast_webhook_events);
-    `source` is 'ghl' or 'aloware' for webhook rows, 'texting' and 'broadcast' for the others.
+    `source` is 'ghl', 'aloware' or 'operator' (an operator's action, queued by the service) for
+    webhook rows, 'texting' and 'broadcast' for the others.
     `attempts` already counts this attempt.
     """
 

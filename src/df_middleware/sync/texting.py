@@ -385,21 +385,24 @@ def _provider_id(ctx: HandlerContext) -> str:
 
 
 @dataclass
-class _Person:
+class Person:
     ghl_contact_id: str
     aloware_contact_id: str | None
 
 
-async def _person_in_ghl(
+async def person_in_ghl(
     ctx: HandlerContext,
     event: ClaimedEvent,
     ghl: GhlClient,
     ledger: EffectLedger,
     phone: str,
-    key: str,
+    effect_key: str,
     entries: list[SyncLogEntry],
-) -> _Person:
-    """The person's GHL contact (created when unknown), mapping upserted."""
+    *,
+    source: str = "SMS",
+) -> Person:
+    """The person's GHL contact, created when unknown (an effect under `effect_key`, the contact's
+    `source` saying why it exists), mapping upserted."""
     mappings = ContactMappings(ctx.db)
     keys = PersonKeys(phone, None)
     resolved = await resolve_ghl_contact(mappings, ghl, keys)
@@ -407,7 +410,7 @@ async def _person_in_ghl(
 
         async def create() -> str:
             answer = await ghl.upsert_contact(
-                ContactUpsert(location_id=ghl.location_id, phone=phone, source="SMS")
+                ContactUpsert(location_id=ghl.location_id, phone=phone, source=source)
             )
             return answer.contact.id
 
@@ -415,18 +418,16 @@ async def _person_in_ghl(
             found = await ghl.find_contact(phone=phone)
             return found.id if found is not None else None
 
-        outcome = await ledger.perform(
-            f"ghl:contact:texting:{key}", "ghl", create, find_existing=find_existing
-        )
+        outcome = await ledger.perform(effect_key, "ghl", create, find_existing=find_existing)
         contact_id = outcome.target_id
         if contact_id is None:  # pragma: no cover - create() always returns an id
-            raise PermanentError(f"no GHL contact id recorded for texting message {key}")
+            raise PermanentError(f"no GHL contact id recorded for {effect_key}")
         if not outcome.already_done:
             entries.append(
                 success(
                     event,
                     ctx.direction,
-                    "GHL contact upserted for the texting number (none matched the phone)",
+                    "GHL contact upserted for the number (none matched the phone)",
                     target_id=contact_id,
                     entity_type="contact",
                     entity_id=phone,
@@ -435,22 +436,22 @@ async def _person_in_ghl(
     else:
         contact_id = resolved.ghl_contact_id
         if resolved.via != "mapping":  # found in GHL: maybe by an interrupted create of ours
-            await ledger.settle_found(f"ghl:contact:texting:{key}", "ghl", contact_id)
+            await ledger.settle_found(effect_key, "ghl", contact_id)
     # A person already mapped (by a contact sync, or an earlier text) keeps the row as it is; only
-    # a newly found or created contact gets a (texting-only) mapping.
+    # a newly found or created contact gets a (phone-only) mapping.
     mapping = (
         await mappings.by_ghl_id(contact_id) if resolved is not None and resolved.via == "mapping" else None
     )
     if mapping is None:
         mapping = await mappings.upsert(ghl_contact_id=contact_id, keys=keys, direction=ctx.direction)
-    return _Person(contact_id, mapping.aloware_contact_id)
+    return Person(contact_id, mapping.aloware_contact_id)
 
 
 async def _add_to_conversation(
     ctx: HandlerContext,
     ghl: GhlClient,
     ledger: EffectLedger,
-    person: _Person,
+    person: Person,
     texting: TextingEvent,
     event: ClaimedEvent,
     key: str,
@@ -550,9 +551,10 @@ async def _record_text_in_ghl(
     ledger = EffectLedger(ctx.db, event)
     entries: list[SyncLogEntry] = []
     for last in (False, True):
-        person: _Person | None = None
+        person: Person | None = None
         try:
-            person = await _person_in_ghl(ctx, event, ghl, ledger, phone, key, entries)
+            contact_key = f"ghl:contact:texting:{key}"
+            person = await person_in_ghl(ctx, event, ghl, ledger, phone, contact_key, entries)
             ghl_message_id, conversation_id, already = await _add_to_conversation(
                 ctx, ghl, ledger, person, texting, event, key, direction
             )
