@@ -17,6 +17,8 @@ from the modules given to `SyncWorld.use_modules(...)`, or the production regist
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -101,6 +103,26 @@ class SyncWorld:
             if done == 0:
                 break
         return total
+
+    # --- GHL's own webhooks ----------------------------------------------------------------------
+
+    def ghl_sends_webhooks(self) -> None:
+        """GHL follows every contact write with its webhooks, signed, to the service (as GHL does)."""
+        self.ghl.sim.webhook_url = f"{self.service_url}/api/webhooks/ghl"
+        self.ghl.sim.webhook_signing_key = self.keys.ed25519_private
+
+    async def ghl_webhooks_delivered(self, event: str, at_least: int = 1, deadline_s: float = 30.0) -> None:
+        """Wait until GHL has delivered `at_least` webhooks of `event` (all answered 2xx) and has
+        none in flight: the readiness signal that a write's webhooks reached the service."""
+        webhooks = self.ghl.sim.webhooks
+        deadline = time.monotonic() + deadline_s
+        while time.monotonic() < deadline:
+            if webhooks.pending == 0 and sum(d.event == event for d in webhooks.deliveries) >= at_least:
+                break
+            await asyncio.sleep(0.02)
+        delivered = [d.event for d in webhooks.deliveries]
+        assert sum(d == event for d in delivered) >= at_least, delivered
+        assert all(d.ok for d in webhooks.deliveries)
 
     # --- delivering webhooks through the real ingest -------------------------------------------
 

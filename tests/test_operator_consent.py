@@ -4,8 +4,6 @@ GHL and Aloware simulators over HTTP, both databases."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from datetime import timedelta
 from typing import Any
 
@@ -96,8 +94,7 @@ async def test_an_operator_lifts_a_texting_stop_and_ghl_follows(world: SyncWorld
     """R-OPT-5, R-OPT-3, R-LOOP-1: the person texted STOP (GHL SMS DND active); with documented
     consent an operator lifts it → opted in (manual), the contact's SMS DND set inactive, and the
     `ContactDndUpdate` GHL posts about our write is recognised as our echo, not a decision."""
-    world.ghl.sim.webhook_url = f"{world.service_url}/api/webhooks/ghl"
-    world.ghl.sim.webhook_signing_key = world.keys.ed25519_private
+    world.ghl_sends_webhooks()
     stop = {
         "eventType": "message.received",
         "messageId": "tlx_OP_STOP",
@@ -118,12 +115,7 @@ async def test_an_operator_lifts_a_texting_stop_and_ghl_follows(world: SyncWorld
         world.db, PHONE, "opted_in", channel="sms", reason="consent in writing", actor="ops:bo"
     )
     await world.process()
-    webhooks = world.ghl.sim.webhooks
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not (
-        webhooks.pending == 0 and sum(d.event == "ContactDndUpdate" for d in webhooks.deliveries) >= 2
-    ):
-        await asyncio.sleep(0.02)
+    await world.ghl_webhooks_delivered("ContactDndUpdate", at_least=2)
     await world.process()
 
     [contact] = ghl_contacts(world)

@@ -4,8 +4,6 @@ over HTTP, both databases."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -163,19 +161,12 @@ async def test_the_echo_of_our_call_dnd_write_is_no_decision(world: SyncWorld) -
     echo: skipped as such, not a second, GHL-sourced decision. One history row, Aloware's, stays
     in force, so no GHL toggle can lift it."""
     world.use_modules(ghl_dnd, dnc)
-    world.ghl.sim.webhook_url = f"{world.service_url}/api/webhooks/ghl"
-    world.ghl.sim.webhook_signing_key = world.keys.ed25519_private
+    world.ghl_sends_webhooks()
     _, aloware_id = people(world)
     body = {"id": aloware_id, "phone_number": PHONE, "is_dnc": True, "updated_at": "2026-11-24T17:00:00Z"}
     assert (await world.deliver_aloware("Contact DNC Updated", body)).status_code < 300
     await world.process()
-    webhooks = world.ghl.sim.webhooks
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if webhooks.pending == 0 and any(d.event == "ContactDndUpdate" for d in webhooks.deliveries):
-            break
-        await asyncio.sleep(0.02)
-    assert any(d.event == "ContactDndUpdate" for d in webhooks.deliveries)
+    await world.ghl_webhooks_delivered("ContactDndUpdate")
     await world.process()
 
     state = await ConsentStore(world.db).state("voice", PHONE)

@@ -3,8 +3,6 @@ Verity simulators over HTTP, both databases."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -119,26 +117,6 @@ async def all_done(world: SyncWorld) -> bool:
         return set(await session.scalars(select(WebhookEvent.status))) == {"done"}
 
 
-def ghl_sends_webhooks(world: SyncWorld) -> None:
-    """GHL follows every contact write with its webhooks, signed, to the service (as GHL does)."""
-    world.ghl.sim.webhook_url = f"{world.service_url}/api/webhooks/ghl"
-    world.ghl.sim.webhook_signing_key = world.keys.ed25519_private
-
-
-async def ghl_dnd_webhook_delivered(world: SyncWorld) -> None:
-    """Wait (30 s deadline) until GHL has delivered a ContactDndUpdate and nothing is in flight."""
-    webhooks = world.ghl.sim.webhooks
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if webhooks.pending == 0 and any(d.event == "ContactDndUpdate" for d in webhooks.deliveries):
-            break
-        await asyncio.sleep(0.02)
-    assert any(d.event == "ContactDndUpdate" for d in webhooks.deliveries), [
-        d.event for d in webhooks.deliveries
-    ]
-    assert all(d.ok for d in webhooks.deliveries)
-
-
 async def test_ghl_sms_dnd_on_opts_out_and_off_lifts(world: SyncWorld) -> None:
     """R-OPT-5: GHL SMS DND set active records an SMS opt-out of source `ghl` (reason DND, the
     webhook's own time); set inactive later, it lifts that GHL-sourced opt-out. Two decisions, two
@@ -196,10 +174,10 @@ async def test_the_echo_of_our_own_dnd_write_is_no_decision(
     (source texting), so no later GHL toggle can lift it. With the contacts flow also running,
     the `ContactUpdate` GHL sends with it is handled first; the outcome is the same."""
     world.use_modules(texting, ghl_dnd, *other_modules)
-    ghl_sends_webhooks(world)
+    world.ghl_sends_webhooks()
     await world.deliver_texting(stop_text())
     await world.process()
-    await ghl_dnd_webhook_delivered(world)
+    await world.ghl_webhooks_delivered("ContactDndUpdate")
     await world.process()
 
     state = await ConsentStore(world.db).state("sms", PERSON)
