@@ -33,8 +33,8 @@ from df_middleware.db.models import (
 )
 from df_middleware.db.session import Database
 from df_middleware.queue.operations import replay_event
+from df_middleware.sync.agent_sends import classify_send_failure
 from df_middleware.sync.texting import (
-    classify_send_failure,
     ghl_status_for,
     mirror_decision,
     provider_error,
