@@ -47,7 +47,14 @@ SCHEMA_COMMANDS: dict[str, tuple[list[str], int]] = {
     "events unquarantine": (["events", "unquarantine", SOME_ID], 1),
     "prune": (["prune", "--json"], 0),
     "oauth status": (["oauth", "status", "--json"], 0),
-    "optout check": (["optout", "check", "+19195550100", "--json"], 0),
+}
+#: Commands that refuse a database that was never migrated instead of creating one: an operator's
+#: consent action or report on a new, empty database would mislead (recorded where the service
+#: never reads it; "no decision recorded" about a number the service has opted out).
+EXISTING_DATABASE_COMMANDS: dict[str, list[str]] = {
+    "optout check": ["optout", "check", "+19195550100", "--json"],
+    "optout add": ["optout", "add", "+19195550100", "--reason", "complaint"],
+    "optout remove": ["optout", "remove", "+19195550100", "--channel", "voice"],
 }
 
 
@@ -110,6 +117,20 @@ def test_without_auto_migrate_a_command_says_what_to_run_and_creates_nothing(
     args, _ = SCHEMA_COMMANDS[name]
     done = run(args, tmp_path, AUTO_MIGRATE="false")
     assert "df-middleware migrate" in one_line_error(done)
+    assert entries(tmp_path) == []
+
+
+@pytest.mark.parametrize("auto_migrate", ["true", "false"])
+@pytest.mark.parametrize("name", list(EXISTING_DATABASE_COMMANDS))
+def test_a_consent_command_never_creates_a_database(name: str, auto_migrate: str, tmp_path: Path) -> None:
+    """R-OPT-2, R-DM-6: `optout add|remove|check` in a directory with no database (the wrong
+    directory, a missing DATABASE_URL) refuse in one line naming the database and what to do,
+    whatever AUTO_MIGRATE says, and create nothing: an opt-out recorded in a throwaway database
+    would be a compliance record the service never reads."""
+    done = run(EXISTING_DATABASE_COMMANDS[name], tmp_path, AUTO_MIGRATE=auto_migrate)
+    line = one_line_error(done)
+    assert "not the service's database, nothing recorded or created" in line
+    assert "df-middleware migrate" in line
     assert entries(tmp_path) == []
 
 

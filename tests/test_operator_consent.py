@@ -18,6 +18,7 @@ from df_middleware.consent.store import ConsentStore, sms_allowed
 from df_middleware.db.models import OptoutEvent, SyncLog, WebhookEvent
 from df_middleware.db.types import utcnow
 from df_middleware.queue.operator_events import consent_decided_event, decide_and_tell
+from df_middleware.simulators.ghl import contact_webhook
 from df_middleware.sync.registry import default_registry
 from tests.sync_world import LOCATION, SyncWorld
 
@@ -190,3 +191,32 @@ async def test_a_decision_that_does_not_take_effect_queues_nothing(world: SyncWo
             select(func.count()).select_from(WebhookEvent).where(WebhookEvent.source == "operator")
         )
     assert queued == 1
+
+
+async def test_a_ghl_user_s_dnd_after_our_repeated_writes_is_a_decision(world: SyncWorld) -> None:
+    """R-LOOP-1, R-OPT-5 (found from outside): an operator opts a number out twice, then lifts it.
+    The second opt-out changes nothing in GHL, so it writes nothing (GHL would send no webhook for
+    it, and an unconsumed "our write" fingerprint would hide the next genuine change). A GHL user
+    then switching SMS DND on is recorded as a GHL-sourced opt-out, not dropped as our echo."""
+    world.ghl_sends_webhooks()
+    ghl_id = world.ghl.sim.create_contact(LOCATION, {"phone": PHONE, "firstName": "Ola"}).contact["id"]
+    for reason in ("a", "b"):
+        await decide_and_tell(world.db, PHONE, "opted_out", channel="sms", reason=reason, actor="ops:e")
+        await world.process()
+    await decide_and_tell(world.db, PHONE, "opted_in", channel="sms", reason="consent", actor="ops:e")
+    await world.process()
+    await world.ghl_webhooks_delivered("ContactDndUpdate", at_least=2)
+    await world.process()
+    puts = [r.json() for r in world.ghl.requests("PUT", f"/contacts/{ghl_id}")]
+    assert [p["dndSettings"]["SMS"]["status"] for p in puts if "dndSettings" in p] == ["active", "inactive"]
+
+    world.ghl.sim.webhook_url = None  # the user's change is delivered once, below
+    write = world.ghl.sim.update_contact(LOCATION, ghl_id, {"dndSettings": {"SMS": {"status": "active"}}})
+    await world.deliver_ghl(contact_webhook("ContactDndUpdate", write.contact))
+    await world.process()
+
+    state = await ConsentStore(world.db).state("sms", PHONE)
+    assert state is not None
+    assert (state.status, state.source) == ("opted_out", "ghl")
+    assert not await sms_allowed(world.db, PHONE)
+    assert await all_done(world)

@@ -3,6 +3,7 @@ Verity simulators over HTTP, both databases."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from sqlalchemy import func, select
 import df_middleware.sync.texting as texting
 from df_middleware.consent.store import ConsentStore, sms_allowed
 from df_middleware.db.models import OptoutEvent, TextingWebhookEvent, WebhookEvent
+from df_middleware.queue.operations import replay_event
 from tests.sync_world import CONVERSATION_PROVIDER, LOCATION, SyncWorld
 
 PERSON = "+19195550100"
@@ -194,4 +196,79 @@ async def test_a_stop_received_before_a_queued_agent_text_wins(world: SyncWorld)
     refused = next(m for m in world.ghl.sim.snapshot()["messages"] if m["id"] == payload["messageId"])
     assert refused["status"] == "failed"
     assert refused["error"]["code"] == "opted_out"
+    assert world.verity.sim.sent_messages == []
+
+
+def iso_in(minutes: float) -> str:
+    moment = datetime.now(UTC) + timedelta(minutes=minutes)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+async def test_a_text_dated_in_the_future_does_not_outrank_a_later_stop(world: SyncWorld) -> None:
+    """R-OPT-2, R-OPT-4 (found from outside): Verity's clock running 10 minutes fast dates a START
+    in our future. A decision is never dated later than its receipt, so the STOP that follows
+    (dated now) is newer and wins: the number is opted out and the agent's next text refused."""
+    await world.deliver_texting(text("tlx_FUTURE_START", "START", at=iso_in(10)))
+    await world.process()
+    await world.deliver_texting(text("tlx_NOW_STOP", "STOP", at=iso_in(0)))
+    await world.process()
+
+    state = await ConsentStore(world.db).state("sms", PERSON)
+    assert state is not None
+    assert (state.status, state.reason) == ("opted_out", "STOP")
+    assert state.last_event_at <= datetime.now(UTC)
+    refused = await agent_texts(world, "Still there?")
+    assert (refused["status"], refused["error"]["code"]) == ("failed", "opted_out")
+    assert world.verity.sim.sent_messages == []
+
+
+@pytest.mark.parametrize("stamp", ["1733000000", "yesterday", "2026-11-24T17:10:00"])
+async def test_a_stop_with_an_odd_timestamp_still_reaches_ghl(world: SyncWorld, stamp: str) -> None:
+    """R-OPT-3, R-TXT-1 (found from outside): a STOP whose timestamp is an epoch number, a word or
+    a time without a zone is still recorded in the conversation (GHL gets a valid RFC 3339 date:
+    the text's time when it is one, else its receipt) and GHL's SMS DND is set; nothing is
+    dead-lettered."""
+    await world.deliver_texting(text("tlx_ODD_STOP", "STOP", at=stamp))
+    await world.process()
+
+    contact = contact_of(world)
+    assert sms_dnd(contact) == "active"
+    [message] = [m for m in world.ghl.sim.snapshot()["messages"] if m.get("altId") == "tlx_ODD_STOP"]
+    assert message["body"] == "STOP"
+    if stamp.startswith("2026"):
+        assert message["dateAdded"].startswith("2026-11-24T17:10:00")
+    async with world.db.session() as session:
+        assert set(await session.scalars(select(TextingWebhookEvent.status))) == {"done"}
+
+
+async def test_a_refused_text_is_never_sent_later_even_if_ghl_lost_the_message(world: SyncWorld) -> None:
+    """R-OPT-4, R-IDEM-1 (found from outside): an agent's text to an opted-out number whose GHL
+    message GHL no longer knows (404 on the status update) is still recorded as refused, and the
+    event ends done; after the person texts START, replaying it sends nothing."""
+    await world.deliver_texting(text("tlx_STOP_LOST", "STOP", at=iso_in(-5)))
+    await world.process()
+    contact = contact_of(world)
+    payload = {
+        "type": "SMS",
+        "locationId": LOCATION,
+        "contactId": contact["id"],
+        "messageId": "msg_gone_in_ghl",
+        "conversationId": "conv_gone",
+        "phone": PERSON,
+        "message": "old promo",
+        "attachments": [],
+        "userId": "user_1",
+    }
+    await world.deliver_provider_message(payload)
+    await world.process()
+    await world.deliver_texting(text("tlx_START_LOST", "START", at=iso_in(-1)))
+    await world.process()
+
+    async with world.db.session() as session:
+        [event_id] = await session.scalars(
+            select(WebhookEvent.id).where(WebhookEvent.event_type == "ProviderOutboundMessage")
+        )
+        assert set(await session.scalars(select(WebhookEvent.status))) == {"done"}
+    await replay_event(world.db, str(event_id))
+    await world.process()
     assert world.verity.sim.sent_messages == []

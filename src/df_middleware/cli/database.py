@@ -29,17 +29,28 @@ def open_database(settings: Settings) -> Database:
     )
 
 
-async def prepare_schema(db: Database, settings: Settings) -> SchemaState:
+async def prepare_schema(db: Database, settings: Settings, *, existing_only: bool = False) -> SchemaState:
     """Bring the schema to head when AUTO_MIGRATE allows it, else insist that it is there.
+
+    `existing_only`: a database that was never migrated (no SQLite file, no schema) is refused,
+    not created: for commands whose answer would mislead on a new, empty database (an operator's
+    opt-out recorded where the service never reads it, "no decision recorded" about a number the
+    service has opted out).
 
     Raises `DatabaseUnavailable` or `SchemaNotCurrent`, whose messages are one line for an operator.
     """
-    from df_middleware.db.migrate import read_schema_state, upgrade_to_head
+    from df_middleware.db.migrate import SchemaNotCurrent, read_schema_state, upgrade_to_head
     from df_middleware.db.session import database_label
 
     state = await read_schema_state(db)
     if state.is_current:
         return state
+    if existing_only and (not state.exists or state.current is None):
+        raise SchemaNotCurrent(
+            f"{state.where}: {state.describe()}: not the service's database, nothing recorded or "
+            "created; run this where the service runs (its .env or DATABASE_URL), or make the "
+            "database with `df-middleware migrate` first"
+        )
     if not state.is_known or not settings.auto_migrate:
         raise state.not_current()
     log = command_log()
@@ -65,16 +76,16 @@ def run_with_database(main: Coroutine[Any, Any, T], database_url: str) -> T:
         fail(str(explained))
 
 
-def run_on_database(factory: Callable[[Any], Awaitable[T]]) -> T:
-    """Open the database (migrating it first when AUTO_MIGRATE allows), run one coroutine with
-    it, close the database."""
+def run_on_database(factory: Callable[[Any], Awaitable[T]], *, existing_only: bool = False) -> T:
+    """Open the database (migrating it first when AUTO_MIGRATE allows; `existing_only`: see
+    `prepare_schema`), run one coroutine with it, close the database."""
     settings = load_settings()
     start_logging(settings)
 
     async def main() -> T:
         db = open_database(settings)
         try:
-            await prepare_schema(db, settings)
+            await prepare_schema(db, settings, existing_only=existing_only)
             return await factory(db)
         finally:
             await db.dispose()

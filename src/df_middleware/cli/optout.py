@@ -39,9 +39,17 @@ def _default_actor() -> str:
 
 def _said(outcome: Any, phone: str, done: str) -> None:
     if outcome.decision.applies:
-        console.print(f"{phone}: {done}", soft_wrap=True)
+        _line(f"{phone}: {done}")
     else:
-        console.print(f"{phone}: unchanged ({outcome.decision.why})", soft_wrap=True)
+        _line(f"{phone}: unchanged ({outcome.decision.why})")
+
+
+def _line(text: str) -> None:
+    """Print a line holding stored text (reasons, actors) as it is: no Rich markup read from it,
+    and control characters (terminal escapes) shown escaped, so the audit trail cannot be styled,
+    hidden or crash the command."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    console.print(shown, soft_wrap=True, markup=False, highlight=False)
 
 
 ChannelOption = Annotated[
@@ -76,7 +84,8 @@ def optout_add(
     which = _channel(channel)
     who = actor or _default_actor()
     outcome = run_on_database(
-        lambda db: decide_and_tell(db, number, "opted_out", channel=which, reason=reason, actor=who)
+        lambda db: decide_and_tell(db, number, "opted_out", channel=which, reason=reason, actor=who),
+        existing_only=True,
     )
     _said(outcome, number, "opted out of SMS" if which == "sms" else "on the do-not-call registry")
 
@@ -96,7 +105,8 @@ def optout_remove(
     which = _channel(channel)
     who = actor or _default_actor()
     outcome = run_on_database(
-        lambda db: decide_and_tell(db, number, "opted_in", channel=which, reason=reason, actor=who)
+        lambda db: decide_and_tell(db, number, "opted_in", channel=which, reason=reason, actor=who),
+        existing_only=True,
     )
     _said(outcome, number, "may be texted again" if which == "sms" else "off the do-not-call registry")
 
@@ -110,24 +120,22 @@ def optout_check(
     from df_middleware.consent.manual import consent_report
 
     number = _phone(phone)
-    report = run_on_database(lambda db: consent_report(db, number))
+    report = run_on_database(lambda db: consent_report(db, number), existing_only=True)
     if as_json:
         print_json(report)
         return
-    console.print(f"{number}: SMS {'allowed' if report['sms_allowed'] else 'OPTED OUT'}", soft_wrap=True)
+    _line(f"{number}: SMS {'allowed' if report['sms_allowed'] else 'OPTED OUT'}")
     for channel in ("sms", "voice"):
         state = report[channel]
         if state is None:
-            console.print(f"  {channel}: no decision recorded", soft_wrap=True)
+            _line(f"  {channel}: no decision recorded")
         else:
-            console.print(
+            _line(
                 f"  {channel}: {state['status']} by {state['source']} ({state['reason'] or '-'}) "
-                f"at {state['last_event_at']}",
-                soft_wrap=True,
+                f"at {state['last_event_at']}"
             )
     for entry in report["history"]:
-        console.print(
+        _line(
             f"  {entry['event_at']}  {entry['channel']:5} {entry['status']:9} {entry['source']:8} "
-            f"{entry['reason'] or '-'}{'  by ' + entry['actor'] if entry['actor'] else ''}",
-            soft_wrap=True,
+            f"{entry['reason'] or '-'}{'  by ' + entry['actor'] if entry['actor'] else ''}"
         )

@@ -72,6 +72,16 @@ class Decision:
         return self.applies and self.why == ""
 
 
+def decision_time(stated: datetime | None, received_at: datetime) -> datetime:
+    """When a change happened, for ordering decisions (R-OPT-2): the event's own time, but never
+    later than when it reached us. A sender's clock running fast (or a zone-less time read as
+    UTC, or a forged `updated_at` in 9999) must not date a decision in the future, where it would
+    make every later STOP, DNC or operator action "stale" for as long as the clock is ahead."""
+    if stated is None or stated > received_at:
+        return received_at
+    return stated
+
+
 def may_lift(channel: Channel, opted_out_by: Source, lifted_by: Source) -> bool:
     """Whether an opt-in from `lifted_by` may reverse an opt-out from `opted_out_by` (R-OPT-5)."""
     if lifted_by == "manual" or lifted_by == opted_out_by:

@@ -16,8 +16,10 @@ messages) and generous about *how a phone may have written them*. Decisions, wit
   how emoji newer than Python's Unicode database appear). A combining mark at an end goes with the
   character it is attached to: stripped after an emoji (the variation selector in "✋️", the keycap
   in "#️⃣"), kept after a letter ("STOP" + combining acute is "STOṔ", as its precomposed form is).
-- Invisible format characters (Cf) inside the text are dropped: "ST<zero-width space>OP" reads as
-  STOP on the screen, and what the person sees is what they meant.
+- Invisible format characters (Cf) and variation selectors inside the text are dropped:
+  "ST<zero-width space>OP" and "stop"+VS16 read as STOP on the screen, and what the person sees is
+  what they meant. A symbol that is a letter in its compatibility form (circled "ⓢⓣⓞⓟ") is a
+  letter, not a surrounding symbol.
 - Between the two words of STOP ALL and OPT OUT, any run of whitespace (spaces, tabs, line breaks,
   no-break and ideographic spaces) counts as the one space the spec writes: "stop  all" or "STOP" and
   "ALL" on two lines is unmistakably the keyword, and a compliance officer would honour it. Any
@@ -87,7 +89,7 @@ def classify_keyword(text: object) -> KeywordMatch | None:
     """
     if not isinstance(text, str):
         return None
-    core = _strip_surrounding(text)
+    core = _strip_surrounding("".join(char for char in text if not _is_variation_selector(char)))
     if not core or len(core) > MAX_KEYWORD_MESSAGE_CHARS:
         return None
     return _MATCHES.get(_fold(core))
@@ -105,8 +107,19 @@ def _fold(core: str) -> str:
 
 
 def _is_surrounding(char: str) -> bool:
-    """Punctuation, symbol, separator or other (control, format, private use, unassigned)."""
-    return unicodedata.category(char)[0] in "PSZC"
+    """Punctuation, symbol, separator or other (control, format, private use, unassigned); not a
+    symbol that is a letter in its compatibility form (circled "ⓢ" is the letter s to a reader)."""
+    category = unicodedata.category(char)
+    if category == "So" and unicodedata.normalize("NFKC", char).isalpha():
+        return False
+    return category[0] in "PSZC"
+
+
+def _is_variation_selector(char: str) -> bool:
+    """U+FE00 to U+FE0F and U+E0100 to U+E01EF: they pick how the character before them is drawn (emoji or
+    text style), never which character it is, so "stop" + VS16 is the word the person sees."""
+    code = ord(char)
+    return 0xFE00 <= code <= 0xFE0F or 0xE0100 <= code <= 0xE01EF
 
 
 def _is_mark(char: str) -> bool:

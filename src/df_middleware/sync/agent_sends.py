@@ -116,8 +116,8 @@ async def handle_provider_outbound(ctx: HandlerContext, event: ClaimedEvent) -> 
     body = outbound_body(payload)
 
     async def refuse(error: ProviderError, reason: str) -> HandlerResult:
-        if ghl is not None:
-            await ghl.update_message_status(ghl_message_id, "failed", error=error)
+        # The refusal is recorded first: it is final whatever GHL answers (a replay after the
+        # person texted START must not send this text), then shown to the agent.
         await messages.record(
             texting_message_id=None,
             ghl_message_id=ghl_message_id,
@@ -127,7 +127,13 @@ async def handle_provider_outbound(ctx: HandlerContext, event: ClaimedEvent) -> 
             ghl_contact_id=contact_id,
             to_number=phone,
         )
-        return skipped(event, ctx.direction, f"not sent: {reason}; GHL message set failed ({error.code})")
+        shown = f"GHL message set failed ({error.code})"
+        if ghl is not None:
+            try:
+                await ghl.update_message_status(ghl_message_id, "failed", error=error)
+            except RemoteNotFound:
+                shown = f"GHL no longer knows message {ghl_message_id}"
+        return skipped(event, ctx.direction, f"not sent: {reason}; {shown}")
 
     if phone is None:
         return await refuse(

@@ -25,15 +25,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from df_middleware.connectors.aloware import AlowareClient
-from df_middleware.connectors.ghl import GhlClient
-from df_middleware.connectors.ghl_models import ContactUpdate, DndChannel
-from df_middleware.connectors.http import RemoteNotFound
-from df_middleware.consent.decisions import OPTED_IN, OPTED_OUT, ConsentChange
+from df_middleware.consent.decisions import OPTED_IN, OPTED_OUT, ConsentChange, decision_time
 from df_middleware.db.types import utcnow
-from df_middleware.sync.echoes import EchoGuard, dnd_entity
 from df_middleware.sync.effects import skipped, success
 from df_middleware.sync.identity import ContactMappings, PersonKeys, resolve_ghl_contact
-from df_middleware.sync.optout import record_consent
+from df_middleware.sync.optout import record_consent, set_ghl_dnd
 from df_middleware.sync.registry import (
     ClaimedEvent,
     HandlerContext,
@@ -86,7 +82,7 @@ def dnc_change_of(event: ClaimedEvent, phone: str, is_dnc: bool) -> ConsentChang
         phone=phone,
         status=OPTED_OUT if is_dnc else OPTED_IN,
         source="aloware",
-        event_at=parse_iso8601(_body(event).get("updated_at")) or event.received_at,
+        event_at=decision_time(parse_iso8601(_body(event).get("updated_at")), event.received_at),
         reason=REASON,
     )
 
@@ -117,32 +113,20 @@ async def tell_ghl_call_dnd(
     if resolved is None:
         return skipped(event, direction, NO_GHL_CONTACT).entries[0]
     status = _call_dnd_status(change)
-    if not await _set_call_dnd(ghl, resolved.ghl_contact_id, status):
+    done = await set_ghl_dnd(ctx, ghl, resolved.ghl_contact_id, "Call", status)
+    if done == "gone":
         return skipped(
             event, direction, f"GHL contact {resolved.ghl_contact_id} not found: Call DND not set"
         ).entries[0]
-    await EchoGuard(ctx.db, ctx.settings.echo_ttl_seconds).remember(
-        "ghl", dnd_entity(resolved.ghl_contact_id, "call"), {"dnd_call": status}
-    )
+    said = "set" if done == "set" else "already"
     entry = success(
         event,
         direction,
-        f"GHL contact Call DND set {status} (found by {resolved.via}; {change.reason})",
+        f"GHL contact Call DND {said} {status} (found by {resolved.via}; {change.reason})",
         target_id=resolved.ghl_contact_id,
     )
     entry.started_at = started
     return entry
-
-
-async def _set_call_dnd(ghl: GhlClient, ghl_contact_id: str, status: str) -> bool:
-    """Set the contact's Call DND; False when GHL no longer knows the contact."""
-    try:
-        await ghl.update_contact(
-            ghl_contact_id, ContactUpdate(dnd_settings={"Call": DndChannel(status=status)})
-        )
-    except RemoteNotFound:
-        return False
-    return True
 
 
 async def remove_from_dialer(ctx: HandlerContext, event: ClaimedEvent) -> SyncLogEntry:
@@ -152,7 +136,9 @@ async def remove_from_dialer(ctx: HandlerContext, event: ClaimedEvent) -> SyncLo
     if aloware is None:
         return skipped(event, INTERNAL, ALOWARE_OFF).entries[0]
     contact_id = event.entity_id or str(_body(event).get("id") or "")
-    if not contact_id:
+    if not (contact_id.isascii() and contact_id.isdigit()):
+        # Aloware's contact ids are numbers; anything else would be refused (422) and dead-letter
+        # the event after the decision was recorded.
         return skipped(event, INTERNAL, "no Aloware contact id: power-dialer lists not changed").entries[0]
     started = utcnow()
     known = await aloware.remove_from_all_lists(contact_id)

@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from df_middleware.consent.decisions import OPTED_IN, OPTED_OUT, Channel, ConsentChange, Status
+from df_middleware.consent.decisions import OPTED_IN, OPTED_OUT, Channel, ConsentChange, Status, decision_time
 from df_middleware.consent.store import ConsentStore
 from df_middleware.phones import normalize_phone
 from df_middleware.sync.echoes import EchoGuard, dnd_entity
@@ -133,7 +133,7 @@ async def _decide_channel(
         phone=phone,
         status=stated,
         source="ghl",
-        event_at=parse_iso8601(event.payload.get("timestamp")) or event.received_at,
+        event_at=decision_time(parse_iso8601(event.payload.get("timestamp")), event.received_at),
         reason=DND_REASON,
     )
     outcome, entry = await record_consent(ctx, event, change)

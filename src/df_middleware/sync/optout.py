@@ -18,12 +18,14 @@ only turns events into changes and tells GHL.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Literal
 
 from sqlalchemy import select
 
 from df_middleware.connectors.ghl import GhlClient
 from df_middleware.connectors.ghl_models import ContactUpdate, DndChannel
-from df_middleware.consent.decisions import OPTED_IN, OPTED_OUT, ConsentChange
+from df_middleware.connectors.http import RemoteNotFound
+from df_middleware.consent.decisions import OPTED_IN, OPTED_OUT, ConsentChange, decision_time
 from df_middleware.consent.keywords import KeywordMatch, classify_keyword
 from df_middleware.consent.sending import send_sms
 from df_middleware.consent.store import ConsentOutcome, ConsentStore
@@ -77,7 +79,7 @@ def consent_change_of(
         phone=texting.from_number,
         status=OPTED_OUT if match.kind == "stop" else OPTED_IN,
         source="texting",
-        event_at=parse_iso8601(texting.timestamp) or event.received_at,
+        event_at=decision_time(parse_iso8601(texting.timestamp), event.received_at),
         reason=match.kind.upper(),
         keyword=match.keyword,
         message_id=texting.message_id,
@@ -115,6 +117,39 @@ async def record_consent(
     return outcome, entry
 
 
+DndWrite = Literal["set", "already", "gone"]
+
+
+async def set_ghl_dnd(
+    ctx: HandlerContext, ghl: GhlClient, ghl_contact_id: str, channel: Literal["SMS", "Call"], status: str
+) -> DndWrite:
+    """Set one DND channel of a GHL contact to `status`, remembered as our own write (R-LOOP-1).
+
+    Read first: when GHL already shows `status` (a second opt-out of an opted-out number, an
+    operator re-stating a decision), nothing is written. GHL sends no `ContactDndUpdate` for a
+    write that changes nothing, so the fingerprint of such a write would never be consumed and,
+    for ECHO_TTL_SECONDS, would hide a GHL user's own change to that value as "our echo".
+    Returns what happened: `set`, `already` (GHL showed it), `gone` (GHL no longer knows the id).
+    """
+    current = await ghl.get_contact(ghl_contact_id)
+    if current is None:
+        return "gone"
+    shown = ((current.dnd_settings or {}).get(channel) or {}).get("status")
+    if isinstance(shown, str) and shown.lower() == status:
+        return "already"
+    try:
+        await ghl.update_contact(
+            ghl_contact_id, ContactUpdate(dnd_settings={channel: DndChannel(status=status)})
+        )
+    except RemoteNotFound:
+        return "gone"
+    echo = channel.lower()
+    await EchoGuard(ctx.db, ctx.settings.echo_ttl_seconds).remember(
+        "ghl", dnd_entity(ghl_contact_id, echo), {f"dnd_{echo}": status}
+    )
+    return "set"
+
+
 async def tell_ghl_sms_dnd(
     ctx: HandlerContext,
     event: ClaimedEvent,
@@ -125,17 +160,20 @@ async def tell_ghl_sms_dnd(
     direction: str = TEXTING_TO_GHL,
 ) -> SyncLogEntry:
     """R-OPT-3: the contact's SMS DND in GHL follows the decision (`active` for an opt-out,
-    `inactive` for an opt-in). The write is remembered as ours (R-LOOP-1), so the
-    `ContactDndUpdate` it causes is recognised as our echo, not a GHL-sourced decision."""
+    `inactive` for an opt-in), written as ours (`set_ghl_dnd`), so the `ContactDndUpdate` it
+    causes is recognised as our echo, not a GHL-sourced decision."""
     status = "active" if change.status == OPTED_OUT else "inactive"
-    await ghl.update_contact(ghl_contact_id, ContactUpdate(dnd_settings={"SMS": DndChannel(status=status)}))
-    await EchoGuard(ctx.db, ctx.settings.echo_ttl_seconds).remember(
-        "ghl", dnd_entity(ghl_contact_id, "sms"), {"dnd_sms": status}
-    )
+    done = await set_ghl_dnd(ctx, ghl, ghl_contact_id, "SMS", status)
+    why = change.keyword or change.reason
+    if done == "gone":
+        return skipped(
+            event, direction, f"GHL contact {ghl_contact_id} not found: SMS DND not set ({why})"
+        ).entries[0]
+    said = f"GHL contact SMS DND set {status}" if done == "set" else f"GHL contact SMS DND already {status}"
     return success(
         event,
         direction,
-        f"GHL contact SMS DND set {status} ({change.keyword or change.reason})",
+        f"{said} ({why})",
         target_id=ghl_contact_id,
         entity_type="contact",
         entity_id=ghl_contact_id,

@@ -9,7 +9,7 @@ receipt are processed one after the other, in that order.
 - **R-TXT-1 `message.received`.** Resolve the sender's GHL contact (mapping → GHL by exact
   phone → create it with `POST /contacts/upsert`, an effect), upsert a texting-only contact
   mapping, find or create the conversation (its id cached in `ghl_conversations`), add the
-  message (`type SMS`, provider id, `date` = the texting timestamp, `altId` = the texting id) as
+  message (`type SMS`, provider id, `date` = the texting timestamp (`ghl_date`), `altId` = the texting id) as
   an effect keyed by the texting id, and record the `message_mappings` row (inbound).
 - **R-TXT-2 `message.sent`.** A texting id we already map is our own send coming back (R-TXT-5):
   only the mapping's status changes, since GHL has no `sent` status and the message stays
@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 from df_middleware.connectors.ghl import GhlClient
@@ -104,6 +105,14 @@ def texting_key(texting: TextingEvent, event: ClaimedEvent) -> str:
     """What identifies the texting message in effect keys: Verity's id, else (a payload without
     one) the stored event, so at least a replay of the same event never writes twice."""
     return texting.message_id or f"event:{event.id}"
+
+
+def ghl_date(timestamp: str | None, received_at: datetime) -> str:
+    """The message's `date` for GHL: the texting time in RFC 3339 with `Z` (GHL's schema refuses
+    anything else, so an epoch number, "yesterday" or a zone-less time would dead-letter the text,
+    and a STOP would never reach the conversation), else when the text reached us."""
+    moment = parse_iso8601(timestamp) or received_at
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def ghl_status_for(event_type: str) -> MessageStatus | None:
@@ -274,7 +283,7 @@ async def _add_to_conversation(
             message=texting.body or "",
             attachments=attachments or None,
             alt_id=texting.message_id,
-            date=texting.timestamp or event.received_at.isoformat(),
+            date=ghl_date(texting.timestamp, event.received_at),
             direction=direction,
         )
 
