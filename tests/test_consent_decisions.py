@@ -19,6 +19,7 @@ from df_middleware.consent.decisions import (
     Source,
     Status,
     decide,
+    decision_time,
     may_lift,
 )
 from df_middleware.consent.store import ConsentStore, sms_allowed
@@ -150,3 +151,14 @@ def test_every_formatting_of_a_number_is_one_consent_key(raw: str) -> None:
     from df_middleware.phones import normalize_phone
 
     assert normalize_phone(raw, "US") == PHONE
+
+
+def test_a_decision_is_never_dated_after_its_receipt() -> None:
+    """R-OPT-2: the event's own time orders decisions, but a time later than the receipt (a fast
+    sender clock, a forged `updated_at`) is the receipt's; a missing time is the receipt's too."""
+    received = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
+    earlier = received - timedelta(minutes=3)
+    assert decision_time(earlier, received) == earlier
+    assert decision_time(received + timedelta(minutes=10), received) == received
+    assert decision_time(datetime(9999, 1, 1, tzinfo=UTC), received) == received
+    assert decision_time(None, received) == received
