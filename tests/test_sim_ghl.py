@@ -671,6 +671,10 @@ def test_contact_changes_and_agent_sms_are_posted_signed(
         wait_for(lambda: len(received) >= 5)
         assert http.post("/_sim/drain").json()["drained"] is True
         deliveries = http.get("/_sim/state").json()["deliveries"]
+        # What a service the simulator posts to needs (GHL_WEBHOOK_ED25519_PUBLIC_KEY).
+        served_key = http.get("/_sim/webhook-public-key")
+        assert served_key.status_code == 200
+        assert served_key.text == sim.webhook_public_key_pem
 
     by_type: dict[str, Any] = {}
     for path, headers, body in received:

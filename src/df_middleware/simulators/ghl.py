@@ -2264,6 +2264,12 @@ def _add_control_routes(app: FastAPI, sim: GhlSimulator) -> None:
         sim.add_oauth_client(setup.clientId, setup.clientSecret)
         return _ok({"clientId": setup.clientId})
 
+    @app.get(f"{CONTROL_PREFIX}/webhook-public-key")
+    async def webhook_public_key() -> Response:
+        """The PEM that verifies this simulator's `x-ghl-signature` (what GHL shows in the app
+        settings): set it as GHL_WEBHOOK_ED25519_PUBLIC_KEY of a service the simulator posts to."""
+        return Response(sim.webhook_public_key_pem, media_type="application/x-pem-file")
+
     @app.post(f"{CONTROL_PREFIX}/drain")
     async def drain(max_wait_seconds: float = 10.0) -> Response:
         """Wait until every webhook the simulator started has been delivered (or given up)."""
