@@ -97,13 +97,17 @@ async def _tell_sms(
             source=CONTACT_SOURCE,
         )
         contact_id: str | None = person.ghl_contact_id
+        shown = person.created_dnd
     else:
         resolved = await resolve_ghl_contact(ContactMappings(ctx.db), ghl, PersonKeys(change.phone, None))
         contact_id = resolved.ghl_contact_id if resolved is not None else None
+        shown = None
     if contact_id is None:
         entries += skipped(event, INTERNAL, "GHL has no contact on this number: no SMS DND to lift").entries
         return entries
-    entries.append(await tell_ghl_sms_dnd(ctx, event, ghl, contact_id, change, direction=INTERNAL))
+    entries.append(
+        await tell_ghl_sms_dnd(ctx, event, ghl, contact_id, change, direction=INTERNAL, shown=shown)
+    )
     if change.status == OPTED_OUT and ctx.settings.optout_removes_from_dialer:
         entries.append(
             await off_the_dialer(

@@ -17,8 +17,9 @@ only turns events into changes and tells GHL.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import select
 
@@ -121,7 +122,13 @@ DndWrite = Literal["set", "already", "gone"]
 
 
 async def set_ghl_dnd(
-    ctx: HandlerContext, ghl: GhlClient, ghl_contact_id: str, channel: Literal["SMS", "Call"], status: str
+    ctx: HandlerContext,
+    ghl: GhlClient,
+    ghl_contact_id: str,
+    channel: Literal["SMS", "Call"],
+    status: str,
+    *,
+    shown: Mapping[str, Any] | None = None,
 ) -> DndWrite:
     """Set one DND channel of a GHL contact to `status`, remembered as our own write (R-LOOP-1).
 
@@ -129,13 +136,18 @@ async def set_ghl_dnd(
     operator re-stating a decision), nothing is written. GHL sends no `ContactDndUpdate` for a
     write that changes nothing, so the fingerprint of such a write would never be consumed and,
     for ECHO_TTL_SECONDS, would hide a GHL user's own change to that value as "our echo".
+    `shown`: the contact's `dndSettings` as GHL answered a moment ago (the upsert that created it),
+    instead of reading them again.
     Returns what happened: `set`, `already` (GHL showed it), `gone` (GHL no longer knows the id).
     """
-    current = await ghl.get_contact(ghl_contact_id)
-    if current is None:
-        return "gone"
-    shown = ((current.dnd_settings or {}).get(channel) or {}).get("status")
-    if isinstance(shown, str) and shown.lower() == status:
+    if shown is None:
+        current = await ghl.get_contact(ghl_contact_id)
+        if current is None:
+            return "gone"
+        shown = current.dnd_settings or {}
+    setting = shown.get(channel)
+    now = setting.get("status") if isinstance(setting, Mapping) else None
+    if isinstance(now, str) and now.lower() == status:
         return "already"
     try:
         await ghl.update_contact(
@@ -158,12 +170,14 @@ async def tell_ghl_sms_dnd(
     change: ConsentChange,
     *,
     direction: str = TEXTING_TO_GHL,
+    shown: Mapping[str, Any] | None = None,
 ) -> SyncLogEntry:
     """R-OPT-3: the contact's SMS DND in GHL follows the decision (`active` for an opt-out,
-    `inactive` for an opt-in), written as ours (`set_ghl_dnd`), so the `ContactDndUpdate` it
-    causes is recognised as our echo, not a GHL-sourced decision."""
+    `inactive` for an opt-in), written as ours (`set_ghl_dnd`; `shown`: its DND settings as GHL
+    just answered), so the `ContactDndUpdate` it causes is recognised as our echo, not a
+    GHL-sourced decision."""
     status = "active" if change.status == OPTED_OUT else "inactive"
-    done = await set_ghl_dnd(ctx, ghl, ghl_contact_id, "SMS", status)
+    done = await set_ghl_dnd(ctx, ghl, ghl_contact_id, "SMS", status, shown=shown)
     why = change.keyword or change.reason
     if done == "gone":
         return skipped(

@@ -195,6 +195,9 @@ def _provider_id(ctx: HandlerContext) -> str:
 class Person:
     ghl_contact_id: str
     aloware_contact_id: str | None
+    #: The contact's DND settings as GHL answered the upsert that created it in this run (so a
+    #: consent write need not read them again); None when the contact was found, not created.
+    created_dnd: Mapping[str, Any] | None = None
 
 
 async def person_in_ghl(
@@ -213,12 +216,15 @@ async def person_in_ghl(
     mappings = ContactMappings(ctx.db)
     keys = PersonKeys(phone, None)
     resolved = await resolve_ghl_contact(mappings, ghl, keys)
+    created_dnd: Mapping[str, Any] | None = None
     if resolved is None:
 
         async def create() -> str:
+            nonlocal created_dnd
             answer = await ghl.upsert_contact(
                 ContactUpsert(location_id=ghl.location_id, phone=phone, source=source)
             )
+            created_dnd = answer.contact.dnd_settings or {}
             return answer.contact.id
 
         async def find_existing() -> str | None:
@@ -251,7 +257,7 @@ async def person_in_ghl(
     )
     if mapping is None:
         mapping = await mappings.upsert(ghl_contact_id=contact_id, keys=keys, direction=ctx.direction)
-    return Person(contact_id, mapping.aloware_contact_id)
+    return Person(contact_id, mapping.aloware_contact_id, created_dnd)
 
 
 async def _add_to_conversation(
@@ -341,11 +347,12 @@ async def _record_text_in_ghl(
     texting: TextingEvent,
     direction: Literal["inbound", "outbound"],
     *,
-    then: Callable[[GhlClient, str], Awaitable[list[SyncLogEntry]]] | None = None,
+    first: Callable[[GhlClient, Person], Awaitable[list[SyncLogEntry]]] | None = None,
 ) -> HandlerResult:
     """R-TXT-1 / R-TXT-2: put a text that happened at Verity into the person's GHL conversation;
-    `then(ghl, contact id)` runs after, on the person's GHL contact (the consent flow sets its DND
-    there), and its rows join the result."""
+    `first(ghl, person)` runs on the person's GHL contact before the text is added (the consent
+    flow sets its DND there: what an agent must see comes before the record of how it came about,
+    three GHL round trips sooner), and its rows join the result."""
     ghl = ghl_for(ctx)
     if ghl is None:
         return _no_ghl(event, ctx.direction)
@@ -357,11 +364,13 @@ async def _record_text_in_ghl(
     key = texting_key(texting, event)
     ledger = EffectLedger(ctx.db, event)
     entries: list[SyncLogEntry] = []
+    told: list[SyncLogEntry] = []
     for last in (False, True):
         person: Person | None = None
         try:
             contact_key = f"ghl:contact:texting:{key}"
             person = await person_in_ghl(ctx, event, ghl, ledger, phone, contact_key, entries)
+            told = await first(ghl, person) if first is not None else []
             ghl_message_id, conversation_id, already = await _add_to_conversation(
                 ctx, ghl, ledger, person, texting, event, key, direction
             )
@@ -382,6 +391,7 @@ async def _record_text_in_ghl(
                 )
             )
     assert person is not None
+    entries += told
     await MessageMappings(ctx.db).record(
         texting_message_id=texting.message_id,
         ghl_message_id=ghl_message_id,
@@ -400,8 +410,6 @@ async def _record_text_in_ghl(
         what = "inbound SMS added" if direction == "inbound" else "outbound SMS (sent outside GHL) added"
         entries.append(success(event, ctx.direction, f"{what} to GHL conversation", target_id=ghl_message_id))
     entries.append(_mirror_entry(ctx, event, person.aloware_contact_id))
-    if then is not None:
-        entries += await then(ghl, person.ghl_contact_id)
     return HandlerResult(entries=entries, effects=list(ledger.performed))
 
 
@@ -427,12 +435,14 @@ async def handle_message_received(ctx: HandlerContext, event: ClaimedEvent) -> H
         first.append(decided)
         in_force = outcome.holds(change)
 
-    async def tell_ghl(ghl: GhlClient, ghl_contact_id: str) -> list[SyncLogEntry]:
+    async def tell_ghl(ghl: GhlClient, person: Person) -> list[SyncLogEntry]:
         if change is None or not in_force:
             return []
-        return [await tell_ghl_sms_dnd(ctx, event, ghl, ghl_contact_id, change)]
+        return [
+            await tell_ghl_sms_dnd(ctx, event, ghl, person.ghl_contact_id, change, shown=person.created_dnd)
+        ]
 
-    result = await _record_text_in_ghl(ctx, event, texting, "inbound", then=tell_ghl)
+    result = await _record_text_in_ghl(ctx, event, texting, "inbound", first=tell_ghl)
     after: list[SyncLogEntry] = []
     phone = texting.from_number
     if match is not None and match.kind == "help" and phone is not None:
