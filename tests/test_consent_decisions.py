@@ -162,3 +162,37 @@ def test_a_decision_is_never_dated_after_its_receipt() -> None:
     assert decision_time(received + timedelta(minutes=10), received) == received
     assert decision_time(datetime(9999, 1, 1, tzinfo=UTC), received) == received
     assert decision_time(None, received) == received
+
+
+def test_sources_with_different_clocks_are_ordered_by_receipt() -> None:
+    """R-OPT-2, R-OPT-4 (found from outside): an operator's lift recorded at 10:00 (our clock) and
+    the person's STOP stamped 09:59 by a texting system whose clock is two minutes slow but
+    received at 10:01: the STOP is the newer decision (different sources are ordered by when we
+    received and recorded them). Between one source's own events its times still decide: a START
+    stamped 10:00 and a STOP stamped 09:59 received later (reordered) leave the START in force."""
+    ten = datetime(2026, 12, 2, 10, 0, tzinfo=UTC)
+    lifted = ConsentState(
+        status="opted_in", source="manual", reason="consent", last_event_at=ten, recorded_at=ten
+    )
+    stop = ConsentChange(
+        "sms",
+        PHONE,
+        "opted_out",
+        "texting",
+        ten - timedelta(minutes=1),
+        received_at=ten + timedelta(minutes=1),
+    )
+    assert decide(stop, lifted).applies
+    replayed = ConsentChange(
+        "sms",
+        PHONE,
+        "opted_out",
+        "texting",
+        ten - timedelta(minutes=1),
+        received_at=ten - timedelta(minutes=5),
+    )
+    assert not decide(replayed, lifted).applies  # an old event replayed: received before the lift
+    started = ConsentState(
+        status="opted_in", source="texting", reason="START", last_event_at=ten, recorded_at=ten
+    )
+    assert not decide(stop, started).applies

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 import df_middleware.sync.texting as texting
+from df_middleware.consent.manual import opt_in
 from df_middleware.consent.store import ConsentStore, sms_allowed
 from df_middleware.db.models import OptoutEvent, TextingWebhookEvent, WebhookEvent
 from df_middleware.queue.operations import replay_event
@@ -271,4 +272,24 @@ async def test_a_refused_text_is_never_sent_later_even_if_ghl_lost_the_message(w
         assert set(await session.scalars(select(WebhookEvent.status))) == {"done"}
     await replay_event(world.db, str(event_id))
     await world.process()
+    assert world.verity.sim.sent_messages == []
+
+
+async def test_a_stop_from_a_slow_clock_after_an_operator_lift_wins(world: SyncWorld) -> None:
+    """R-OPT-2, R-OPT-4, R-OPT-5 (found from outside): an operator lifts a number's opt-out (our
+    clock); the person then texts STOP, stamped two minutes earlier by a texting system whose clock
+    is slow. Different sources are ordered by receipt: the STOP, received after the lift, opts the
+    number out and the agent's next text is refused."""
+    await world.deliver_texting(text("tlx_FIRST_STOP", "STOP", at=iso_in(-30)))
+    await world.process()
+    lifted = await opt_in(world.db, PERSON, reason="consent in writing", actor="ops:f")
+    assert lifted.decision.applies
+    await world.deliver_texting(text("tlx_SLOW_STOP", "stop", at=iso_in(-2)))
+    await world.process()
+
+    state = await ConsentStore(world.db).state("sms", PERSON)
+    assert state is not None
+    assert (state.status, state.source) == ("opted_out", "texting")
+    refused = await agent_texts(world, "Hello again")
+    assert (refused["status"], refused["error"]["code"]) == ("failed", "opted_out")
     assert world.verity.sim.sent_messages == []

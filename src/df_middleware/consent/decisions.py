@@ -8,7 +8,10 @@ the change takes effect, and why not when it does not:
 - **Time orders decisions (R-OPT-2).** A change older than the decision in force never overwrites
   it: a replayed or late STOP cannot undo a newer START, nor a late START a newer STOP. At the very
   same time, an opt-out wins over an opt-in (when in doubt, do not text), and the same decision
-  arriving again (a redelivery, a replay) changes nothing.
+  arriving again (a redelivery, a replay) changes nothing. "Older" is by the events' own times
+  between events of one source (one clock), and by when we received the change and recorded the
+  decision in force between sources (`by_receipt`: their clocks are not comparable). An event's
+  own time is never later than its receipt (`decision_time`).
 - **Who may lift an opt-out (R-OPT-5).** An opt-out always takes effect. An opt-in lifts an opt-out
   only when it comes from the person or an operator who may lift it: a `manual` action lifts any;
   on SMS the person's own opt-in keyword (`texting`) lifts any; otherwise only the source that
@@ -48,6 +51,8 @@ class ConsentChange:
     keyword: str | None = None  # the keyword as the spec spells it, for texting keywords
     message_id: str | None = None
     actor: str | None = None  # who, for manual actions
+    #: When the event reached us (our clock); None: order by `event_at` only.
+    received_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,8 @@ class ConsentState:
     source: Source
     reason: str | None
     last_event_at: datetime
+    #: When the decision was recorded (our clock); None: order by `last_event_at` only.
+    recorded_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -89,13 +96,33 @@ def may_lift(channel: Channel, opted_out_by: Source, lifted_by: Source) -> bool:
     return channel == "sms" and lifted_by == "texting"
 
 
+def by_receipt(change: ConsentChange, current: ConsentState) -> bool:
+    """Whether `change` and `current` are ordered by when we received and recorded them rather
+    than by their own times: they come from different sources, whose clocks are not ours and not
+    each other's (Verity's clock two minutes slow must not make a person's STOP "older" than an
+    operator's lift recorded a minute before it arrived). One source's own times order its own
+    events (reordered or redelivered texts), as R-OPT-2 says."""
+    return (
+        change.source != current.source and change.received_at is not None and current.recorded_at is not None
+    )
+
+
 def decide(change: ConsentChange, current: ConsentState | None) -> Decision:
     """Whether `change` takes effect over `current` (see the module docstring)."""
     if current is None:
         return Decision(True)
-    if change.event_at < current.last_event_at:
+    receipt = by_receipt(change, current)
+    if receipt:
+        older = (
+            change.received_at is not None
+            and current.recorded_at is not None
+            and (change.received_at < current.recorded_at)
+        )
+    else:
+        older = change.event_at < current.last_event_at
+    if older:
         return Decision(False, f"stale: a newer decision ({current.status}, {current.source}) is in force")
-    same_time = change.event_at == current.last_event_at
+    same_time = not receipt and change.event_at == current.last_event_at
     if same_time and change.status == current.status and change.source == current.source:
         return Decision(False, f"already {current.status} by {current.source} at that time")
     if same_time and change.status == OPTED_IN and current.status == OPTED_OUT:

@@ -18,8 +18,7 @@ messages) and generous about *how a phone may have written them*. Decisions, wit
   in "#️⃣"), kept after a letter ("STOP" + combining acute is "STOṔ", as its precomposed form is).
 - Invisible format characters (Cf) and variation selectors inside the text are dropped:
   "ST<zero-width space>OP" and "stop"+VS16 read as STOP on the screen, and what the person sees is
-  what they meant. A symbol that is a letter in its compatibility form (circled "ⓢⓣⓞⓟ") is a
-  letter, not a surrounding symbol.
+  what they meant.
 - Between the two words of STOP ALL and OPT OUT, any run of whitespace (spaces, tabs, line breaks,
   no-break and ideographic spaces) counts as the one space the spec writes: "stop  all" or "STOP" and
   "ALL" on two lines is unmistakably the keyword, and a compliance officer would honour it. Any
@@ -107,12 +106,10 @@ def _fold(core: str) -> str:
 
 
 def _is_surrounding(char: str) -> bool:
-    """Punctuation, symbol, separator or other (control, format, private use, unassigned); not a
-    symbol that is a letter in its compatibility form (circled "ⓢ" is the letter s to a reader)."""
-    category = unicodedata.category(char)
-    if category == "So" and unicodedata.normalize("NFKC", char).isalpha():
-        return False
-    return category[0] in "PSZC"
+    """Punctuation, symbol, separator or other (control, format, private use, unassigned). A symbol
+    is surrounding even when its compatibility form is letters ("™", "Ⓜ️", circled "ⓢ"): "STOP™️"
+    is STOP with an emoji after it, and letters drawn as symbols ("ⓢⓣⓞⓟ") are not a keyword."""
+    return unicodedata.category(char)[0] in "PSZC"
 
 
 def _is_variation_selector(char: str) -> bool:

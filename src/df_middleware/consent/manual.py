@@ -43,12 +43,14 @@ async def decide_manually(
 ) -> ConsentOutcome:
     """Record an operator's decision about an E.164 number, timed now (`also`: rows written in
     the same transaction when it takes effect, see `ConsentStore.apply`)."""
+    now = utcnow()
     change = ConsentChange(
         channel=channel,
         phone=phone,
         status=status,
         source="manual",
-        event_at=utcnow(),
+        event_at=now,
+        received_at=now,
         reason=reason.strip()[:MAX_REASON_CHARS] or "manual",
         actor=actor,
     )

@@ -31,6 +31,7 @@ from df_middleware.consent.decisions import (
 )
 from df_middleware.db.models import DncRegistry, OptoutEvent, OptoutRegistry
 from df_middleware.db.session import Database
+from df_middleware.db.types import utcnow
 from df_middleware.errors import RetryableError
 
 #: The registry of each channel.
@@ -101,6 +102,7 @@ def _state(row: OptoutRegistry | DncRegistry | None) -> ConsentState | None:
         source=row.source,  # type: ignore[arg-type]
         reason=row.reason,
         last_event_at=row.last_event_at,
+        recorded_at=row.updated_at,
     )
 
 
@@ -148,6 +150,7 @@ class ConsentStore:
                 row.source = change.source
                 row.reason = change.reason
                 row.last_event_at = change.event_at
+                row.updated_at = utcnow()  # when the decision was recorded (`decide`'s by_receipt)
                 session.add(
                     OptoutEvent(
                         phone_number=change.phone,

@@ -83,6 +83,7 @@ def dnc_change_of(event: ClaimedEvent, phone: str, is_dnc: bool) -> ConsentChang
         status=OPTED_OUT if is_dnc else OPTED_IN,
         source="aloware",
         event_at=decision_time(parse_iso8601(_body(event).get("updated_at")), event.received_at),
+        received_at=event.received_at,
         reason=REASON,
     )
 

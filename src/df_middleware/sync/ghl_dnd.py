@@ -134,6 +134,7 @@ async def _decide_channel(
         status=stated,
         source="ghl",
         event_at=decision_time(parse_iso8601(event.payload.get("timestamp")), event.received_at),
+        received_at=event.received_at,
         reason=DND_REASON,
     )
     outcome, entry = await record_consent(ctx, event, change)

@@ -81,6 +81,7 @@ def consent_change_of(
         status=OPTED_OUT if match.kind == "stop" else OPTED_IN,
         source="texting",
         event_at=decision_time(parse_iso8601(texting.timestamp), event.received_at),
+        received_at=event.received_at,
         reason=match.kind.upper(),
         keyword=match.keyword,
         message_id=texting.message_id,
