@@ -56,12 +56,12 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 from ingest import (
     BenchError,
@@ -628,21 +628,27 @@ def _raise_on_signal(signum: int, _frame: FrameType | None) -> None:
     raise _Stop(f"signal {signum}")
 
 
-@contextlib.contextmanager
-def _workdir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="dfm-bench-large-") as name:
-        yield Path(name)
+class StoppableBenchmark(Protocol):
+    """A benchmark `run_stoppable` can run: it runs, stops what it started, drops its database."""
+
+    target: Target
+
+    def run(self) -> dict[str, Any]: ...
+
+    def stop_all(self) -> None: ...
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    options, pg = parse_options(argv)
+def run_stoppable(prefix: str, make: Callable[[Path], StoppableBenchmark]) -> dict[str, Any] | int:
+    """Run the benchmark `make(workdir)` builds in a fresh temporary directory (`prefix`): its
+    result, or the exit code when it failed (1) or was stopped by SIGTERM/SIGINT/Ctrl-C (130).
+    Every process it started is stopped and its database dropped in every case."""
     # SIGINT too: a shell starts background jobs with SIGINT ignored, and Python keeps it so.
     signal.signal(signal.SIGTERM, _raise_on_signal)
     signal.signal(signal.SIGINT, _raise_on_signal)
-    with _workdir() as workdir:
-        bench = LargeBodiesBenchmark(options, pg, workdir)
+    with tempfile.TemporaryDirectory(prefix=prefix) as name:
+        bench = make(Path(name))
         try:
-            result = bench.run()
+            return bench.run()
         except BenchError as exc:
             say(f"FAILED: {exc}")
             return 1
@@ -652,6 +658,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             bench.stop_all()
             bench.target.drop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options, pg = parse_options(argv)
+    result = run_stoppable("dfm-bench-large-", lambda workdir: LargeBodiesBenchmark(options, pg, workdir))
+    if isinstance(result, int):
+        return result
     print(json.dumps(result), flush=True)
     failed = result["lost_events"] or result["other_5xx"] or result["gave_up"] or result["unexpected_answers"]
     return 1 if failed else 0

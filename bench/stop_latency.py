@@ -67,20 +67,17 @@ import json
 import os
 import random
 import secrets
-import signal
 import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import asyncpg
@@ -97,7 +94,7 @@ from ingest import (
     percentile,
     say,
 )
-from large_bodies import Target, server_env, server_source
+from large_bodies import Target, run_stoppable, server_env, server_source
 from pipeline import endpoint_of, simulator
 
 from df_middleware.simulators.ghl import DEFAULT_LOCATION_ID, DEFAULT_TOKEN
@@ -116,10 +113,6 @@ DONE_POLL_S = 0.05
 #: GHL's published budget, used by the simulator and the service alike.
 GHL_WINDOW_S = 10.0
 GHL_CALLS_PER_WINDOW = 100
-
-
-class _Stop(Exception):
-    """SIGTERM or SIGINT: stop everything we started and leave."""
 
 
 # --- the people --------------------------------------------------------------------------------------
@@ -778,34 +771,11 @@ def parse_options(argv: Sequence[str] | None) -> tuple[Options, Postgres]:
     return options, Postgres(args.pg_host, args.pg_port, args.pg_user)
 
 
-def _raise_on_signal(signum: int, _frame: FrameType | None) -> None:
-    raise _Stop(f"signal {signum}")
-
-
-@contextlib.contextmanager
-def _workdir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="dfm-bench-stop-") as name:
-        yield Path(name)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     options, pg = parse_options(argv)
-    # SIGINT too: a shell starts background jobs with SIGINT ignored, and Python keeps it so.
-    signal.signal(signal.SIGTERM, _raise_on_signal)
-    signal.signal(signal.SIGINT, _raise_on_signal)
-    with _workdir() as workdir:
-        bench = StopLatencyBenchmark(options, pg, workdir)
-        try:
-            result = bench.run()
-        except BenchError as exc:
-            say(f"FAILED: {exc}")
-            return 1
-        except (_Stop, KeyboardInterrupt):
-            say("interrupted")
-            return 130
-        finally:
-            bench.stop_all()
-            bench.target.drop()
+    result = run_stoppable("dfm-bench-stop-", lambda workdir: StopLatencyBenchmark(options, pg, workdir))
+    if isinstance(result, int):
+        return result
     say(
         f"STOP → DND: median {result['latency_ms']['all']['median']} ms, "
         f"p99 {result['latency_ms']['all']['p99']} ms (target: median < {TARGET_MEDIAN_MS:.0f})"
