@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 import df_middleware.sync.texting as texting
-from df_middleware.consent.manual import opt_in
+from df_middleware.consent.manual import consent_report, e164_or_refuse, opt_in
 from df_middleware.consent.store import ConsentStore, sms_allowed
 from df_middleware.db.models import OptoutEvent, TextingWebhookEvent, WebhookEvent
 from df_middleware.queue.operations import replay_event
@@ -292,4 +292,34 @@ async def test_a_stop_from_a_slow_clock_after_an_operator_lift_wins(world: SyncW
     assert (state.status, state.source) == ("opted_out", "texting")
     refused = await agent_texts(world, "Hello again")
     assert (refused["status"], refused["error"]["code"]) == ("failed", "opted_out")
+    assert world.verity.sim.sent_messages == []
+
+
+async def test_every_formatting_of_a_number_is_one_consent_state(world: SyncWorld) -> None:
+    """R-ID-1, R-OPT-2, R-OPT-4: the person texts STOP from "(919) 555-0100" (as a texting system may
+    write it), a GHL user's agent texts "+1 919 555 0100", and the operator checks "919.555.0100":
+    one registry row in E.164, the send refused, nothing sent to any spelling."""
+    await world.deliver_texting(text("tlx_FMT_STOP", "STOP", sender="(919) 555-0100", at=iso_in(-3)))
+    await world.process()
+    contact = contact_of(world)
+    payload = {
+        "type": "SMS",
+        "locationId": LOCATION,
+        "contactId": contact["id"],
+        "messageId": "msg_fmt_1",
+        "conversationId": "conv_fmt",
+        "phone": "+1 919 555 0100",
+        "message": "Are you there?",
+        "attachments": [],
+        "userId": "user_1",
+    }
+    await world.deliver_provider_message(payload)
+    await world.process()
+
+    async with world.db.session() as session:
+        phones = list(await session.scalars(select(OptoutEvent.phone_number)))
+    assert phones == [PERSON]
+    assert not await sms_allowed(world.db, e164_or_refuse("919.555.0100", "US"))
+    report = await consent_report(world.db, PERSON)
+    assert report["sms_allowed"] is False
     assert world.verity.sim.sent_messages == []
