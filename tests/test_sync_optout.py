@@ -56,6 +56,22 @@ async def history_rows(world: SyncWorld) -> int:
         return int(await session.scalar(select(func.count()).select_from(OptoutEvent)) or 0)
 
 
+def provider_message(contact_id: str, message_id: str, phone: str, words: str) -> dict[str, Any]:
+    """GHL's `ProviderOutboundMessage` for an agent's text, built by hand (a message id GHL itself
+    may not know, a phone spelled as the caller gives it)."""
+    return {
+        "type": "SMS",
+        "locationId": LOCATION,
+        "contactId": contact_id,
+        "messageId": message_id,
+        "conversationId": f"conv_{message_id}",
+        "phone": phone,
+        "message": words,
+        "attachments": [],
+        "userId": "user_1",
+    }
+
+
 async def agent_texts(world: SyncWorld, words: str) -> dict[str, Any]:
     """An agent texts the person from GHL; returns the GHL message after processing."""
     contact = contact_of(world)
@@ -249,18 +265,8 @@ async def test_a_refused_text_is_never_sent_later_even_if_ghl_lost_the_message(w
     await world.deliver_texting(text("tlx_STOP_LOST", "STOP", at=iso_in(-5)))
     await world.process()
     contact = contact_of(world)
-    payload = {
-        "type": "SMS",
-        "locationId": LOCATION,
-        "contactId": contact["id"],
-        "messageId": "msg_gone_in_ghl",
-        "conversationId": "conv_gone",
-        "phone": PERSON,
-        "message": "old promo",
-        "attachments": [],
-        "userId": "user_1",
-    }
-    await world.deliver_provider_message(payload)
+    refused = provider_message(contact["id"], "msg_gone_in_ghl", PERSON, "old promo")
+    await world.deliver_provider_message(refused)
     await world.process()
     await world.deliver_texting(text("tlx_START_LOST", "START", at=iso_in(-1)))
     await world.process()
@@ -302,18 +308,9 @@ async def test_every_formatting_of_a_number_is_one_consent_state(world: SyncWorl
     await world.deliver_texting(text("tlx_FMT_STOP", "STOP", sender="(919) 555-0100", at=iso_in(-3)))
     await world.process()
     contact = contact_of(world)
-    payload = {
-        "type": "SMS",
-        "locationId": LOCATION,
-        "contactId": contact["id"],
-        "messageId": "msg_fmt_1",
-        "conversationId": "conv_fmt",
-        "phone": "+1 919 555 0100",
-        "message": "Are you there?",
-        "attachments": [],
-        "userId": "user_1",
-    }
-    await world.deliver_provider_message(payload)
+    await world.deliver_provider_message(
+        provider_message(contact["id"], "msg_fmt_1", "+1 919 555 0100", "Are you there?")
+    )
     await world.process()
 
     async with world.db.session() as session:

@@ -11,7 +11,7 @@ import typer
 
 from df_middleware.cli.database import run_on_database
 from df_middleware.cli.output import console, fail, print_json
-from df_middleware.consent.decisions import Channel
+from df_middleware.consent.decisions import Channel, Status
 
 optout_app = typer.Typer(
     help="Opt-outs (SMS) and do-not-call (voice): add, remove, check a number.", no_args_is_help=True
@@ -69,6 +69,23 @@ def _channel(raw: str) -> Channel:
     return "voice" if value == "voice" else "sms"
 
 
+def _decide(
+    phone: str, status: Status, channel: str, reason: str, actor: str | None, said: tuple[str, str]
+) -> None:
+    """Record an operator's decision and queue it to be told (`decide_and_tell`); say what
+    happened (`said`: the words for sms, then for voice)."""
+    from df_middleware.queue.operator_events import decide_and_tell
+
+    number = _phone(phone)
+    which = _channel(channel)
+    who = actor or _default_actor()
+    outcome = run_on_database(
+        lambda db: decide_and_tell(db, number, status, channel=which, reason=reason, actor=who),
+        existing_only=True,
+    )
+    _said(outcome, number, said[0] if which == "sms" else said[1])
+
+
 @optout_app.command("add")
 def optout_add(
     phone: Annotated[str, typer.Argument(help="The number, in any common format")],
@@ -78,16 +95,8 @@ def optout_add(
 ) -> None:
     """Opt a number out (manual source): nothing will be texted to it (sms), or it goes on the
     do-not-call registry (voice). GHL's DND and the dialer lists follow through the worker."""
-    from df_middleware.queue.operator_events import decide_and_tell
-
-    number = _phone(phone)
-    which = _channel(channel)
-    who = actor or _default_actor()
-    outcome = run_on_database(
-        lambda db: decide_and_tell(db, number, "opted_out", channel=which, reason=reason, actor=who),
-        existing_only=True,
-    )
-    _said(outcome, number, "opted out of SMS" if which == "sms" else "on the do-not-call registry")
+    added = ("opted out of SMS", "on the do-not-call registry")
+    _decide(phone, "opted_out", channel, reason, actor, added)
 
 
 @optout_app.command("remove")
@@ -99,16 +108,8 @@ def optout_remove(
 ) -> None:
     """Lift a number's opt-out (manual source; only after the person consented again). GHL's DND
     follows through the worker."""
-    from df_middleware.queue.operator_events import decide_and_tell
-
-    number = _phone(phone)
-    which = _channel(channel)
-    who = actor or _default_actor()
-    outcome = run_on_database(
-        lambda db: decide_and_tell(db, number, "opted_in", channel=which, reason=reason, actor=who),
-        existing_only=True,
-    )
-    _said(outcome, number, "may be texted again" if which == "sms" else "off the do-not-call registry")
+    lifted = ("may be texted again", "off the do-not-call registry")
+    _decide(phone, "opted_in", channel, reason, actor, lifted)
 
 
 @optout_app.command("check")
