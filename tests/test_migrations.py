@@ -40,6 +40,7 @@ ADDED_TABLES = {
     "echo_guard",
     "oauth_state_uses",
     "ghl_conversations",
+    "broadcast_records",
 }
 
 QUEUE_COLUMNS = {

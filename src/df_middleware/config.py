@@ -7,6 +7,8 @@ model (`df-middleware config docs` / `config env-example`), and a test keeps the
 from __future__ import annotations
 
 import functools
+import json
+import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -213,6 +215,49 @@ class Settings(BaseSettings):
         description="An SMS opt-out also takes the person's Aloware contact off every power-dialer "
         "list (R-OPT-3). Voice do-not-call always does.",
     )
+    # --- agents, call lists and sequences (SPEC 6.5) --------------------------------------------
+    agents_file: str | None = Field(
+        None,
+        description="YAML or JSON list of agents (keys = `agent_directory` columns, `agent_key` required), "
+        "applied by `serve` and `worker` at start and by `agents seed` (R-AG-5).",
+    )
+    agent_list_keys: str = Field(
+        "CALL_NOW,NEW_LEADS,FOLLOW_UP,HOT",
+        description="Comma list of each agent's power-dialer list keys; lists are named "
+        "`DF_<AGENT>_<LIST>` in Aloware (R-AG-2).",
+    )
+    default_agent_key: str = Field(
+        "UNASSIGNED", min_length=1, max_length=64, description="Agent of a contact no rule matches (R-AG-1)."
+    )
+    tag_match_mode: Literal["exact", "case_insensitive", "regex"] = Field(
+        "case_insensitive",
+        description="How a GHL tag is compared with a list key: `exact`, `case_insensitive`, or `regex` "
+        "(the list key is a pattern the whole tag must match) (R-AG-2).",
+    )
+    ghl_assigned_agent_field_key: str = Field(
+        "assignedAgent",
+        description="GHL custom field naming a contact's agent, matched against each definition's "
+        "`fieldKey` (without `contact.`) or `name`, ignoring case and punctuation (R-AG-1).",
+    )
+    aloware_create_lists: bool = Field(
+        False,
+        description="Create a missing `DF_<AGENT>_<LIST>` list in Aloware; otherwise the membership is "
+        "recorded as `blocked: list missing` (R-AG-3).",
+    )
+    enable_aloware_sequences: bool = Field(
+        False, description="Enrol Aloware contacts in sequences by their `aloware_list_status` (R-AG-6)."
+    )
+    aloware_status_to_sequence: str | None = Field(
+        None,
+        description="Aloware list status → sequence id, as `status=id,status=id` or a JSON object "
+        "(R-AG-6). A status not listed enrols in nothing.",
+    )
+    ghl_broadcast_object_key: str = Field(
+        "custom_objects.broadcasts",
+        min_length=1,
+        max_length=256,
+        description="GHL custom object that holds one record per broadcast (R-BC-2).",
+    )
     help_reply_text: str | None = Field(
         None,
         max_length=1600,
@@ -343,6 +388,34 @@ class Settings(BaseSettings):
                 raise ValueError("an in-memory SQLite database cannot be shared: give a file, sqlite:///path")
         return value
 
+    @field_validator("aloware_status_to_sequence")
+    @classmethod
+    def _sequence_map(cls, value: str | None) -> str | None:
+        raw = (value or "").strip()
+        if raw.startswith("{"):
+            try:
+                loaded = json.loads(raw)
+            except ValueError as exc:
+                raise ValueError(f"not a JSON object: {exc}") from None
+            if not isinstance(loaded, dict):
+                raise ValueError("must be a JSON object of status → sequence id")
+        elif raw:
+            for item in raw.split(","):
+                if item.strip() and "=" not in item:
+                    raise ValueError(f"{item.strip()!r} is not status=sequence_id")
+        return value
+
+    @field_validator("agent_list_keys")
+    @classmethod
+    def _list_keys(cls, value: str) -> str:
+        keys = [k.strip() for k in value.split(",") if k.strip()]
+        if not keys:
+            raise ValueError("needs at least one list key")
+        for key in keys:
+            if not re.fullmatch(r"[A-Za-z0-9_]{1,64}", key):
+                raise ValueError(f"{key!r}: list keys are letters, digits and _ (at most 64)")
+        return value
+
     @field_validator("default_phone_region")
     @classmethod
     def _upper_region(cls, value: str) -> str:
@@ -371,6 +444,33 @@ class Settings(BaseSettings):
     @property
     def oauth_redirect_uri(self) -> str:
         return self.ghl_oauth_redirect_uri or f"{self.base_url.rstrip('/')}/leadconnector/oauth"
+
+    @property
+    def list_keys(self) -> tuple[str, ...]:
+        """AGENT_LIST_KEYS as a tuple of upper-cased keys, in order, without blanks or repeats."""
+        keys: list[str] = []
+        for raw in self.agent_list_keys.split(","):
+            key = raw.strip().upper()
+            if key and key not in keys:
+                keys.append(key)
+        return tuple(keys)
+
+    @property
+    def status_to_sequence(self) -> dict[str, str]:
+        """ALOWARE_STATUS_TO_SEQUENCE as {lower-cased status: sequence id}."""
+        raw = (self.aloware_status_to_sequence or "").strip()
+        if not raw:
+            return {}
+        if raw.startswith("{"):
+            loaded = json.loads(raw)
+            pairs = [(str(k), str(v)) for k, v in loaded.items()]
+        else:
+            pairs = []
+            for item in raw.split(","):
+                if item.strip():
+                    status, _, sequence = item.partition("=")
+                    pairs.append((status, sequence))
+        return {s.strip().lower(): q.strip() for s, q in pairs if s.strip() and q.strip()}
 
     @property
     def broadcast_secret(self) -> SecretStr | None:

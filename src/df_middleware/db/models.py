@@ -421,12 +421,35 @@ class ContactAgentState(Base):
     contact_id: Mapped[str] = mapped_column(Text, nullable=False)
     agent_key: Mapped[str] = mapped_column(Text, nullable=False)
     last_aloware_list_status: Mapped[str | None] = mapped_column(Text)
+    #: Where the pipeline last placed the contact (R-AG-2): a list key, `CLOSED` (won/lost/closed/
+    #: dead: on no list), or None (no stage yet: NEW_LEADS). Stage events carry no tags, contact
+    #: events carry no stage: each remembers its part of the desired set here.
+    stage_list_key: Mapped[str | None] = mapped_column(Text)
+    stage_name: Mapped[str | None] = mapped_column(Text)
+    stage_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: The Aloware sequence the contact was last enrolled in by us (R-AG-6), None when none.
+    aloware_sequence_id: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = _updated()
     __table_args__ = (
         Index("contact_agent_state_contact_id_unique", "contact_id", unique=True),
         Index("contact_agent_state_agent_key_idx", "agent_key"),
     )
+
+
+class BroadcastRecord(Base):
+    """One GHL custom-object record per Verity broadcast (R-BC-2): its id, once known, saves the
+    search; the properties last written let an unchanged recomputation write nothing."""
+
+    __tablename__ = "broadcast_records"
+    broadcast_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    location_id: Mapped[str | None] = mapped_column(Text)
+    ghl_record_id: Mapped[str | None] = mapped_column(Text)
+    properties: Mapped[dict[str, Any] | None] = mapped_column(JSONPayload)
+    source_event_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    event_received_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    written_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = _updated()
 
 
 class GhlOauthToken(Base):
