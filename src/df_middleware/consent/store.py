@@ -203,3 +203,22 @@ async def sms_allowed(db: Database, phone: str) -> bool:
     `opted_out`). Asked at send time, by every send path."""
     state = await ConsentStore(db).state("sms", phone)
     return state is None or state.status != OPTED_OUT
+
+
+async def dialer_block(db: Database, phone: str | None, *, sms_opt_out_counts: bool) -> str | None:
+    """R-AG-2, R-OPT-3, R-OPT-6: why this number may not be on any power-dialer list, or None.
+
+    Voice do-not-call always keeps a person off the dialer; an SMS opt-out does when
+    OPTOUT_REMOVES_FROM_DIALER is set (`sms_opt_out_counts`). A contact without a phone has no
+    consent state: nothing blocks it here (it cannot be dialled either way)."""
+    if not phone:
+        return None
+    store = ConsentStore(db)
+    voice = await store.state("voice", phone)
+    if voice is not None and voice.status == OPTED_OUT:
+        return "on the do-not-call list"
+    if sms_opt_out_counts:
+        sms = await store.state("sms", phone)
+        if sms is not None and sms.status == OPTED_OUT:
+            return "opted out of SMS"
+    return None
