@@ -42,6 +42,7 @@ from df_middleware.connectors.http import RemoteNotFound
 from df_middleware.db.types import utcnow
 from df_middleware.errors import RetryableError
 from df_middleware.phones import normalize_email, normalize_phone
+from df_middleware.sync.call_lists import forget_memberships, sync_contact_lists
 from df_middleware.sync.echoes import UNCARRIED_FIELDS, EchoGuard
 from df_middleware.sync.effects import EffectLedger, fingerprint, skipped, success
 from df_middleware.sync.identity import (
@@ -122,7 +123,6 @@ NO_KEYS = "no phone or email"
 NOT_MAPPED = "not mapped to an Aloware contact"
 ALOWARE_OFF = "aloware not configured"
 GHL_OFF = "ghl not configured"
-TAGS_LATER = "tags: nothing to sync to Aloware contacts (tags drive power-dialer lists, not profiles)"
 
 
 # --- pure decisions -------------------------------------------------------------------------------
@@ -303,6 +303,17 @@ def _aloware_body(event: ClaimedEvent) -> Mapping[str, Any]:
 
 
 async def handle_ghl_contact_upsert(ctx: HandlerContext, event: ClaimedEvent) -> HandlerResult:
+    """GHL `ContactCreate` / `ContactUpdate` (and `contact.created|updated|changed`) → Aloware:
+    the contact (R-C-1), then its agent and power-dialer lists (R-AG-1…R-AG-4), which need the
+    Aloware contact the first step creates. The lists step runs whatever the first decided (an
+    unchanged profile may still carry new tags or a new owner) and costs no Aloware call when the
+    contact's lists stay as they are."""
+    result = await sync_ghl_contact(ctx, event)
+    result.entries.append(await sync_contact_lists(ctx, event, event.entity_id or "", contact=event.payload))
+    return result
+
+
+async def sync_ghl_contact(ctx: HandlerContext, event: ClaimedEvent) -> HandlerResult:
     """GHL `ContactCreate` / `ContactUpdate` (and `contact.created|updated|changed`) → Aloware (R-C-1).
 
     Effects: at most one Lead API write (`POST /webhook/forms`, force_update), preceded by a
@@ -464,6 +475,7 @@ async def retire_deleted_ghl_contact(ctx: HandlerContext, ghl_contact_id: str) -
     if live and mapping is not None and mapping.aloware_contact_id is not None and aloware is not None:
         target = mapping.aloware_contact_id
         known = await aloware.remove_from_all_lists(target)
+        await forget_memberships(ctx.db, ghl_contact_id)
         done = (
             f"removed Aloware contact {target} from all power-dialer lists"
             if known
@@ -511,13 +523,15 @@ async def handle_ghl_contact_delete(ctx: HandlerContext, event: ClaimedEvent) ->
 
 
 async def handle_ghl_contact_tags(ctx: HandlerContext, event: ClaimedEvent) -> HandlerResult:
-    """GHL `ContactTagUpdate` (and the tag workflow events): no contact effect.
+    """GHL `ContactTagUpdate` (and the tag workflow events) → the contact's agent and lists.
 
-    Tags say which power-dialer lists a contact belongs on (§6.5, a later flow); the profile fields
-    R-C-1 syncs arrive with `ContactUpdate`. Effects: none; one skipped row saying so.
+    Tags say which power-dialer lists a contact belongs on, and may name its agent (R-AG-1,
+    R-AG-2); the profile fields R-C-1 syncs arrive with `ContactUpdate`. A native event carries
+    every tag of the contact; a workflow event that does not is completed by reading the contact.
     """
     ctx.direction = GHL_TO_ALOWARE
-    return skipped(event, GHL_TO_ALOWARE, TAGS_LATER)
+    entry = await sync_contact_lists(ctx, event, event.entity_id or "", contact=event.payload)
+    return HandlerResult(entries=[entry])
 
 
 async def handle_aloware_contact(ctx: HandlerContext, event: ClaimedEvent) -> HandlerResult:

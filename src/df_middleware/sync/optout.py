@@ -33,6 +33,7 @@ from df_middleware.consent.store import ConsentOutcome, ConsentStore
 from df_middleware.db.models import SyncEffect
 from df_middleware.db.types import utcnow
 from df_middleware.errors import OptedOut
+from df_middleware.sync.call_lists import forget_memberships
 from df_middleware.sync.echoes import EchoGuard, dnd_entity
 from df_middleware.sync.effects import EffectLedger, EffectMaybeDone, skipped, success
 from df_middleware.sync.identity import ContactMappings
@@ -267,6 +268,9 @@ async def off_the_dialer(
     if aloware_id is None:
         return skipped(event, direction, "dialer lists: no Aloware contact on this number").entries[0]
     await aloware.remove_from_all_lists(aloware_id)
+    owner = ghl_contact_id or (mapping.ghl_contact_id if mapping is not None else None)
+    if owner:
+        await forget_memberships(ctx.db, owner)
     return success(
         event,
         direction,

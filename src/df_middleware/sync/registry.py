@@ -65,6 +65,7 @@ DOMAIN_MODULES: tuple[str, ...] = (
     "df_middleware.sync.dnc",
     "df_middleware.sync.ghl_dnd",
     "df_middleware.sync.operator_consent",
+    "df_middleware.sync.opportunities",
 )
 
 

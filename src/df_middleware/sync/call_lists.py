@@ -1,0 +1,532 @@
+"""A GHL contact's agent and power-dialer lists in Aloware (SPEC §6.5: R-AG-1…R-AG-4).
+
+Every GHL event that can change where a contact belongs — a contact created or updated, its tags,
+its opportunity's stage or status, native or workflow — ends in `sync_contact_lists`, which:
+
+1. reads what the contact is: the event's own contact when it carries one (tags included), else
+   the contact as GHL has it now (`GET /contacts/{id}`: opportunity events carry no tags);
+2. resolves its agent (`agent_routing.resolve_agent`; the agent custom field's definition is found
+   by name through `GET /locations/{id}/customFields`, `AgentField`);
+3. computes the desired lists from the agent, the tags, the pipeline placement remembered in
+   `contact_agent_state` and the consent registries (`consent.store.dialer_block`);
+4. applies the difference against `contact_list_memberships` (`agent_routing.plan_lists`): no
+   Aloware call at all when nothing changes; remove-all then re-add when the contact leaves a list
+   (Aloware has no remove-from-one-list call); adds only when it joins.
+
+**Under a lock (R-AG-4).** The contact's `contact_agent_state` row is the lock: on PostgreSQL it is
+held (`SELECT … FOR UPDATE`) from reading the memberships to writing the new ones and the agent,
+so two events of one contact — a queued event and `lists rebuild`, or a workflow event keyed by
+phone next to a native one keyed by contact — apply one after the other and the second sees what
+the first did. SQLite has one writer at a time and a write lock that would stop ingest while
+Aloware answers, so there the calls run outside the transaction and the write checks that the
+state it planned from is still the one stored (else the event is retried and plans again).
+
+**Lists (R-AG-3)** are `DF_<AGENT>_<LIST>`, found by name in Aloware and cached in
+`call_list_registry` (`CallListRegistryStore`). A list Aloware does not have is created when
+ALOWARE_CREATE_LISTS is set; otherwise the membership is recorded `blocked` ("list missing") and
+shows in `lists status`; `lists rebuild` looks again. A created list is recorded at once and is
+always looked for by name first, so a crash after creating never creates it twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from df_middleware.config import Settings
+from df_middleware.connectors.aloware import AlowareClient
+from df_middleware.connectors.ghl import GhlClient
+from df_middleware.connectors.ghl_models import CustomFieldDefinition
+from df_middleware.consent.store import dialer_block
+from df_middleware.db.models import (
+    AgentDirectory,
+    CallListRegistry,
+    ContactAgentState,
+    ContactListMembership,
+)
+from df_middleware.db.session import Database
+from df_middleware.db.types import utcnow
+from df_middleware.errors import RetryableError
+from df_middleware.phones import normalize_phone
+from df_middleware.sync.agent_routing import (
+    BLOCKED,
+    LIST_MISSING,
+    MEMBER,
+    ContactSignals,
+    ListPlan,
+    Membership,
+    contact_signals,
+    desired_lists,
+    list_name,
+    name_key,
+    plan_lists,
+    resolve_agent,
+    stage_placement,
+)
+from df_middleware.sync.identity import ContactMappings
+from df_middleware.sync.registry import ClaimedEvent, HandlerContext, SyncLogEntry
+
+GHL_TO_ALOWARE = "ghl_to_aloware"
+#: A cached custom-field definition list is re-read at most this often when a contact's value for
+#: the agent field cannot be found in it (a field re-created in GHL gets a new id).
+FIELD_REFRESH_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class StageChange:
+    """What an opportunity event says of the contact's deal: its stage name (when the event names
+    it) and status, and when (the event's time, for ordering)."""
+
+    stage_name: str | None
+    status: str | None
+    at: datetime | None
+
+
+class AgentField:
+    """The agent custom field's definition id (R-AG-1), found by name once per process and
+    re-read, at most every FIELD_REFRESH_SECONDS, when a contact's custom fields do not include
+    it."""
+
+    _lock = asyncio.Lock()
+    _ids: dict[tuple[str, str], str | None] = {}
+    _read_at: dict[tuple[str, str], float] = {}
+
+    @classmethod
+    async def value(cls, ghl: GhlClient, setting: str, signals: ContactSignals) -> str | None:
+        wanted = name_key(setting)
+        named = signals.named_fields.get(wanted)
+        if not signals.field_ids:
+            return named
+        key = (ghl.location_id, wanted)
+        async with cls._lock:
+            if key not in cls._ids:
+                await cls._read(ghl, key, refresh=False)
+            field_id = cls._ids.get(key)
+            if (field_id is None or field_id not in signals.field_ids) and cls._stale(key):
+                await cls._read(ghl, key, refresh=True)
+                field_id = cls._ids.get(key)
+        if field_id is not None and field_id in signals.field_ids:
+            return signals.field_ids[field_id]
+        return named
+
+    @classmethod
+    def _stale(cls, key: tuple[str, str]) -> bool:
+        return time.monotonic() - cls._read_at.get(key, 0.0) >= FIELD_REFRESH_SECONDS
+
+    @classmethod
+    async def _read(cls, ghl: GhlClient, key: tuple[str, str], *, refresh: bool) -> None:
+        definitions = await ghl.custom_fields(refresh=refresh)
+        cls._ids[key] = find_field_id(definitions, key[1])
+        cls._read_at[key] = time.monotonic()
+
+    @classmethod
+    def forget(cls) -> None:
+        """Tests: start from an empty cache."""
+        cls._ids.clear()
+        cls._read_at.clear()
+
+
+def find_field_id(definitions: Sequence[CustomFieldDefinition], wanted: str) -> str | None:
+    """R-AG-1: the definition whose `fieldKey` (without `contact.`) or `name` is `wanted`, both
+    compared as `name_key`s; a `fieldKey` match wins over a `name` match."""
+    by_key = [d for d in definitions if d.field_key and name_key(d.field_key) == wanted]
+    by_name = [d for d in definitions if d.name and name_key(d.name) == wanted]
+    for found in (by_key, by_name):
+        if found:
+            return found[0].id
+    return None
+
+
+class CallListRegistryStore:
+    """`call_list_registry`: each (agent, list key)'s Aloware list id, found by name (R-AG-3)."""
+
+    def __init__(self, db: Database, aloware: AlowareClient, *, create: bool) -> None:
+        self.db = db
+        self.aloware = aloware
+        self.create = create
+        self._remote: dict[str, str] | None = None
+
+    async def cached(self, agent_key: str, list_key: str) -> str | None:
+        async with self.db.session() as session:
+            row = await session.scalar(
+                select(CallListRegistry).where(
+                    CallListRegistry.agent_key == agent_key, CallListRegistry.list_key == list_key
+                )
+            )
+            return row.aloware_list_id if row is not None else None
+
+    async def list_id(self, agent_key: str, list_key: str, *, look_again: bool = False) -> str | None:
+        """The Aloware list id, from the cache, else found by name (one `GET /call-lists` per
+        store, however many lists are missing), else created when allowed; None when missing."""
+        cached = await self.cached(agent_key, list_key)
+        if cached is not None and not look_again:
+            return cached
+        name = list_name(agent_key, list_key)
+        remote = await self._remote_lists()
+        found = remote.get(name)
+        if found is None and self.create:
+            created = await self.aloware.create_call_list(name, f"DF-Middleware: {agent_key} {list_key}")
+            found = str(created.id)
+            remote[name] = found
+        await self._record(agent_key, list_key, name, found)
+        return found
+
+    async def _remote_lists(self) -> dict[str, str]:
+        if self._remote is None:
+            lists = await self.aloware.list_call_lists()
+            self._remote = {item.name: str(item.id) for item in lists if item.name}
+        return self._remote
+
+    async def _record(self, agent_key: str, list_key: str, name: str, list_id: str | None) -> None:
+        for attempt in range(2):
+            try:
+                async with self.db.session() as session:
+                    row = await session.scalar(
+                        select(CallListRegistry).where(CallListRegistry.aloware_list_name == name)
+                    )
+                    if row is None:
+                        row = CallListRegistry(agent_key=agent_key, list_key=list_key, aloware_list_name=name)
+                        session.add(row)
+                    row.aloware_list_id = list_id
+                    row.updated_at = utcnow()
+                return
+            except IntegrityError:
+                if attempt:
+                    raise
+
+
+async def active_agents(db: Database) -> list[AgentDirectory]:
+    """The directory's active agents in `agent_key` order (R-AG-1)."""
+    async with db.session() as session:
+        rows = await session.scalars(
+            select(AgentDirectory)
+            .where(AgentDirectory.is_active.is_(True))
+            .order_by(AgentDirectory.agent_key)
+        )
+        agents = list(rows)
+        session.expunge_all()
+        return agents
+
+
+@dataclass
+class _Snapshot:
+    """The contact's list state as read before planning: the check SQLite's write makes."""
+
+    agent_key: str | None
+    stage_list_key: str | None
+    stage_at: datetime | None
+    updated_at: datetime | None
+    memberships: dict[Membership, str] = field(default_factory=dict)
+
+
+@dataclass
+class ListOutcome:
+    """What one application did, for the sync_log row and for the tests."""
+
+    agent_key: str
+    previous_agent: str | None
+    plan: ListPlan
+    joined: list[Membership] = field(default_factory=list)
+    blocked: list[Membership] = field(default_factory=list)
+    aloware_calls: int = 0
+    note: str | None = None
+
+
+async def _state_row(
+    session: AsyncSession, contact_id: str, default_agent: str, *, lock: bool
+) -> ContactAgentState:
+    query = select(ContactAgentState).where(ContactAgentState.contact_id == contact_id)
+    if lock:
+        query = query.with_for_update()
+    row = await session.scalar(query)
+    if row is not None:
+        return row
+    try:
+        async with session.begin_nested():
+            session.add(ContactAgentState(contact_id=contact_id, agent_key=default_agent))
+    except IntegrityError:
+        pass  # another transaction created it: read (and lock) theirs
+    row = await session.scalar(query)
+    assert row is not None
+    return row
+
+
+async def _memberships(session: AsyncSession, contact_id: str) -> dict[Membership, str]:
+    rows = await session.scalars(
+        select(ContactListMembership).where(ContactListMembership.contact_id == contact_id)
+    )
+    return {(r.agent_key, r.list_key): r.status for r in rows}
+
+
+def _snapshot(state: ContactAgentState, memberships: dict[Membership, str], fresh: bool) -> _Snapshot:
+    return _Snapshot(
+        agent_key=None if fresh else state.agent_key,
+        stage_list_key=state.stage_list_key,
+        stage_at=state.stage_at,
+        updated_at=state.updated_at,
+        memberships=memberships,
+    )
+
+
+class ContactLists:
+    """Applies one contact's desired lists (R-AG-2…R-AG-4); see the module docstring."""
+
+    _local_locks: dict[str, asyncio.Lock] = {}
+
+    def __init__(self, settings: Settings, db: Database, aloware: AlowareClient) -> None:
+        self.settings = settings
+        self.db = db
+        self.aloware = aloware
+        self.registry = CallListRegistryStore(db, aloware, create=settings.aloware_create_lists)
+
+    async def apply(
+        self,
+        contact_id: str,
+        *,
+        agent_key: str,
+        tags: Sequence[str],
+        phone: str | None,
+        aloware_contact_id: str | None,
+        stage: StageChange | None = None,
+    ) -> ListOutcome:
+        blocked_because = await dialer_block(
+            self.db, phone, sms_opt_out_counts=self.settings.optout_removes_from_dialer
+        )
+        if self.db.is_postgres:
+            async with self.db.session() as session:
+                state = await _state_row(session, contact_id, agent_key, lock=True)
+                snapshot = _snapshot(state, await _memberships(session, contact_id), False)
+                outcome, placement = await self._work(
+                    snapshot, agent_key, tags, blocked_because, aloware_contact_id, stage
+                )
+                await self._write(session, contact_id, state, outcome, placement, stage)
+                return outcome
+        lock = self._local_locks.setdefault(contact_id, asyncio.Lock())
+        async with lock:
+            async with self.db.session() as session:
+                state = await _state_row(session, contact_id, agent_key, lock=False)
+                snapshot = _snapshot(state, await _memberships(session, contact_id), False)
+            outcome, placement = await self._work(
+                snapshot, agent_key, tags, blocked_because, aloware_contact_id, stage
+            )
+            async with self.db.session() as session:
+                state = await _state_row(session, contact_id, agent_key, lock=False)
+                now = _snapshot(state, await _memberships(session, contact_id), False)
+                if (now.agent_key, now.stage_list_key, now.memberships) != (
+                    snapshot.agent_key,
+                    snapshot.stage_list_key,
+                    snapshot.memberships,
+                ):
+                    raise RetryableError(
+                        f"contact {contact_id}: lists changed while being applied; planning again"
+                    )
+                await self._write(session, contact_id, state, outcome, placement, stage)
+            return outcome
+
+    async def _work(
+        self,
+        snapshot: _Snapshot,
+        agent_key: str,
+        tags: Sequence[str],
+        blocked_because: str | None,
+        aloware_contact_id: str | None,
+        stage: StageChange | None,
+    ) -> tuple[ListOutcome, str | None]:
+        placement = snapshot.stage_list_key
+        if stage is not None and not _older(stage.at, snapshot.stage_at):
+            placement = stage_placement(stage.stage_name, stage.status, placement)
+        desired = desired_lists(
+            list_keys=self.settings.list_keys,
+            tags=tags,
+            mode=self.settings.tag_match_mode,
+            placement=placement,
+            blocked_because=blocked_because,
+        )
+        plan = plan_lists(snapshot.memberships, agent_key, desired)
+        outcome = ListOutcome(agent_key=agent_key, previous_agent=snapshot.agent_key, plan=plan)
+        if blocked_because is not None:
+            outcome.note = f"on no list: {blocked_because}"
+        if plan.calls_nothing:
+            return outcome, placement
+        if aloware_contact_id is None:
+            # Nothing to put on a list yet (no phone, or the contact sync has not created the
+            # Aloware contact): the memberships stay as they are and the next event applies them.
+            outcome.plan = ListPlan(desired=plan.desired)
+            outcome.note = "lists not applied: the contact is not in Aloware yet"
+            return outcome, placement
+        if plan.remove_all:
+            await self.aloware.remove_from_all_lists(aloware_contact_id)
+            outcome.aloware_calls += 1
+        for membership in sorted(plan.add):
+            list_id = await self.registry.list_id(*membership)
+            if list_id is None:
+                outcome.blocked.append(membership)
+                continue
+            await self.aloware.add_to_list(list_id, [aloware_contact_id])
+            outcome.aloware_calls += 1
+            outcome.joined.append(membership)
+        return outcome, placement
+
+    async def _write(
+        self,
+        session: AsyncSession,
+        contact_id: str,
+        state: ContactAgentState,
+        outcome: ListOutcome,
+        placement: str | None,
+        stage: StageChange | None,
+    ) -> None:
+        plan = outcome.plan
+        gone = set(plan.drop)
+        if plan.remove_all:
+            gone |= set(plan.desired) - set(outcome.joined) - set(outcome.blocked)
+        for agent, key in gone:
+            await session.execute(
+                delete(ContactListMembership).where(
+                    ContactListMembership.contact_id == contact_id,
+                    ContactListMembership.agent_key == agent,
+                    ContactListMembership.list_key == key,
+                )
+            )
+        rows = {
+            (r.agent_key, r.list_key): r
+            for r in await session.scalars(
+                select(ContactListMembership).where(ContactListMembership.contact_id == contact_id)
+            )
+        }
+        now = utcnow()
+        for membership, status in [(m, MEMBER) for m in outcome.joined] + [
+            (m, BLOCKED) for m in outcome.blocked
+        ]:
+            row = rows.get(membership)
+            if row is None:
+                row = ContactListMembership(
+                    contact_id=contact_id, agent_key=membership[0], list_key=membership[1]
+                )
+                session.add(row)
+            row.status = status
+            row.reason = LIST_MISSING if status == BLOCKED else None
+            row.updated_at = now
+        state.agent_key = outcome.agent_key
+        if stage is not None and not _older(stage.at, state.stage_at):
+            state.stage_list_key = placement
+            state.stage_name = stage.stage_name or state.stage_name
+            state.stage_at = stage.at or state.stage_at
+        state.updated_at = now
+
+
+async def forget_memberships(db: Database, contact_id: str) -> None:
+    """Every membership of the contact ended: a flow took its Aloware contact off every list
+    (consent, a deleted GHL contact). The next event that may put it back plans from nothing."""
+    async with db.session() as session:
+        await session.execute(
+            delete(ContactListMembership).where(ContactListMembership.contact_id == contact_id)
+        )
+
+
+def _older(at: datetime | None, than: datetime | None) -> bool:
+    return at is not None and than is not None and at < than
+
+
+def _describe(outcome: ListOutcome) -> str:
+    parts: list[str] = []
+    if outcome.previous_agent and outcome.previous_agent != outcome.agent_key:
+        parts.append(f"reassigned from {outcome.previous_agent} to {outcome.agent_key}")
+    if outcome.plan.remove_all:
+        parts.append("removed from all lists")
+    if outcome.joined:
+        parts.append("joined " + ", ".join(list_name(*m) for m in outcome.joined))
+    if outcome.blocked:
+        parts.append("blocked (list missing): " + ", ".join(list_name(*m) for m in outcome.blocked))
+    if outcome.note:
+        parts.append(outcome.note)
+    return "; ".join(parts) or "lists unchanged"
+
+
+def _phone(payload: Mapping[str, Any], region: str) -> str | None:
+    nested = payload.get("contact")
+    for value in (payload.get("phone"), nested.get("phone") if isinstance(nested, Mapping) else None):
+        if isinstance(value, str) and value.strip():
+            phone = normalize_phone(value, region)
+            if phone:
+                return phone
+    return None
+
+
+async def sync_contact_lists(
+    ctx: HandlerContext,
+    event: ClaimedEvent,
+    contact_id: str,
+    *,
+    contact: Mapping[str, Any] | None = None,
+    stage: StageChange | None = None,
+) -> SyncLogEntry:
+    """R-AG-1…R-AG-4 for one GHL contact: resolve its agent, compute its lists and apply the
+    difference. `contact` is the event's own contact (native and workflow contact events); when
+    it is None or does not carry the tags, the contact is read from GHL."""
+    started = utcnow()
+    connectors = ctx.connectors
+    aloware = connectors.aloware if connectors is not None else None
+    ghl = connectors.ghl if connectors is not None else None
+
+    def row(status: str, message: str, target: str | None = None) -> SyncLogEntry:
+        return SyncLogEntry(
+            direction=GHL_TO_ALOWARE,
+            entity_type="contact",
+            entity_id=contact_id,
+            source_id=contact_id,
+            status=status,  # type: ignore[arg-type]
+            message=message,
+            target_id=target,
+            started_at=started,
+        )
+
+    if aloware is None:
+        return row("skipped", "lists: Aloware not configured")
+    mapping = await ContactMappings(ctx.db).by_ghl_id(contact_id)
+    if mapping is not None and mapping.deleted_at is not None:
+        return row("skipped", f"lists: GHL contact {contact_id} was deleted")
+    signals = contact_signals(contact) if contact is not None else None
+    source: Mapping[str, Any] = contact or {}
+    if signals is None or signals.tags is None:
+        if ghl is None:
+            return row("skipped", "lists: GHL not configured (the contact's tags are needed)")
+        fetched = await ghl.get_contact(contact_id)
+        if fetched is None:
+            return row("skipped", f"lists: GHL contact {contact_id} not found")
+        source = fetched.model_dump(by_alias=True, exclude_none=True)
+        signals = contact_signals(source)
+    field_value = None
+    if ghl is not None:
+        field_value = await AgentField.value(ghl, ctx.settings.ghl_assigned_agent_field_key, signals)
+    else:
+        field_value = signals.named_fields.get(name_key(ctx.settings.ghl_assigned_agent_field_key))
+    agent_key = resolve_agent(
+        assigned_to=signals.assigned_to,
+        field_value=field_value,
+        tags=signals.tags or (),
+        agents=await active_agents(ctx.db),
+        default_key=ctx.settings.default_agent_key.upper(),
+    )
+    region = ctx.settings.default_phone_region
+    phone = (mapping.phone if mapping is not None else None) or _phone(source, region)
+    aloware_id = mapping.aloware_contact_id if mapping is not None else None
+    outcome = await ContactLists(ctx.settings, ctx.db, aloware).apply(
+        contact_id,
+        agent_key=agent_key,
+        tags=signals.tags or (),
+        phone=phone,
+        aloware_contact_id=aloware_id,
+        stage=stage,
+    )
+    message = f"agent {agent_key}: {_describe(outcome)}"
+    status = "success" if outcome.aloware_calls or outcome.blocked else "skipped"
+    return row(status, message, aloware_id)
