@@ -501,7 +501,8 @@ class ApplyReport:
             f"{len(self.ids_filled)} ids filled by email",
             f"{len(self.unmatched)} unmatched emails",
         ]
-        parts += [f"{system} users not asked ({why})" for system, why in sorted(self.unavailable.items())]
+        if self.unavailable:
+            parts.append(f"not asked for users: {', '.join(sorted(self.unavailable))}")
         return "; ".join(parts)
 
 

@@ -9,8 +9,8 @@ when AUTO_MIGRATE is true, as `serve` does, and otherwise say to run `df-middlew
 
 One module per flow: `processes` (serve, worker, migrate, and the stop request they honour),
 `retention` (prune), `connections` (check), `demo`, and the sub-commands `events`, `config`
-(`configuration`, which also reads the settings for every command), `oauth`, `optout` and
-`simulate`.
+(`configuration`, which also reads the settings for every command), `oauth`, `optout`, `agents`
+and `simulate`.
 `database` opens the database for a command; `output` is what a command prints. Each module
 imports only Typer, rich and the settings at import time, and the rest inside its commands, so that
 `df-middleware --help` stays fast and touches nothing.
@@ -21,6 +21,7 @@ from __future__ import annotations
 import typer
 
 from df_middleware.cli import connections, demo, processes, retention
+from df_middleware.cli.agents import agents_app
 from df_middleware.cli.configuration import config_app
 from df_middleware.cli.events import events_app
 from df_middleware.cli.oauth import oauth_app
@@ -36,6 +37,7 @@ app.add_typer(events_app, name="events")
 app.add_typer(config_app, name="config")
 app.add_typer(oauth_app, name="oauth")
 app.add_typer(optout_app, name="optout")
+app.add_typer(agents_app, name="agents")
 app.add_typer(simulate_app, name="simulate")
 # The top-level commands, in the order `--help` lists them (before the groups above).
 app.command()(processes.serve)

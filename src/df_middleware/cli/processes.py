@@ -15,12 +15,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from df_middleware.cli.agents import agents_from_settings, apply_at_start
 from df_middleware.cli.configuration import load_settings
 from df_middleware.cli.database import open_database, prepare_schema, run_with_database
 from df_middleware.cli.output import command_log, console, start_logging
 from df_middleware.config import Settings
 
 if TYPE_CHECKING:
+    from df_middleware.agents.directory import AgentSpec
     from df_middleware.queue.worker import Worker
 
 
@@ -129,30 +131,37 @@ def serve(
         worker=run_worker,
         database=database_label(settings.database_url),
     )
-    run_with_database(_serve_start_up(stop, settings), settings.database_url)
+    agents = agents_from_settings(settings)  # a bad AGENTS_FILE stops start-up here (R-AG-5)
+    run_with_database(_serve_start_up(stop, settings, agents), settings.database_url)
     if stop.requested:
         log.info("service.stopped", during="start-up")
         return
     _serve_http(stop, settings, run_worker=run_worker, workers=workers)
 
 
-async def _serve_start_up(stop: StopRequest, settings: Settings) -> None:
+async def _serve_start_up(stop: StopRequest, settings: Settings, agents: list[AgentSpec] | None) -> None:
     """Migrate before the HTTP server starts, so that a database that cannot be reached is one
     line (uvicorn would print the lifespan's traceback) and N server processes do not race to
-    migrate. With AUTO_MIGRATE=false the server starts regardless and /readyz says what is wrong."""
+    migrate. With AUTO_MIGRATE=false the server starts regardless and /readyz says what is wrong.
+    Then AGENTS_FILE is applied, once, however many server processes and workers follow."""
     from df_middleware.db.migrate import SchemaNotCurrent
     from df_middleware.db.session import DatabaseUnavailable
 
-    async with stop.as_event():
+    async with stop.as_event() as stopping:
         db = open_database(settings)
         try:
             if settings.auto_migrate:
                 await prepare_schema(db, settings)
-                return
-            try:
-                await prepare_schema(db, settings)
-            except (DatabaseUnavailable, SchemaNotCurrent) as exc:
-                command_log().warning("database.not_ready", reason=str(exc))
+            else:
+                try:
+                    await prepare_schema(db, settings)
+                except (DatabaseUnavailable, SchemaNotCurrent) as exc:
+                    command_log().warning("database.not_ready", reason=str(exc))
+                    if agents is not None:
+                        command_log().warning("agents.not_applied", reason="database not ready")
+                    return
+            if agents is not None and not stopping.is_set():
+                await apply_at_start(db, settings, agents)
         finally:
             await db.dispose()
 
@@ -208,10 +217,11 @@ def worker(
     from df_middleware.db.session import database_label
 
     command_log().info("worker.starting", database=database_label(settings.database_url), once=once)
-    run_with_database(_work(stop, settings, once=once), settings.database_url)
+    agents = agents_from_settings(settings)  # a bad AGENTS_FILE stops start-up here (R-AG-5)
+    run_with_database(_work(stop, settings, once=once, agents=agents), settings.database_url)
 
 
-async def _work(stop: StopRequest, settings: Settings, *, once: bool) -> None:
+async def _work(stop: StopRequest, settings: Settings, *, once: bool, agents: list[AgentSpec] | None) -> None:
     from df_middleware.connectors.suite import Connectors
     from df_middleware.queue.scheduler import Scheduler
     from df_middleware.queue.worker import Worker
@@ -221,6 +231,8 @@ async def _work(stop: StopRequest, settings: Settings, *, once: bool) -> None:
         db = open_database(settings)
         try:
             await prepare_schema(db, settings)
+            if agents is not None and not stopping.is_set():
+                await apply_at_start(db, settings, agents)
             if stopping.is_set():
                 log.info("worker.stopped", during="start-up")
                 return
