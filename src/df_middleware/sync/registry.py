@@ -66,6 +66,7 @@ DOMAIN_MODULES: tuple[str, ...] = (
     "df_middleware.sync.ghl_dnd",
     "df_middleware.sync.operator_consent",
     "df_middleware.sync.opportunities",
+    "df_middleware.sync.broadcasts",
 )
 
 
