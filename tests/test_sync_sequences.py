@@ -11,6 +11,7 @@ replace `world`'s registry with the production one (`default_registry()` plus no
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -40,6 +41,7 @@ from df_middleware.sync.sequences import (
     disenroll_for_consent,
     status_of,
 )
+from tests.event_factory import wait_until
 from tests.sync_world import SyncWorld
 
 PHONE = "+19195550188"
@@ -202,9 +204,9 @@ class Person:
         )
         self.changes = 0
 
-    async def changes_to(self, event: str = "Contact Updated", **fields: Any) -> None:
+    async def sends(self, event: str = "Contact Updated", **fields: Any) -> None:
         """Aloware changes the contact (e.g. `aloware_list_status`) and sends its webhook, with an
-        `updated_at` later than the one before; the worker processes it."""
+        `updated_at` later than the one before."""
         sim = self.world.aloware.sim
         sim.update_contact(self.id, **fields)
         self.changes += 1
@@ -212,6 +214,10 @@ class Person:
         body["updated_at"] = (T0 + timedelta(minutes=self.changes)).strftime("%Y-%m-%dT%H:%M:%SZ")
         response = await self.world.deliver_aloware(event, body)
         assert response.status_code < 300, response.text
+
+    async def changes_to(self, event: str = "Contact Updated", **fields: Any) -> None:
+        """`sends`, then the worker processes it."""
+        await self.sends(event, **fields)
         assert await self.world.process() >= 1
 
     @property
@@ -490,3 +496,39 @@ async def test_an_opt_in_does_not_enrol_by_itself(world: SyncWorld) -> None:
     assert sequence_calls(world) == []
     await person.changes_to(aloware_list_status="Warm")
     assert person.sequence == 9002
+
+
+async def test_an_opt_out_recorded_while_enrolling_takes_the_person_out_at_once(world: SyncWorld) -> None:
+    """R-AG-6, R-OPT-4: a STOP runs on the phone's ordering key, beside the contact's events. An
+    opt-out recorded after the sequence step asked consent, while its enrolment is on its way to
+    Aloware (readiness: the enrol request has reached the simulator, which answers 0.5 s later),
+    is seen when the enrolment is recorded: the person is disenrolled in the same run, and the
+    state says no sequence."""
+    person = Person(world)
+    world.aloware.faults(latency_ms=500)
+    await person.sends("Contact Created", aloware_list_status="Hot")
+    processing = asyncio.create_task(world.process())
+
+    async def enrol_sent() -> bool:
+        return "sequence-enroll" in sequence_calls(world)
+
+    await wait_until(enrol_sent)
+    await ConsentStore(world.db).apply(
+        ConsentChange(
+            channel="sms",
+            phone=PHONE,
+            status="opted_out",
+            source="manual",
+            event_at=T0,
+            received_at=T0,
+            reason="manual",
+        )
+    )
+    assert await processing >= 1
+    assert person.sequence is None
+    assert person.log == [("not_enrolled", None), ("enrolled", 9001), ("disenrolled", 9001)]
+    state = await agent_state(world)
+    assert state is not None
+    assert (state.last_aloware_list_status, state.aloware_sequence_id) == ("Hot", None)
+    assert (await sequence_rows(world))[-1][1].endswith("(opted out of SMS while it was enrolled)")
+    assert await all_done(world)
