@@ -335,7 +335,7 @@ def _yaml_items(text: str, source: str | Path) -> list[_Item]:
             items.append(_Item(node.start_mark.line + 1, fields, "an object"))
         return items
     except yaml.MarkedYAMLError as exc:
-        raise AgentsFileError(source, *_yaml_problem(exc)) from None
+        raise AgentsFileError(source, *_yaml_problem(exc, text)) from None
     except yaml.reader.ReaderError as exc:
         line = text[: exc.position].count("\n") + 1
         raise AgentsFileError(
@@ -348,10 +348,13 @@ def _yaml_items(text: str, source: str | Path) -> list[_Item]:
             loader.dispose()
 
 
-def _yaml_problem(exc: yaml.MarkedYAMLError) -> tuple[str, int | None]:
+def _yaml_problem(exc: yaml.MarkedYAMLError, text: str) -> tuple[str, int | None]:
     """PyYAML's error as one clause and the line where it noticed the problem; where the
-    construct it was reading began is named too, as the mistake is often there."""
+    construct it was reading began is named too, as the mistake is often there. A problem noticed
+    only at the end of the file (a quote never closed) is the line where that construct began."""
     mark = exc.problem_mark or exc.context_mark
+    if mark is not None and mark.index >= len(text.rstrip()) and exc.context_mark is not None:
+        mark = exc.context_mark
     problem = exc.problem or exc.context or "cannot be read"
     if exc.problem and exc.context:
         began = f" on line {exc.context_mark.line + 1}" if exc.context_mark is not None else ""
