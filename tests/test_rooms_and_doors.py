@@ -29,6 +29,11 @@ RULES: list[tuple[str, tuple[str, ...], str]] = [
         ("sync", "queue", "ingest", "simulators", "demo", "demo_run"),
         "consent decides and records; the flows that tell other systems live in sync and call it",
     ),
+    (
+        "agents",
+        ("sync", "queue", "ingest", "cli", "simulators", "demo", "demo_run"),
+        "the agent directory is read by the flows; it never runs them",
+    ),
     ("app", ("simulators", "demo", "demo_run"), "the service never imports the simulators"),
     ("admin", ("simulators", "demo", "demo_run"), "the service never imports the simulators"),
     ("queue", ("simulators", "demo", "demo_run"), "the service never imports the simulators"),
