@@ -56,7 +56,12 @@ from sqlalchemy.exc import IntegrityError
 
 from df_middleware.connectors.ghl import GhlClient
 from df_middleware.connectors.http import RemoteNotFound
-from df_middleware.connectors.verity_db import BroadcastAnalytics, InvalidAnalytics, analytics_from_event
+from df_middleware.connectors.verity_db import (
+    BroadcastAnalytics,
+    BroadcastAnalyticsReader,
+    InvalidAnalytics,
+    analytics_from_event,
+)
 from df_middleware.db.models import BroadcastRecord, BroadcastWebhookEvent, SyncEffect
 from df_middleware.db.types import utcnow
 from df_middleware.errors import PermanentError, RetryableError
@@ -291,12 +296,19 @@ async def _written(ctx: HandlerContext, broadcast_id: str) -> Written:
     return Written(row, event_time(payload, source.received_at), source.event_type)
 
 
-async def _analytics(ctx: HandlerContext, event: ClaimedEvent, broadcast_id: str) -> BroadcastAnalytics:
-    own = analytics_in_event(event.payload, broadcast_id)
+def _reader(ctx: HandlerContext) -> BroadcastAnalyticsReader | None:
+    return ctx.connectors.analytics if ctx.connectors is not None else None
+
+
+async def _analytics(
+    ctx: HandlerContext, own: BroadcastAnalytics | None, broadcast_id: str
+) -> BroadcastAnalytics:
+    """The event's own numbers, else Verity's database's (read only now: after the throttle, so a
+    deferred event reads the freshest numbers and a busy broadcast does not load Verity)."""
     if own is not None:
         return own
-    reader = ctx.connectors.analytics if ctx.connectors is not None else None
-    if reader is None:
+    reader = _reader(ctx)
+    if reader is None:  # checked before the throttle; kept for the type checker
         raise PermanentError(NO_ANALYTICS.format(id=broadcast_id))
     analytics = await reader.analytics(broadcast_id)
     for name in COUNT_FIELDS:
@@ -357,12 +369,13 @@ async def write_record(
     """Update the broadcast's record, or create it; returns (record id, what was done)."""
     object_key = ctx.settings.ghl_broadcast_object_key
     broadcast_id = str(properties["broadcast_id"])
+    gone: set[str] = set()
     if known_id is not None:
         try:
             await ghl.update_record(object_key, known_id, properties)
             return known_id, "updated"
         except RemoteNotFound:
-            pass  # deleted in GHL since: find it (another copy) or create it again
+            gone.add(known_id)  # deleted in GHL since: find it (another copy) or create it again
     found = await find_record(ghl, object_key, broadcast_id)
     if found is not None:
         await ghl.update_record(object_key, found, properties)
@@ -381,11 +394,13 @@ async def write_record(
             return str(outcome.target_id), "created"
         if outcome.target_id is None:
             break
-        try:  # made by an earlier run (its answer lost, or the search index behind): update it
-            await ghl.update_record(object_key, outcome.target_id, properties)
-            return outcome.target_id, "updated"
-        except RemoteNotFound:
-            await _retire(ctx, key)
+        if outcome.target_id not in gone:
+            try:  # made by an earlier run (its answer lost, or the search index behind): update it
+                await ghl.update_record(object_key, outcome.target_id, properties)
+                return outcome.target_id, "updated"
+            except RemoteNotFound:
+                gone.add(outcome.target_id)
+        await _retire(ctx, key)
     raise RetryableError(f"GHL record of broadcast {broadcast_id!r}: created but not found; retrying")
 
 
@@ -452,6 +467,9 @@ async def handle_broadcast_event(ctx: HandlerContext, event: ClaimedEvent) -> Ha
     ):
         held = f"{written.source_type} of {_iso(written.source_time)}"
         return skipped(event, VERITY_TO_GHL, f"stale: GHL holds newer numbers ({held})")
+    own = analytics_in_event(event.payload, broadcast_id)  # unusable numbers: dead letter now
+    if own is None and _reader(ctx) is None:
+        raise PermanentError(NO_ANALYTICS.format(id=broadcast_id))
     row = written.row
     same_location = row is not None and row.location_id == ghl.location_id
     last_attempt = event.attempts >= ctx.settings.max_attempts - 1
@@ -468,7 +486,7 @@ async def handle_broadcast_event(ctx: HandlerContext, event: ClaimedEvent) -> Ha
             retry_after=wait,
         )
 
-    analytics = await _analytics(ctx, event, broadcast_id)
+    analytics = await _analytics(ctx, own, broadcast_id)
     properties = record_properties(analytics, event.payload)
     last = row.properties if row is not None and same_location else None
     holds = merged(last, properties)
