@@ -374,7 +374,7 @@ async def test_contact_without_phone_and_tag_updates_are_skipped(sync_world: Syn
     assert rows == [
         ("ghlB", "skipped", "no phone"),
         ("ghlC", "skipped", "no phone"),
-        ("ghlD", "skipped", contacts.TAGS_LATER),
+        ("ghlD", "skipped", contacts.NO_AGENTS),
     ]
     assert sync_world.aloware.requests() == []
     assert await _mappings(sync_world) == []

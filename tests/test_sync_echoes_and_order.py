@@ -189,7 +189,7 @@ async def test_the_echo_of_filling_a_contact_from_a_call_is_not_written_back(syn
     await sync_world.process()
 
     rows = {(r.status, r.message) for r in await _logs(sync_world) if r.direction == "ghl_to_aloware"}
-    assert rows == {("skipped", contacts.ECHO), ("skipped", contacts.TAGS_LATER)}
+    assert rows == {("skipped", contacts.ECHO), ("skipped", contacts.NO_AGENTS)}
     assert _lead_writes(sync_world) == 0
 
 

@@ -3,10 +3,8 @@
 HTTP, both databases), asserting on the simulator's enrolments and `sequence_log`, its request log,
 `contact_agent_state` and sync_log.
 
-Until the lead engineer calls `apply_sequence` from `sync/contacts.handle_aloware_contact`, the
-flows use a registry whose Aloware contact handler is `contact_then_sequence` below: the
-production contact handler, then `apply_sequence` with the GHL contact it mapped. Once wired,
-replace `world`'s registry with the production one (`default_registry()` plus nothing).
+The flows run the production registry: `sync/contacts.handle_aloware_contact` calls
+`apply_sequence` after the contact sync.
 """
 
 from __future__ import annotations
@@ -21,9 +19,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-import df_middleware.sync.contacts as contacts
-import df_middleware.sync.dnc as dnc
-import df_middleware.sync.texting as texting
 from df_middleware.consent.decisions import OPTED_IN, ConsentChange
 from df_middleware.consent.store import ConsentStore
 from df_middleware.db.models import ContactAgentState, SyncLog, WebhookEvent
@@ -31,12 +26,10 @@ from df_middleware.sync.identity import ContactMappings
 from df_middleware.sync.registry import (
     ClaimedEvent,
     HandlerContext,
-    HandlerRegistry,
-    HandlerResult,
+    default_registry,
 )
 from df_middleware.sync.sequences import (
     SequenceDecision,
-    apply_sequence,
     decide_sequence,
     disenroll_for_consent,
     status_of,
@@ -169,23 +162,9 @@ def test_status_of_refuses_what_is_not_a_short_text(value: object) -> None:
 # --- flows through the world ------------------------------------------------------------------------
 
 
-async def contact_then_sequence(ctx: HandlerContext, event: ClaimedEvent) -> HandlerResult:
-    """What `handle_aloware_contact` will do once wired: the contact sync, then the sequence step
-    with the GHL contact the sync mapped."""
-    result = await contacts.handle_aloware_contact(ctx, event)
-    mapping = await ContactMappings(ctx.db).by_aloware_id(event.entity_id or "")
-    ghl_id = mapping.ghl_contact_id if mapping is not None and mapping.deleted_at is None else None
-    result.entries.extend(await apply_sequence(ctx, event, ghl_id))
-    return result
-
-
 @pytest.fixture
 def world(sync_world: SyncWorld) -> SyncWorld:
-    registry = HandlerRegistry()
-    texting.register_handlers(registry)
-    dnc.register_handlers(registry)
-    registry.register("aloware", "Contact Created", "Contact Updated")(contact_then_sequence)
-    sync_world.registry = registry
+    sync_world.registry = default_registry()
     sim = sync_world.aloware.sim
     hot, warm = sim.add_sequence("Hot leads")["id"], sim.add_sequence("Warm leads")["id"]
     sync_world.settings = sync_world.settings.model_copy(
@@ -391,7 +370,7 @@ async def test_a_dnc_person_is_never_enrolled(world: SyncWorld) -> None:
     assert person.sequence is None
     assert (await sequence_rows(world))[-1] == (
         "skipped",
-        "sequences: on voice DNC: never enrolled in a sequence",
+        "sequences: on the do-not-call list: never enrolled in a sequence",
     )
     assert await all_done(world)
 

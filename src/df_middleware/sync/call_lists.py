@@ -148,10 +148,20 @@ def find_field_id(definitions: Sequence[CustomFieldDefinition], wanted: str) -> 
 class CallListRegistryStore:
     """`call_list_registry`: each (agent, list key)'s Aloware list id, found by name (R-AG-3)."""
 
-    def __init__(self, db: Database, aloware: AlowareClient, *, create: bool) -> None:
+    def __init__(
+        self,
+        db: Database,
+        aloware: AlowareClient,
+        *,
+        create: bool,
+        list_keys: Sequence[str] = (),
+        agent_keys: Sequence[str] = (),
+    ) -> None:
         self.db = db
         self.aloware = aloware
         self.create = create
+        self.list_keys = tuple(list_keys)
+        self.agent_keys = tuple(agent_keys)
         self._remote: dict[str, str] | None = None
 
     async def cached(self, agent_key: str, list_key: str) -> str | None:
@@ -180,9 +190,16 @@ class CallListRegistryStore:
         return found
 
     async def _remote_lists(self) -> dict[str, str]:
+        """Aloware's lists by name, read once per store. Every list of a known agent found on the
+        way is cached too, so one read serves the whole directory's lists."""
         if self._remote is None:
             lists = await self.aloware.list_call_lists()
             self._remote = {item.name: str(item.id) for item in lists if item.name}
+            for agent_key in self.agent_keys:
+                for list_key in self.list_keys:
+                    found = self._remote.get(list_name(agent_key, list_key))
+                    if found is not None and await self.cached(agent_key, list_key) != found:
+                        await self._record(agent_key, list_key, list_name(agent_key, list_key), found)
         return self._remote
 
     async def _record(self, agent_key: str, list_key: str, name: str, list_id: str | None) -> None:
@@ -281,11 +298,19 @@ class ContactLists:
 
     _local_locks: dict[str, asyncio.Lock] = {}
 
-    def __init__(self, settings: Settings, db: Database, aloware: AlowareClient) -> None:
+    def __init__(
+        self, settings: Settings, db: Database, aloware: AlowareClient, *, agent_keys: Sequence[str] = ()
+    ) -> None:
         self.settings = settings
         self.db = db
         self.aloware = aloware
-        self.registry = CallListRegistryStore(db, aloware, create=settings.aloware_create_lists)
+        self.registry = CallListRegistryStore(
+            db,
+            aloware,
+            create=settings.aloware_create_lists,
+            list_keys=settings.list_keys,
+            agent_keys=(*agent_keys, settings.default_agent_key.upper()),
+        )
 
     async def apply(
         self,
@@ -468,10 +493,13 @@ async def sync_contact_lists(
     *,
     contact: Mapping[str, Any] | None = None,
     stage: StageChange | None = None,
-) -> SyncLogEntry:
+) -> SyncLogEntry | None:
     """R-AG-1…R-AG-4 for one GHL contact: resolve its agent, compute its lists and apply the
     difference. `contact` is the event's own contact (native and workflow contact events); when
-    it is None or does not carry the tags, the contact is read from GHL."""
+    it is None or does not carry the tags, the contact is read from GHL.
+
+    None (no row, no call) when the agent directory has no active agent: a deployment that does
+    not route leads to agents keeps its dialer lists by hand, and they are left alone."""
     started = utcnow()
     connectors = ctx.connectors
     aloware = connectors.aloware if connectors is not None else None
@@ -489,6 +517,9 @@ async def sync_contact_lists(
             started_at=started,
         )
 
+    agents = await active_agents(ctx.db)
+    if not agents:
+        return None  # no agent routing in this deployment: the dialer lists are not ours to keep
     if aloware is None:
         return row("skipped", "lists: Aloware not configured")
     mapping = await ContactMappings(ctx.db).by_ghl_id(contact_id)
@@ -513,13 +544,14 @@ async def sync_contact_lists(
         assigned_to=signals.assigned_to,
         field_value=field_value,
         tags=signals.tags or (),
-        agents=await active_agents(ctx.db),
+        agents=agents,
         default_key=ctx.settings.default_agent_key.upper(),
     )
     region = ctx.settings.default_phone_region
     phone = (mapping.phone if mapping is not None else None) or _phone(source, region)
     aloware_id = mapping.aloware_contact_id if mapping is not None else None
-    outcome = await ContactLists(ctx.settings, ctx.db, aloware).apply(
+    lists = ContactLists(ctx.settings, ctx.db, aloware, agent_keys=[a.agent_key for a in agents])
+    outcome = await lists.apply(
         contact_id,
         agent_key=agent_key,
         tags=signals.tags or (),
@@ -528,5 +560,5 @@ async def sync_contact_lists(
         stage=stage,
     )
     message = f"agent {agent_key}: {_describe(outcome)}"
-    status = "success" if outcome.aloware_calls or outcome.blocked else "skipped"
+    status = "success" if outcome.aloware_calls else "skipped"
     return row(status, message, aloware_id)

@@ -54,6 +54,7 @@ from df_middleware.sync.identity import (
     resolve_ghl_contact,
 )
 from df_middleware.sync.registry import ClaimedEvent, HandlerContext, HandlerRegistry, HandlerResult
+from df_middleware.sync.sequences import apply_sequence
 from df_middleware.timestamps import parse_iso8601
 
 SourceOfTruth: TypeAlias = Literal["ghl", "aloware", "merge"]
@@ -116,6 +117,8 @@ NOT_IN_WEBHOOKS: tuple[str, ...] = tuple(sorted(UNCARRIED_FIELDS["ghl"]))
 
 # Skip reasons (the sync_log message of a `skipped` row).
 NO_PHONE = "no phone"
+#: A tag event where no agent routing is configured (empty agent directory): nothing to do.
+NO_AGENTS = "tags: no agents configured, so no power-dialer lists to keep (AGENTS_FILE)"
 ECHO = "echo"
 UNCHANGED = "unchanged"
 STALE = "stale: a newer change of this contact was already synced"
@@ -309,7 +312,9 @@ async def handle_ghl_contact_upsert(ctx: HandlerContext, event: ClaimedEvent) ->
     unchanged profile may still carry new tags or a new owner) and costs no Aloware call when the
     contact's lists stay as they are."""
     result = await sync_ghl_contact(ctx, event)
-    result.entries.append(await sync_contact_lists(ctx, event, event.entity_id or "", contact=event.payload))
+    lists = await sync_contact_lists(ctx, event, event.entity_id or "", contact=event.payload)
+    if lists is not None:
+        result.entries.append(lists)
     return result
 
 
@@ -531,10 +536,26 @@ async def handle_ghl_contact_tags(ctx: HandlerContext, event: ClaimedEvent) -> H
     """
     ctx.direction = GHL_TO_ALOWARE
     entry = await sync_contact_lists(ctx, event, event.entity_id or "", contact=event.payload)
-    return HandlerResult(entries=[entry])
+    return HandlerResult(entries=[entry]) if entry is not None else skipped(event, GHL_TO_ALOWARE, NO_AGENTS)
 
 
 async def handle_aloware_contact(ctx: HandlerContext, event: ClaimedEvent) -> HandlerResult:
+    """Aloware `Contact Created` / `Contact Updated`: the contact → GHL (R-C-2), then its sequence
+    by its list status (R-AG-6, when ENABLE_ALOWARE_SEQUENCES). The list status is not part of the
+    synced profile, so the sequence step runs when the contact step found nothing to write too
+    (unchanged, echo) — but never for a stale event, whose status is older than the one applied,
+    nor for a contact whose GHL side was deleted."""
+    result = await sync_aloware_contact(ctx, event)
+    if ctx.settings.enable_aloware_sequences and not any(e.message == STALE for e in result.entries):
+        mapping = await ContactMappings(ctx.db).by_aloware_id(event.entity_id or "")
+        live = mapping is not None and mapping.deleted_at is None
+        result.entries.extend(
+            await apply_sequence(ctx, event, mapping.ghl_contact_id if live and mapping else None)
+        )
+    return result
+
+
+async def sync_aloware_contact(ctx: HandlerContext, event: ClaimedEvent) -> HandlerResult:
     """Aloware `Contact Created` / `Contact Updated` → GHL, by CONTACT_SOURCE_OF_TRUTH (R-C-2).
 
     Effects: the person's GHL contact is found (R-ID-2) or created through `POST /contacts/upsert`

@@ -37,6 +37,7 @@ STAGE_NAME_KEYS = (
 STATUS_KEYS = ("status", "opportunityStatus", "opportunity_status")
 CONTACT_ID_KEYS = ("contactId", "contact_id")
 NO_CONTACT = "opportunity names no contact"
+NO_AGENTS = "no agents configured, so no power-dialer lists to keep (AGENTS_FILE)"
 #: Opportunity events that do not move a contact: event type (lower case) → the skip reason.
 NOT_MOVING = {
     "opportunitydelete": "an opportunity's deletion does not move its contact's lists",
@@ -82,6 +83,8 @@ async def handle_opportunity(ctx: HandlerContext, event: ClaimedEvent) -> Handle
     if contact_id is None:
         return skipped(event, GHL_TO_ALOWARE, NO_CONTACT)
     entry = await sync_contact_lists(ctx, event, contact_id, stage=stage)
+    if entry is None:
+        return skipped(event, GHL_TO_ALOWARE, NO_AGENTS)
     return HandlerResult(entries=[entry])
 
 

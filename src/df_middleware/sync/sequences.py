@@ -42,8 +42,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from df_middleware.connectors.aloware import AlowareClient
-from df_middleware.consent.decisions import OPTED_OUT
-from df_middleware.consent.store import ConsentStore, sms_allowed
+from df_middleware.consent.store import dialer_block
 from df_middleware.db.models import ContactAgentState
 from df_middleware.db.session import Database
 from df_middleware.errors import RetryableError
@@ -208,14 +207,9 @@ async def record_sequence(
 
 
 async def consent_block(db: Database, phone: str) -> str | None:
-    """Why this E.164 number may not be in a sequence, or None: an SMS opt-out in force (asked as
-    every send asks it, R-OPT-4) or voice DNC (R-OPT-6)."""
-    if not await sms_allowed(db, phone):
-        return "opted out of SMS"
-    voice = await ConsentStore(db).state("voice", phone)
-    if voice is not None and voice.status == OPTED_OUT:
-        return "on voice DNC"
-    return None
+    """Why this E.164 number may not be in a sequence, or None: an SMS opt-out in force (R-OPT-4)
+    or voice DNC (R-OPT-6) — the dialer's own question, with SMS opt-outs always counting."""
+    return await dialer_block(db, phone, sms_opt_out_counts=True)
 
 
 # --- flows ----------------------------------------------------------------------------------------------
