@@ -179,8 +179,9 @@ def test_plan_reaches_the_desired_set(
     current: dict[tuple[str, str], str], agent: str, desired: frozenset[str]
 ) -> None:
     """R-AG-3, R-AG-4: applying the plan to Aloware's lists (remove-all, then adds) leaves the
-    contact on exactly the desired lists of one agent (a list still missing stays blocked); nothing is called when the current
-    memberships already are the desired ones; an unchanged plan applied twice calls nothing."""
+    contact on exactly the desired lists of one agent (a list still missing stays blocked);
+    nothing is called when the current memberships already are the desired ones; an unchanged
+    plan applied twice calls nothing."""
     plan = plan_lists(current, agent, desired)
     on_lists = {m for m, s in current.items() if s == MEMBER}
     if plan.remove_all:

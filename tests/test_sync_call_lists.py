@@ -189,7 +189,8 @@ async def test_pipeline_stages_move_and_close(sync_world: SyncWorld) -> None:
     assert await _memberships(sync_world.db) == set()
     async with sync_world.db.session() as session:
         state = await session.scalar(select(ContactAgentState))
-        assert state is not None and state.stage_list_key == "CLOSED"
+        assert state is not None
+        assert state.stage_list_key == "CLOSED"
 
     await _deliver_contact(sync_world, {**contact, "tags": ["hot", "call_now"]}, "ContactTagUpdate")
     assert _on_lists(sync_world) == set()
@@ -211,7 +212,8 @@ async def test_reassignment_leaves_old_lists_and_joins_new(sync_world: SyncWorld
     assert await _memberships(sync_world.db) == {("BOB", "NEW_LEADS", "member"), ("BOB", "HOT", "member")}
     async with sync_world.db.session() as session:
         state = await session.scalar(select(ContactAgentState))
-        assert state is not None and state.agent_key == "BOB"
+        assert state is not None
+        assert state.agent_key == "BOB"
 
 
 async def test_missing_list_is_blocked_or_created(sync_world: SyncWorld) -> None:
@@ -240,7 +242,8 @@ async def test_missing_list_is_blocked_or_created(sync_world: SyncWorld) -> None
         registry = await session.scalar(
             select(CallListRegistry).where(CallListRegistry.list_key == "NEW_LEADS")
         )
-        assert registry is not None and registry.aloware_list_id == str(created[0]["id"])
+        assert registry is not None
+        assert registry.aloware_list_id == str(created[0]["id"])
 
 
 async def test_do_not_call_takes_the_contact_off_every_list(sync_world: SyncWorld) -> None:

@@ -30,9 +30,7 @@ def upgrade() -> None:
         sa.Column("broadcast_id", sa.Text(), nullable=False),
         sa.Column("location_id", sa.Text(), nullable=True),
         sa.Column("ghl_record_id", sa.Text(), nullable=True),
-        sa.Column(
-            "properties", sa.JSON().with_variant(postgresql.JSONB(), "postgresql"), nullable=True
-        ),
+        sa.Column("properties", sa.JSON().with_variant(postgresql.JSONB(), "postgresql"), nullable=True),
         sa.Column("source_event_id", sa.Uuid(), nullable=True),
         sa.Column("event_received_at", UTCDateTime(timezone=True), nullable=True),
         sa.Column("written_at", UTCDateTime(timezone=True), nullable=True),
