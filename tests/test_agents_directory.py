@@ -30,6 +30,7 @@ from df_middleware.config import get_settings
 from df_middleware.db.session import Database
 from df_middleware.observability import configure_logging
 from tests.sync_world import ALOWARE_TOKEN, LOCATION, SyncWorld
+from tests.test_cli_fresh_machine import entries, one_line_error, run
 from tests.test_service_process import (
     CLI,
     DEADLINE_S,
@@ -503,3 +504,14 @@ def test_specs_are_frozen_and_exact() -> None:
     assert (spec.agent_key, spec.display_name, spec.is_active) == ("A", "a", True)
     with pytest.raises(ValueError, match="frozen"):
         spec.agent_key = "B"  # type: ignore[misc]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args", [["agents", "seed", "--file", "agents.yaml"], ["agents", "list", "--json"]])
+def test_the_agent_commands_never_create_a_database(tmp_path: Path, args: list[str]) -> None:
+    """R-AG-5: `agents seed` and `agents list` in a directory where the service never made its
+    database refuse (one line) instead of seeding or listing a new, empty one the service never reads."""
+    write(tmp_path, "agents.yaml", FLOOR_YAML)
+    done = run(args, tmp_path)
+    assert "df-middleware migrate" in one_line_error(done)
+    assert entries(tmp_path) == ["agents.yaml"]
