@@ -15,7 +15,8 @@ from sqlalchemy import select
 from df_middleware.db.models import AgentDirectory, CallListRegistry, ContactAgentState, ContactListMembership
 from df_middleware.db.session import Database
 from df_middleware.simulators.ghl import contact_webhook
-from df_middleware.sync.call_lists import AgentField, ContactLists
+from df_middleware.sync.call_lists import AgentField, CallListRegistryStore, ContactLists
+from df_middleware.sync.list_operations import lists_status, rebuild_lists
 from tests.sync_world import LOCATION, SyncWorld
 
 pytestmark = pytest.mark.slow
@@ -26,8 +27,9 @@ LIST_CALLS = ("/api/v1/webhook/powerdialer-", "/api/v1/call-lists")
 
 
 @pytest.fixture(autouse=True)
-def _fresh_field_cache() -> None:
+def _fresh_caches() -> None:
     AgentField.forget()
+    CallListRegistryStore.forget()
 
 
 async def _agents(world: SyncWorld, *, lists_for: tuple[str, ...] = ("ALICE", "BOB", "UNASSIGNED")) -> None:
@@ -301,3 +303,31 @@ async def test_concurrent_reassignments_leave_one_agent(sync_world: SyncWorld, d
             assert {f"DF_{a}_{k}" for a, k, _ in rows} == on
     finally:
         await second.dispose()
+
+
+async def test_status_and_rebuild_retry_a_blocked_list(sync_world: SyncWorld) -> None:
+    """R-AG-3, §8.3: a membership blocked because Bob's NEW_LEADS list is missing shows in `lists
+    status`; once the list exists in Aloware, `lists rebuild` joins the contact and the status
+    says so; a second rebuild changes nothing and calls no list endpoint but the GHL reads."""
+    await _agents(sync_world, lists_for=("ALICE",))
+    contact = _ghl_contact(sync_world, assignedTo="user-bob")
+    await _deliver_contact(sync_world, contact)
+    status = await lists_status(sync_world.settings, sync_world.db)
+    assert status.blocked_lists == ["DF_BOB_NEW_LEADS"]
+    assert {(line.list_name, line.members) for line in status.lines if line.agent_key == "ALICE"} == {
+        (f"DF_ALICE_{k}", 0) for k in KEYS
+    }
+
+    sync_world.aloware.sim.add_list("DF_BOB_NEW_LEADS")
+    CallListRegistryStore.forget()  # as a later process would: Aloware's lists read again
+    report = await rebuild_lists(sync_world.settings, sync_world.db, sync_world.connectors)
+    assert (report.contacts, report.changed, report.failed) == (1, 1, [])
+    assert _on_lists(sync_world) == {"DF_BOB_NEW_LEADS"}
+    status = await lists_status(sync_world.settings, sync_world.db)
+    assert status.blocked_lists == []
+    assert [line.members for line in status.lines if line.list_name == "DF_BOB_NEW_LEADS"] == [1]
+
+    before = len(_list_calls(sync_world))
+    again = await rebuild_lists(sync_world.settings, sync_world.db, sync_world.connectors, agent_key="bob")
+    assert (again.contacts, again.changed, again.unchanged) == (1, 0, 1)
+    assert len(_list_calls(sync_world)) == before

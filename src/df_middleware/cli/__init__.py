@@ -24,6 +24,7 @@ from df_middleware.cli import connections, demo, processes, retention
 from df_middleware.cli.agents import agents_app
 from df_middleware.cli.configuration import config_app
 from df_middleware.cli.events import events_app
+from df_middleware.cli.lists import lists_app
 from df_middleware.cli.oauth import oauth_app
 from df_middleware.cli.optout import optout_app
 from df_middleware.cli.simulate import simulate_app
@@ -37,6 +38,7 @@ app.add_typer(events_app, name="events")
 app.add_typer(config_app, name="config")
 app.add_typer(oauth_app, name="oauth")
 app.add_typer(optout_app, name="optout")
+app.add_typer(lists_app, name="lists")
 app.add_typer(agents_app, name="agents")
 app.add_typer(simulate_app, name="simulate")
 # The top-level commands, in the order `--help` lists them (before the groups above).

@@ -41,13 +41,13 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from df_middleware.agents.directory import active_agents
 from df_middleware.config import Settings
 from df_middleware.connectors.aloware import AlowareClient
 from df_middleware.connectors.ghl import GhlClient
 from df_middleware.connectors.ghl_models import CustomFieldDefinition
 from df_middleware.consent.store import dialer_block
 from df_middleware.db.models import (
-    AgentDirectory,
     CallListRegistry,
     ContactAgentState,
     ContactListMembership,
@@ -72,12 +72,14 @@ from df_middleware.sync.agent_routing import (
     stage_placement,
 )
 from df_middleware.sync.identity import ContactMappings
-from df_middleware.sync.registry import ClaimedEvent, HandlerContext, SyncLogEntry
+from df_middleware.sync.registry import HandlerContext, SyncLogEntry
 
 GHL_TO_ALOWARE = "ghl_to_aloware"
 #: A cached custom-field definition list is re-read at most this often when a contact's value for
 #: the agent field cannot be found in it (a field re-created in GHL gets a new id).
 FIELD_REFRESH_SECONDS = 60.0
+#: How long one read of Aloware's lists (`GET /call-lists`) answers "is there a list named …?".
+REMOTE_LISTS_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,13 @@ def find_field_id(definitions: Sequence[CustomFieldDefinition], wanted: str) -> 
 class CallListRegistryStore:
     """`call_list_registry`: each (agent, list key)'s Aloware list id, found by name (R-AG-3)."""
 
+    _shared: dict[int, tuple[float, dict[str, str]]] = {}
+
+    @classmethod
+    def forget(cls) -> None:
+        """Tests: forget what Aloware's lists were."""
+        cls._shared.clear()
+
     def __init__(
         self,
         db: Database,
@@ -190,11 +199,18 @@ class CallListRegistryStore:
         return found
 
     async def _remote_lists(self) -> dict[str, str]:
-        """Aloware's lists by name, read once per store. Every list of a known agent found on the
-        way is cached too, so one read serves the whole directory's lists."""
+        """Aloware's lists by name, read at most once per REMOTE_LISTS_SECONDS per process (a
+        rebuild of many contacts whose list is missing asks once, and a list created by hand in
+        Aloware is seen soon after). Every list of a known agent found on the way is cached in
+        the registry too, so one read serves the whole directory's lists."""
         if self._remote is None:
-            lists = await self.aloware.list_call_lists()
-            self._remote = {item.name: str(item.id) for item in lists if item.name}
+            key = id(self.aloware)
+            read_at, names = self._shared.get(key, (0.0, {}))
+            if time.monotonic() - read_at >= REMOTE_LISTS_SECONDS:
+                lists = await self.aloware.list_call_lists()
+                names = {item.name: str(item.id) for item in lists if item.name}
+                self._shared[key] = (time.monotonic(), names)
+            self._remote = names
             for agent_key in self.agent_keys:
                 for list_key in self.list_keys:
                     found = self._remote.get(list_name(agent_key, list_key))
@@ -218,19 +234,6 @@ class CallListRegistryStore:
             except IntegrityError:
                 if attempt:
                     raise
-
-
-async def active_agents(db: Database) -> list[AgentDirectory]:
-    """The directory's active agents in `agent_key` order (R-AG-1)."""
-    async with db.session() as session:
-        rows = await session.scalars(
-            select(AgentDirectory)
-            .where(AgentDirectory.is_active.is_(True))
-            .order_by(AgentDirectory.agent_key)
-        )
-        agents = list(rows)
-        session.expunge_all()
-        return agents
 
 
 @dataclass
@@ -304,6 +307,7 @@ class ContactLists:
         self.settings = settings
         self.db = db
         self.aloware = aloware
+        self.retry_blocked = False
         self.registry = CallListRegistryStore(
             db,
             aloware,
@@ -321,7 +325,9 @@ class ContactLists:
         phone: str | None,
         aloware_contact_id: str | None,
         stage: StageChange | None = None,
+        retry_blocked: bool = False,
     ) -> ListOutcome:
+        self.retry_blocked = retry_blocked
         blocked_because = await dialer_block(
             self.db, phone, sms_opt_out_counts=self.settings.optout_removes_from_dialer
         )
@@ -375,7 +381,18 @@ class ContactLists:
             placement=placement,
             blocked_because=blocked_because,
         )
-        plan = plan_lists(snapshot.memberships, agent_key, desired)
+        current = snapshot.memberships
+        if self.retry_blocked:
+            # `lists rebuild`: a blocked membership is planned as a join again (its list may exist
+            # now); one no longer wanted is dropped.
+            current = {m: s for m, s in current.items() if s != BLOCKED}
+        plan = plan_lists(current, agent_key, desired)
+        if self.retry_blocked:
+            wanted = {(agent_key, key) for key in desired}
+            stale = {m for m, s in snapshot.memberships.items() if s == BLOCKED and m not in wanted}
+            plan = ListPlan(
+                desired=plan.desired, remove_all=plan.remove_all, add=plan.add, drop=plan.drop | stale
+            )
         outcome = ListOutcome(agent_key=agent_key, previous_agent=snapshot.agent_key, plan=plan)
         if blocked_because is not None:
             outcome.note = f"on no list: {blocked_because}"
@@ -488,11 +505,11 @@ def _phone(payload: Mapping[str, Any], region: str) -> str | None:
 
 async def sync_contact_lists(
     ctx: HandlerContext,
-    event: ClaimedEvent,
     contact_id: str,
     *,
     contact: Mapping[str, Any] | None = None,
     stage: StageChange | None = None,
+    retry_blocked: bool = False,
 ) -> SyncLogEntry | None:
     """R-AG-1…R-AG-4 for one GHL contact: resolve its agent, compute its lists and apply the
     difference. `contact` is the event's own contact (native and workflow contact events); when
@@ -558,6 +575,7 @@ async def sync_contact_lists(
         phone=phone,
         aloware_contact_id=aloware_id,
         stage=stage,
+        retry_blocked=retry_blocked,
     )
     message = f"agent {agent_key}: {_describe(outcome)}"
     status = "success" if outcome.aloware_calls else "skipped"

@@ -312,7 +312,7 @@ async def handle_ghl_contact_upsert(ctx: HandlerContext, event: ClaimedEvent) ->
     unchanged profile may still carry new tags or a new owner) and costs no Aloware call when the
     contact's lists stay as they are."""
     result = await sync_ghl_contact(ctx, event)
-    lists = await sync_contact_lists(ctx, event, event.entity_id or "", contact=event.payload)
+    lists = await sync_contact_lists(ctx, event.entity_id or "", contact=event.payload)
     if lists is not None:
         result.entries.append(lists)
     return result
@@ -535,7 +535,7 @@ async def handle_ghl_contact_tags(ctx: HandlerContext, event: ClaimedEvent) -> H
     every tag of the contact; a workflow event that does not is completed by reading the contact.
     """
     ctx.direction = GHL_TO_ALOWARE
-    entry = await sync_contact_lists(ctx, event, event.entity_id or "", contact=event.payload)
+    entry = await sync_contact_lists(ctx, event.entity_id or "", contact=event.payload)
     return HandlerResult(entries=[entry]) if entry is not None else skipped(event, GHL_TO_ALOWARE, NO_AGENTS)
 
 

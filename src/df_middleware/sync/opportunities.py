@@ -82,7 +82,7 @@ async def handle_opportunity(ctx: HandlerContext, event: ClaimedEvent) -> Handle
     contact_id, stage = opportunity_contact(event.payload)
     if contact_id is None:
         return skipped(event, GHL_TO_ALOWARE, NO_CONTACT)
-    entry = await sync_contact_lists(ctx, event, contact_id, stage=stage)
+    entry = await sync_contact_lists(ctx, contact_id, stage=stage)
     if entry is None:
         return skipped(event, GHL_TO_ALOWARE, NO_AGENTS)
     return HandlerResult(entries=[entry])
