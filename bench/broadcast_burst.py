@@ -74,6 +74,8 @@ CONTRACTS = Path(__file__).resolve().parents[2] / "shared" / "contracts"
 OBJECT_KEY = "custom_objects.broadcasts"
 T0 = datetime(2026, 11, 24, 20, 0, tzinfo=UTC)
 WINDOW_SECONDS = 60.0
+#: Recipients of the broadcast: enough for 10,000 events' growing numbers to stay consistent.
+RECIPIENTS = 1_000_000
 
 
 def broadcast_event(broadcast_id: str, i: int) -> dict[str, Any]:
@@ -87,10 +89,10 @@ def broadcast_event(broadcast_id: str, i: int) -> dict[str, Any]:
             "broadcastName": "Burst benchmark",
             "channel": "SMS",
             "sentAt": T0.isoformat().replace("+00:00", "Z"),
-            "recipients": 10_000,
+            "recipients": RECIPIENTS,
             "sent": 100 * (i + 1),
             "delivered": 90 * (i + 1),
-            "pending": 10_000 - 100 * (i + 1),
+            "pending": max(0, RECIPIENTS - 100 * (i + 1)),
             "failed": 5 * (i + 1),
             "bounced": i,
             "optedOut": i // 10,
