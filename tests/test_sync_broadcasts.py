@@ -158,6 +158,7 @@ EXAMPLE_NUMBERS = {
 
 
 def test_the_production_registry_handles_broadcast_events() -> None:
+    """R-BC-2: both broadcast event types reach the handler in production."""
     registry = default_registry()
     assert ("broadcast", "analytics_updated") in registry
     assert ("broadcast", "BROADCAST_COMPLETED") in registry
@@ -233,6 +234,9 @@ def test_unusable_analytics_are_refused_with_a_reason(raw: Any, complaint: str) 
 
 
 def test_no_analytics_means_none() -> None:
+    """R-BC-1: no `analytics`, a null one or an empty object carry no numbers (the database's are
+    used, or the event is dead-lettered): never a record of zeros."""
+    payload: dict[str, Any]
     for payload in ({}, {"analytics": None}, {"analytics": {}}):
         assert broadcasts.analytics_in_event(payload, "bc_x") is None
 
