@@ -2,7 +2,8 @@
 
 `python bench/pipeline.py [--events N] [--locations K] [--latency-ms 40] [--concurrency C]
 [--contacts mapped|mapped-cold|unmapped|new] [--calls-per-person R] [--call-mix disposed|call]
-[--no-call-log]` measures R-PERF-3 with the real handlers:
+[--no-call-log]` measures R-PERF-3 with the real handlers (`--agent-lists` and `--broadcast-burst` run
+issue 12's measurements instead: bench/agent_lists.py and bench/broadcast_burst.py):
 
 1. starts the GHL simulator (100 requests / 10 s per location, GHL's published limit, `--latency-ms`
    added to every request) and the Aloware simulator as subprocesses (`df-middleware simulate …`),
@@ -569,8 +570,30 @@ def main() -> None:
     )
     parser.add_argument("--no-call-log", action="store_true", help="Leave GHL_CALL_PROVIDER_ID unset.")
     parser.add_argument("--max-seconds", type=float, default=1800.0, help="Give up on a phase after this.")
+    parser.add_argument(
+        "--agent-lists",
+        action="store_true",
+        help="Instead: Aloware calls per GHL contact update with agents configured (bench/agent_lists.py; "
+        "--events is the number of contacts).",
+    )
+    parser.add_argument(
+        "--broadcast-burst",
+        action="store_true",
+        help="Instead: GHL calls per broadcast under a burst of --events events for one broadcast "
+        "(bench/broadcast_burst.py).",
+    )
     args = parser.parse_args()
     configure_logging("warning", "json")
+    if args.agent_lists or args.broadcast_burst:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import agent_lists
+        import broadcast_burst
+
+        if args.agent_lists:
+            agent_lists.main(["--contacts", str(args.events)])
+        if args.broadcast_burst:
+            broadcast_burst.main(["--events", str(args.events)])
+        return
     aloware_token = secrets.token_hex(12)
     commit = git_commit()
     with (

@@ -331,3 +331,19 @@ async def test_status_and_rebuild_retry_a_blocked_list(sync_world: SyncWorld) ->
     again = await rebuild_lists(sync_world.settings, sync_world.db, sync_world.connectors, agent_key="bob")
     assert (again.contacts, again.changed, again.unchanged) == (1, 0, 1)
     assert len(_list_calls(sync_world)) == before
+
+
+async def test_a_lifted_dnc_puts_the_contact_back_on_its_lists(sync_world: SyncWorld) -> None:
+    """R-AG-2, R-OPT-6: GHL Call DND on → off every list; Call DND off again → back on the lists
+    its agent and tags say, in the same event, without waiting for another contact update."""
+    await _agents(sync_world)
+    contact = _ghl_contact(sync_world, assignedTo="user-alice", tags=["hot"])
+    await _deliver_contact(sync_world, contact)
+    for status in ("active", "inactive"):
+        dnd = contact_webhook("ContactDndUpdate", contact)
+        dnd["dndSettings"] = {"Call": {"status": status, "message": "", "code": ""}}
+        await sync_world.deliver_ghl(dnd)
+        await sync_world.process()
+        expected = set() if status == "active" else {"DF_ALICE_NEW_LEADS", "DF_ALICE_HOT"}
+        assert _on_lists(sync_world) == expected
+    assert await _memberships(sync_world.db) == {("ALICE", "NEW_LEADS", "member"), ("ALICE", "HOT", "member")}

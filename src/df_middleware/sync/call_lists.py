@@ -580,3 +580,28 @@ async def sync_contact_lists(
     message = f"agent {agent_key}: {_describe(outcome)}"
     status = "success" if outcome.aloware_calls else "skipped"
     return row(status, message, aloware_id)
+
+
+async def back_on_the_dialer(
+    ctx: HandlerContext,
+    phone: str,
+    *,
+    because: str,
+    direction: str,
+    ghl_contact_id: str | None = None,
+) -> SyncLogEntry | None:
+    """A consent that kept the person off the dialer was lifted (START, DND or DNC off): its lists
+    are recomputed from GHL's contact (R-AG-2), so it returns to the lists its agent, tags and
+    stage say — unless the other channel still blocks it. None when no agent routing is
+    configured or the number is no mapped GHL contact (its next contact event places it)."""
+    if ghl_contact_id is None:
+        mapping = await ContactMappings(ctx.db).by_phone(phone)
+        live = mapping is not None and mapping.deleted_at is None
+        ghl_contact_id = mapping.ghl_contact_id if live and mapping is not None else None
+    if ghl_contact_id is None:
+        return None
+    entry = await sync_contact_lists(ctx, ghl_contact_id)
+    if entry is not None:
+        entry.direction = direction
+        entry.message = f"{because}: {entry.message}"
+    return entry

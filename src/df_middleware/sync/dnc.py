@@ -27,6 +27,7 @@ from typing import Any
 from df_middleware.connectors.aloware import AlowareClient
 from df_middleware.consent.decisions import OPTED_IN, OPTED_OUT, ConsentChange, decision_time
 from df_middleware.db.types import utcnow
+from df_middleware.sync.call_lists import back_on_the_dialer, forget_memberships
 from df_middleware.sync.effects import skipped, success
 from df_middleware.sync.identity import ContactMappings, PersonKeys, resolve_ghl_contact
 from df_middleware.sync.optout import record_consent, set_ghl_dnd
@@ -143,6 +144,9 @@ async def remove_from_dialer(ctx: HandlerContext, event: ClaimedEvent) -> SyncLo
         return skipped(event, INTERNAL, "no Aloware contact id: power-dialer lists not changed").entries[0]
     started = utcnow()
     known = await aloware.remove_from_all_lists(contact_id)
+    mapping = await ContactMappings(ctx.db).by_aloware_id(contact_id)
+    if mapping is not None:
+        await forget_memberships(ctx.db, mapping.ghl_contact_id)
     message = (
         f"removed Aloware contact {contact_id} from all power-dialer lists (DNC)"
         if known
@@ -180,6 +184,9 @@ async def handle_contact_dnc_updated(ctx: HandlerContext, event: ClaimedEvent) -
     entries = [decided, told]
     if change.status == OPTED_OUT:
         entries.append(await remove_from_dialer(ctx, event))
+    else:
+        back = await back_on_the_dialer(ctx, keys.phone, because="DNC lifted in Aloware", direction=INTERNAL)
+        entries.extend([back] if back is not None else [])
     return HandlerResult(entries=entries)
 
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from df_middleware.consent.decisions import OPTED_IN, OPTED_OUT, Channel, ConsentChange, Status, decision_time
 from df_middleware.consent.store import ConsentStore
 from df_middleware.phones import normalize_phone
+from df_middleware.sync.call_lists import back_on_the_dialer
 from df_middleware.sync.echoes import EchoGuard, dnd_entity
 from df_middleware.sync.effects import skipped
 from df_middleware.sync.optout import INTERNAL, off_the_dialer, record_consent
@@ -151,6 +152,15 @@ async def _decide_channel(
                 ghl_contact_id=contact_id or None,
             )
         )
+    if outcome.holds(change) and stated == OPTED_IN and leaves_dialer:
+        back = await back_on_the_dialer(
+            ctx,
+            phone,
+            because=f"GHL {channel.label} lifted",
+            direction=GHL_TO_ALOWARE,
+            ghl_contact_id=contact_id or None,
+        )
+        entries.extend([back] if back is not None else [])
     return entries
 
 

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from df_middleware.consent.decisions import CHANNELS, OPTED_IN, OPTED_OUT, Channel, ConsentChange, Status
 from df_middleware.consent.store import ConsentStore, is_in_force
 from df_middleware.phones import normalize_phone
+from df_middleware.sync.call_lists import back_on_the_dialer
 from df_middleware.sync.dnc import tell_ghl_call_dnd
 from df_middleware.sync.effects import EffectLedger, skipped
 from df_middleware.sync.identity import ContactMappings, PersonKeys, resolve_ghl_contact
@@ -119,6 +120,15 @@ async def _tell_sms(
                 ghl_contact_id=contact_id,
             )
         )
+    if change.status == OPTED_IN and ctx.settings.optout_removes_from_dialer:
+        back = await back_on_the_dialer(
+            ctx,
+            change.phone,
+            because="SMS opt-out lifted by an operator",
+            direction=INTERNAL,
+            ghl_contact_id=contact_id,
+        )
+        entries.extend([back] if back is not None else [])
     return entries
 
 
@@ -132,6 +142,11 @@ async def _tell_voice(ctx: HandlerContext, event: ClaimedEvent, change: ConsentC
                 ctx, event, change.phone, because="on voice DNC by an operator", direction=INTERNAL
             )
         )
+    else:
+        back = await back_on_the_dialer(
+            ctx, change.phone, because="DNC lifted by an operator", direction=INTERNAL
+        )
+        entries.extend([back] if back is not None else [])
     return entries
 
 

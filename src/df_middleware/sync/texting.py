@@ -64,6 +64,7 @@ from df_middleware.sync.agent_sends import (
     unconfirmed_dead_letter_of,
     unconfirmed_send_for,
 )
+from df_middleware.sync.call_lists import back_on_the_dialer
 from df_middleware.sync.contacts import ghl_contact_gone
 from df_middleware.sync.conversations import ConversationCache
 from df_middleware.sync.effects import EffectLedger, skipped, success
@@ -450,6 +451,11 @@ async def handle_message_received(ctx: HandlerContext, event: ClaimedEvent) -> H
     opted_out = change is not None and in_force and change.status == "opted_out"
     if change is not None and opted_out and ctx.settings.optout_removes_from_dialer:
         after.append(await off_the_dialer(ctx, event, change.phone))
+    elif change is not None and in_force and ctx.settings.optout_removes_from_dialer:
+        back = await back_on_the_dialer(
+            ctx, change.phone, because="texted START", direction=TEXTING_TO_ALOWARE
+        )
+        after.extend([back] if back is not None else [])
     return HandlerResult(
         entries=[*first, *result.entries, *after], effects=result.effects, resolves=result.resolves
     )
