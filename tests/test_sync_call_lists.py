@@ -347,3 +347,17 @@ async def test_a_lifted_dnc_puts_the_contact_back_on_its_lists(sync_world: SyncW
         expected = set() if status == "active" else {"DF_ALICE_NEW_LEADS", "DF_ALICE_HOT"}
         assert _on_lists(sync_world) == expected
     assert await _memberships(sync_world.db) == {("ALICE", "NEW_LEADS", "member"), ("ALICE", "HOT", "member")}
+
+
+async def test_a_workflow_tag_event_without_the_tags_reads_the_contact(sync_world: SyncWorld) -> None:
+    """R-AG-2: a workflow `tag.added` that names only the added tag is completed by reading the
+    contact from GHL (GET /contacts/{id}), whose tags then decide the lists."""
+    await _agents(sync_world)
+    contact = _ghl_contact(sync_world, assignedTo="user-alice")
+    await _deliver_contact(sync_world, contact)
+    sync_world.ghl.sim.add_tags(LOCATION, contact["id"], ["Hot"])
+    await sync_world.deliver_ghl({"type": "tag.added", "contact_id": contact["id"], "tag": "Hot"})
+    await sync_world.process()
+    assert _on_lists(sync_world) == {"DF_ALICE_NEW_LEADS", "DF_ALICE_HOT"}
+    reads = [r for r in sync_world.ghl.requests("GET") if r.path == f"/contacts/{contact['id']}"]
+    assert len(reads) == 1
