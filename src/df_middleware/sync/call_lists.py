@@ -31,8 +31,9 @@ always looked for by name first, so a crash after creating never creates it twic
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -97,7 +98,6 @@ class AgentField:
     re-read, at most every FIELD_REFRESH_SECONDS, when a contact's custom fields do not include
     it."""
 
-    _lock = asyncio.Lock()
     _ids: dict[tuple[str, str], str | None] = {}
     _read_at: dict[tuple[str, str], float] = {}
 
@@ -108,13 +108,13 @@ class AgentField:
         if not signals.field_ids:
             return named
         key = (ghl.location_id, wanted)
-        async with cls._lock:
-            if key not in cls._ids:
-                await cls._read(ghl, key, refresh=False)
+        # No lock: two events reading the definitions at once cost one extra read, nothing else.
+        if key not in cls._ids:
+            await cls._read(ghl, key, refresh=False)
+        field_id = cls._ids.get(key)
+        if (field_id is None or field_id not in signals.field_ids) and cls._stale(key):
+            await cls._read(ghl, key, refresh=True)
             field_id = cls._ids.get(key)
-            if (field_id is None or field_id not in signals.field_ids) and cls._stale(key):
-                await cls._read(ghl, key, refresh=True)
-                field_id = cls._ids.get(key)
         if field_id is not None and field_id in signals.field_ids:
             return signals.field_ids[field_id]
         return named
@@ -296,10 +296,29 @@ def _snapshot(state: ContactAgentState, memberships: dict[Membership, str], fres
     )
 
 
+#: SQLite: one process's appliers of one contact, one at a time (contact id → lock, users).
+_LOCAL_LOCKS: dict[str, tuple[asyncio.Lock, int]] = {}
+
+
+@contextlib.asynccontextmanager
+async def _contact_lock(contact_id: str) -> AsyncIterator[None]:
+    """A per-contact asyncio lock, dropped when its last user leaves (the map stays as small as
+    the number of contacts being applied right now)."""
+    lock, users = _LOCAL_LOCKS.get(contact_id, (asyncio.Lock(), 0))
+    _LOCAL_LOCKS[contact_id] = (lock, users + 1)
+    try:
+        async with lock:
+            yield
+    finally:
+        lock, users = _LOCAL_LOCKS[contact_id]
+        if users <= 1:
+            del _LOCAL_LOCKS[contact_id]
+        else:
+            _LOCAL_LOCKS[contact_id] = (lock, users - 1)
+
+
 class ContactLists:
     """Applies one contact's desired lists (R-AG-2…R-AG-4); see the module docstring."""
-
-    _local_locks: dict[str, asyncio.Lock] = {}
 
     def __init__(
         self, settings: Settings, db: Database, aloware: AlowareClient, *, agent_keys: Sequence[str] = ()
@@ -340,8 +359,7 @@ class ContactLists:
                 )
                 await self._write(session, contact_id, state, outcome, placement, stage)
                 return outcome
-        lock = self._local_locks.setdefault(contact_id, asyncio.Lock())
-        async with lock:
+        async with _contact_lock(contact_id):
             async with self.db.session() as session:
                 state = await _state_row(session, contact_id, agent_key, lock=False)
                 snapshot = _snapshot(state, await _memberships(session, contact_id), False)
