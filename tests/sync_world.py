@@ -149,6 +149,9 @@ class SyncWorld:
     async def deliver_texting(self, payload: dict[str, Any]) -> httpx.Response:
         return await self.deliverer.deliver_texting(payload)
 
+    async def deliver_broadcast(self, payload: dict[str, Any]) -> httpx.Response:
+        return await self.deliverer.deliver_broadcast(payload)
+
 
 @pytest.fixture
 async def sync_world(

@@ -1,7 +1,8 @@
 """The scripted day end to end (df_middleware.demo), on both engines, through `sync_world`.
 
 The day (a lead created in GHL, the same person in the dialer, a call with its recording,
-transcript and summary, texts both ways, edits on both sides) is played through the real ingest
+transcript and summary, texts both ways, edits on both sides, an opt-out and back, a lead routed to
+one agent's dialer lists then another's, a broadcast's record) is played through the real ingest
 (signed), the production handler registry and the real worker, against the three simulators over
 HTTP. Each test ends by comparing the world's summary (`snapshot_of_world`: generated ids and
 timestamps left out) with `expected_final_state()`, which the fault-free day is proven to reach;
@@ -12,19 +13,32 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
+import df_middleware.sync.broadcasts as broadcasts
 from df_middleware.consent.store import ConsentStore, sms_allowed
-from df_middleware.db.models import OptoutEvent, SyncEffect, SyncLog, TextingWebhookEvent, WebhookEvent
+from df_middleware.db.models import (
+    BroadcastWebhookEvent,
+    ContactListMembership,
+    OptoutEvent,
+    SyncEffect,
+    SyncLog,
+    TextingWebhookEvent,
+    WebhookEvent,
+)
 from df_middleware.demo import (
+    BROADCAST_FINAL,
+    BROADCAST_ID,
+    BROADCAST_PROGRESS,
     LEAD_PHONE,
     RECORDING_URL,
     REFUSED_SMS,
     RESUMED_SMS,
+    RILEY_PHONE,
     SAM_PHONE,
     SAM_START_ID,
     SAM_STOP_ID,
@@ -33,18 +47,21 @@ from df_middleware.demo import (
     DaySimulators,
     Delivered,
     Process,
+    Step,
     WorldSnapshot,
     expected_final_state,
     run_day,
+    seed_agents,
     snapshot_of_simulators,
 )
 from df_middleware.queue.operations import bulk_replay
+from df_middleware.sync.call_lists import AgentField, CallListRegistryStore
 from df_middleware.sync.registry import DOMAIN_MODULES
 from tests.sync_world import CONVERSATION_PROVIDER, LOCATION, SyncWorld
 
-EVENT_MODELS = (WebhookEvent, TextingWebhookEvent)
-#: Events the day stores: its 16 webhooks and Verity's 4 receipts (two agent texts sent).
-DAY_EVENTS = 20
+EVENT_MODELS = (WebhookEvent, TextingWebhookEvent, BroadcastWebhookEvent)
+#: Events the day stores: its 21 webhooks and Verity's 4 receipts (two agent texts sent).
+DAY_EVENTS = 25
 
 
 def sims_of(world: SyncWorld) -> DaySimulators:
@@ -124,9 +141,17 @@ async def assert_clean_end(world: SyncWorld) -> None:
 
 
 @pytest.fixture
-def world(sync_world: SyncWorld) -> SyncWorld:
-    # The production registry (every DOMAIN_MODULES handler), as `df-middleware serve` runs it.
+async def world(sync_world: SyncWorld) -> SyncWorld:
+    """The world as `df-middleware demo` sets it up: the production registry (every DOMAIN_MODULES
+    handler, as `serve` runs it), the day's agents in the directory, ALOWARE_CREATE_LISTS on."""
     assert "df_middleware.sync.calls" in DOMAIN_MODULES
+    assert "df_middleware.sync.broadcasts" in DOMAIN_MODULES
+    CallListRegistryStore.forget()  # a new Aloware: nothing known of another test's lists
+    AgentField.forget()
+    sync_world.settings = sync_world.settings.model_copy(update={"aloware_create_lists": True})
+    report = await seed_agents(sims_of(sync_world), sync_world.db, sync_world.connectors)
+    assert (report.created, report.unavailable, report.unmatched) == (["ALICE", "BOB"], {}, [])
+    assert len(report.ids_filled) == 4  # each agent's GHL and Aloware user id, by email (R-AG-5)
     return sync_world
 
 
@@ -135,9 +160,10 @@ def world(sync_world: SyncWorld) -> SyncWorld:
 
 async def test_the_day_ends_with_the_expected_state_in_every_simulator(world: SyncWorld) -> None:
     """R-RUN-5 (the demo's day), R-C-1, R-C-2, R-CALL-1, R-CALL-2, R-CALL-4, R-TXT-1, R-TXT-3,
-    R-TXT-5: one GHL contact with its tags, one note per call event, the call log, both inbound
-    texts and the agent's SMS delivered; one Aloware contact with the mapped fields; one Verity
-    send; every event done and no sync_log error."""
+    R-TXT-5, R-AG-3, R-BC-2: one GHL contact with its tags, one note per call event, the call log,
+    both inbound texts and the agent's SMS delivered; one Aloware contact with the mapped fields;
+    one Verity send; the agents' lists and the broadcast's record as expected; every event done
+    and no sync_log error."""
     delivered = await play_day(world)
 
     assert [d.channel for d in delivered] == [
@@ -157,6 +183,11 @@ async def test_the_day_ends_with_the_expected_state_in_every_simulator(world: Sy
         "provider",  # Chris texts Sam again: sent
         "ghl",
         "aloware",
+        "ghl",  # Riley created, assigned to Alice
+        "ghl",  # Riley reassigned to Bob
+        "ghl",  # Riley tagged hot
+        "broadcast",  # analytics_updated
+        "broadcast",  # broadcast_completed
     ]
     assert snapshot(world) == expected_final_state()
     await assert_clean_end(world)
@@ -180,6 +211,80 @@ async def test_the_day_ends_with_the_expected_state_in_every_simulator(world: Sy
     async with world.db.session() as session:
         receipts = list(await session.scalars(select(TextingWebhookEvent.event_type)))
     assert sorted(receipts) == ["message.delivered"] * 2 + ["message.received"] * 5 + ["message.sent"] * 2
+
+
+def lists_of(world: SyncWorld) -> dict[str, tuple[str, ...]]:
+    """Aloware's lists now: name → members' phones."""
+    return {found.name: found.members for found in snapshot(world).aloware_lists}
+
+
+def broadcast_records(world: SyncWorld) -> list[dict[str, Any]]:
+    return [dict(record.properties) for record in snapshot(world).ghl_records]
+
+
+async def test_the_day_s_agents_lists_and_broadcast(world: SyncWorld) -> None:
+    """R-AG-1, R-AG-2, R-AG-3, R-AG-5, R-BC-1, R-BC-2, R-BC-3 on the demo's day, step by step:
+    Riley, created in GHL owned by Alice's GHL user (its id filled in the directory by email), is
+    on DF_ALICE_NEW_LEADS (created in Aloware for it); reassigned to Bob, on DF_BOB_NEW_LEADS only;
+    tagged hot, on DF_BOB_HOT too. Dana, who has no owner, is on the default agent's list. The
+    broadcast's progress creates one GHL record, its completion updates that record to the final
+    numbers, every rate in [0, 1]."""
+    after: dict[str, tuple[dict[str, tuple[str, ...]], list[dict[str, Any]]]] = {}
+
+    def remember(step: Step, _: list[Delivered]) -> None:
+        after[step.label] = (lists_of(world), broadcast_records(world))
+
+    await run_day(world, settler(world), sims_of(world), on_step=remember)
+
+    steps = list(after.values())
+    created, reassigned, tagged, progress, completed = steps[-5:]
+    assert created[0] == {
+        "DF_UNASSIGNED_NEW_LEADS": (LEAD_PHONE,),
+        "DF_ALICE_NEW_LEADS": (RILEY_PHONE,),
+    }
+    assert reassigned[0] == {
+        "DF_UNASSIGNED_NEW_LEADS": (LEAD_PHONE,),
+        "DF_ALICE_NEW_LEADS": (),
+        "DF_BOB_NEW_LEADS": (RILEY_PHONE,),
+    }
+    assert tagged[0] == {
+        "DF_UNASSIGNED_NEW_LEADS": (LEAD_PHONE,),
+        "DF_ALICE_NEW_LEADS": (),
+        "DF_BOB_NEW_LEADS": (RILEY_PHONE,),
+        "DF_BOB_HOT": (RILEY_PHONE,),
+    }
+    assert tagged[1] == []  # no record before the broadcast's first event
+    [first] = progress[1]
+    assert (first["broadcast_id"], first["sent"], first["delivered"]) == (
+        BROADCAST_ID,
+        BROADCAST_PROGRESS["sent"],
+        BROADCAST_PROGRESS["delivered"],
+    )
+    [final] = completed[1]
+    assert (final["sent"], final["delivered"], final["responses"]) == (
+        BROADCAST_FINAL["sent"],
+        BROADCAST_FINAL["delivered"],
+        BROADCAST_FINAL["responses"],
+    )
+    rates = {name: value for name, value in final.items() if name.endswith("_rate")}
+    assert len(rates) == 5
+    assert all(0.0 <= value <= 1.0 for value in rates.values()), rates
+    # One record, created once (search then POST) and updated once (PUT): never a second record.
+    calls = [(r.method, r.path.rsplit("/", 1)[-1]) for r in world.ghl.requests(prefix="/objects/")]
+    assert [method for method, _ in calls] == ["POST", "POST", "PUT"]
+    assert calls[0][1] == "search"
+
+    async with world.db.session() as session:
+        memberships = sorted(
+            (m.agent_key, m.list_key, m.status) for m in await session.scalars(select(ContactListMembership))
+        )
+    assert memberships == [
+        ("BOB", "HOT", "member"),
+        ("BOB", "NEW_LEADS", "member"),
+        ("UNASSIGNED", "NEW_LEADS", "member"),
+    ]
+    assert snapshot(world) == expected_final_state()
+    await assert_clean_end(world)
 
 
 async def test_the_day_s_consent_story(world: SyncWorld) -> None:
@@ -249,10 +354,17 @@ class ReplayingSettler:
         return processed + await self.settle()
 
 
-async def test_processing_every_event_twice_changes_nothing(world: SyncWorld) -> None:
+async def test_processing_every_event_twice_changes_nothing(
+    world: SyncWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """R-IDEM-1, R-IDEM-2, R-CALL-4, R-C-3: each event of the day replayed right after it was
     processed (so every handler runs twice on every event, in order) leaves every simulator as
-    the day processed once, with no second remote effect."""
+    the day processed once, with no second remote effect.
+
+    The broadcast throttle (one `analytics_updated` write per broadcast per 60 s, R-BC-3) would
+    defer the replayed progress event by a minute before it finds the record unchanged; the
+    interval is zero here so the replay runs at once (the outcome is the same, only sooner)."""
+    monkeypatch.setattr(broadcasts, "MIN_WRITE_INTERVAL", timedelta(0))
     replaying = ReplayingSettler(world)
     await run_day(world, replaying, sims_of(world))
 
@@ -325,6 +437,11 @@ class TwiceDeliverer:
     async def deliver_texting(self, payload: dict[str, Any]) -> Any:
         first = await self.world.deliver_texting(payload)
         self._duplicate(first, await self.world.deliver_texting(payload))
+        return first
+
+    async def deliver_broadcast(self, payload: dict[str, Any]) -> Any:
+        first = await self.world.deliver_broadcast(payload)
+        self._duplicate(first, await self.world.deliver_broadcast(payload))
         return first
 
 

@@ -11,8 +11,15 @@ newcomer watches is the day the suite proves. It does not depend on pytest.
   posts its own `message.sent` / `message.delivered` receipts), and the contact edited in GHL and
   then in Aloware. Then consent (SPEC 6.4): a second person texts "See you this weekend" (an
   ordinary text, not an opt-out), then STOP; the agent's next text to them is refused and shown
-  failed in GHL; they text START, and the agent's text goes out. Payloads are shaped like
+  failed in GHL; they text START, and the agent's text goes out. Then agents and their dialer
+  lists (SPEC 6.5): a third person, Riley, is created in GHL assigned to Alice (on
+  DF_ALICE_NEW_LEADS), reassigned to Bob (on DF_BOB_NEW_LEADS only) and tagged `hot` (on
+  DF_BOB_HOT too); and a Verity broadcast (SPEC 6.6) reports its progress, then its completion,
+  which end as one GHL broadcast record with the final numbers. Payloads are shaped like
   `contracts/…` and built here in code.
+- **The agents** (`DAY_AGENTS_FILE`: Alice and Bob) are applied before the day by `seed_agents`,
+  through the agent directory as `agents seed` applies a file: their GHL and Aloware users exist
+  in the simulators, and their ids are filled in by email.
 - **The driver** (`run_day`) plays the steps in order. A step that happens *in* a simulator (a
   GHL user saving a contact, an agent texting from GHL, an agent editing in Aloware) is made in the
   simulator's state first, and the webhook is built from that state, as the real system would
@@ -22,7 +29,8 @@ newcomer watches is the day the suite proves. It does not depend on pytest.
 - **The outcome** (`snapshot_of_world`) reduces the three simulators' state (`/_sim/state`, or
   each simulator's `snapshot()`) to a deterministic summary with generated ids and timestamps
   left out, so two runs compare with `==`; `expected_final_state` is that summary as the day
-  must end under CONTACT_SOURCE_OF_TRUTH=ghl with GHL_CALL_PROVIDER_ID set.
+  must end under CONTACT_SOURCE_OF_TRUTH=ghl with GHL_CALL_PROVIDER_ID set, the agents seeded and
+  ALOWARE_CREATE_LISTS on.
 
 The simulators must not post their own GHL contact or provider webhooks while the driver runs
 (leave `GhlSimulator.webhook_url` / `provider_delivery_url` unset): the driver delivers those, once.
@@ -37,6 +45,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeAlias
 
+from df_middleware.agents.directory import ApplyReport, apply_agents, parse_agents
+from df_middleware.connectors.suite import Connectors
+from df_middleware.db.session import Database
 from df_middleware.simulators.aloware import AlowareSimulator
 from df_middleware.simulators.ghl import GhlSimulator, contact_webhook
 from df_middleware.simulators.verity import VeritySimulator
@@ -71,8 +82,51 @@ SAM_STOP_ID = "tlx_DAY0004IN"
 SAM_START_ID = "tlx_DAY0005IN"
 REFUSED_SMS = "Hi Sam, are we still on for Saturday?"
 RESUMED_SMS = "Thanks for coming back, Sam! See you Saturday."
+#: The day's agents, as an AGENTS_FILE would list them: no ids, only the email their GHL and
+#: Aloware users have (the directory fills the ids in by email, R-AG-5).
+ALICE_EMAIL = "alice@example.com"
+BOB_EMAIL = "bob@example.com"
+DAY_AGENTS_FILE = f"""\
+- agent_key: ALICE
+  display_name: Alice Moreno
+  ghl_owner_email: {ALICE_EMAIL}
+- agent_key: BOB
+  display_name: Bob Okafor
+  ghl_owner_email: {BOB_EMAIL}
+"""
+#: The third person of the day: a new lead routed to Alice, then to Bob.
+RILEY_PHONE = "+19195557003"
+#: The day's Verity broadcast, its numbers while it goes out and when it is done.
+BROADCAST_ID = "bc_DAYSPRING"
+BROADCAST_NAME = "Spring offer"
+BROADCAST_SENT_AT = "2026-11-24T18:00:00Z"
+BROADCAST_PROGRESS: JSON = {
+    "broadcastName": BROADCAST_NAME,
+    "channel": "SMS",
+    "sentAt": BROADCAST_SENT_AT,
+    "recipients": 400,
+    "sent": 250,
+    "delivered": 230,
+    "pending": 150,
+    "failed": 4,
+    "bounced": 1,
+    "optedOut": 2,
+    "responses": 11,
+    "appointmentsSet": 3,
+}
+BROADCAST_FINAL: JSON = {
+    **BROADCAST_PROGRESS,
+    "sent": 396,
+    "delivered": 380,
+    "pending": 0,
+    "failed": 12,
+    "bounced": 4,
+    "optedOut": 5,
+    "responses": 38,
+    "appointmentsSet": 19,
+}
 
-Channel: TypeAlias = Literal["ghl", "provider", "aloware", "texting"]
+Channel: TypeAlias = Literal["ghl", "provider", "aloware", "texting", "broadcast"]
 
 
 # --- delivering -----------------------------------------------------------------------------------
@@ -89,6 +143,8 @@ class DayDeliverer(Protocol):
     async def deliver_aloware(self, event: str, body: dict[str, Any]) -> Any: ...
 
     async def deliver_texting(self, payload: dict[str, Any]) -> Any: ...
+
+    async def deliver_broadcast(self, payload: dict[str, Any]) -> Any: ...
 
 
 #: Runs the worker until the queue is settled (returns how many events it processed).
@@ -114,6 +170,8 @@ class Delivered:
         if self.channel == "aloware":
             assert self.event is not None
             return await deliver.deliver_aloware(self.event, body)
+        if self.channel == "broadcast":
+            return await deliver.deliver_broadcast(body)
         return await deliver.deliver_texting(body)
 
 
@@ -134,6 +192,12 @@ class DaySimulators:
                 return str(contact["id"])
         raise LookupError(f"GHL has no contact with phone {phone}")
 
+    def ghl_user_id(self, email: str) -> str:
+        for user in self.ghl.snapshot()["users"]:
+            if str(user.get("email") or "").lower() == email.lower() and not user.get("deleted"):
+                return str(user["id"])
+        raise LookupError(f"GHL has no user with email {email}")
+
     def aloware_contact_id(self, phone: str) -> int:
         found = self.aloware.contact_by_phone(phone)
         if found is None:
@@ -146,19 +210,37 @@ class DaySimulators:
 
 @dataclass(frozen=True)
 class GhlContactSaved:
-    """A GHL user creates a contact (`phone` None) or edits the contact with that phone; GHL then
-    sends `ContactCreate` / `ContactUpdate` with the contact as it now is."""
+    """A GHL user creates a contact (`phone` None) or edits the contact with that phone, and
+    assigns it to the GHL user with `owner_email` when one is given (the contact's `assignedTo`);
+    GHL then sends `ContactCreate` / `ContactUpdate` with the contact as it now is."""
 
     label: str
     changes: JSON
     phone: str | None = None
+    owner_email: str | None = None
 
     async def play(self, sims: DaySimulators) -> list[Delivered]:
+        changes = dict(self.changes)
+        if self.owner_email is not None:
+            changes["assignedTo"] = sims.ghl_user_id(self.owner_email)
         if self.phone is None:
-            write = sims.ghl.create_contact(sims.location_id, self.changes)
+            write = sims.ghl.create_contact(sims.location_id, changes)
         else:
             contact_id = sims.ghl_contact_id(self.phone)
-            write = sims.ghl.update_contact(sims.location_id, contact_id, self.changes)
+            write = sims.ghl.update_contact(sims.location_id, contact_id, changes)
+        return [Delivered("ghl", contact_webhook(event, write.contact)) for event in write.events]
+
+
+@dataclass(frozen=True)
+class GhlTagsAdded:
+    """A GHL user adds tags to the contact with that phone; GHL sends `ContactTagUpdate`."""
+
+    label: str
+    phone: str
+    tags: tuple[str, ...]
+
+    async def play(self, sims: DaySimulators) -> list[Delivered]:
+        write = sims.ghl.add_tags(sims.location_id, sims.ghl_contact_id(self.phone), list(self.tags))
         return [Delivered("ghl", contact_webhook(event, write.contact)) for event in write.events]
 
 
@@ -250,7 +332,37 @@ class AgentSms:
         return [Delivered("provider", dict(payload))]
 
 
-Step: TypeAlias = GhlContactSaved | AlowareContactEvent | AlowareCallEvent | InboundText | AgentSms
+@dataclass(frozen=True)
+class BroadcastEvent:
+    """Verity reports a broadcast (`analytics_updated` while it goes out, `broadcast_completed`
+    at the end), its numbers in the event (contracts/verity/webhooks/broadcast.*)."""
+
+    label: str
+    event_type: str
+    event_id: str
+    timestamp: str
+    analytics: JSON
+
+    async def play(self, sims: DaySimulators) -> list[Delivered]:
+        payload: JSON = {
+            "broadcastId": BROADCAST_ID,
+            "eventType": self.event_type,
+            "eventId": self.event_id,
+            "timestamp": self.timestamp,
+            "analytics": dict(self.analytics),
+        }
+        return [Delivered("broadcast", payload)]
+
+
+Step: TypeAlias = (
+    GhlContactSaved
+    | GhlTagsAdded
+    | AlowareContactEvent
+    | AlowareCallEvent
+    | InboundText
+    | AgentSms
+    | BroadcastEvent
+)
 
 LEAD: JSON = {
     "firstName": "Dana",
@@ -263,9 +375,24 @@ LEAD: JSON = {
     "country": "US",
     "tags": ["New Lead", "Spring Offer"],
 }
+RILEY: JSON = {
+    "firstName": "Riley",
+    "lastName": "Chen",
+    "email": "riley.chen@example.com",
+    "phone": RILEY_PHONE,
+    "source": "Facebook Ad",
+    "city": "Cary",
+    "state": "NC",
+    "country": "US",
+    "tags": ["New Lead"],
+}
 
 DAY: tuple[Step, ...] = (
-    GhlContactSaved("A lead fills in the website form: GHL creates the contact", LEAD),
+    GhlContactSaved(
+        "A lead fills in the website form: GHL creates the contact (no owner: the default agent's "
+        "DF_UNASSIGNED_NEW_LEADS)",
+        LEAD,
+    ),
     AlowareContactEvent("The lead arrives in the dialer", "Contact Created", LEAD_PHONE),
     InboundText(
         "Dana texts before anyone calls",
@@ -376,7 +503,49 @@ DAY: tuple[Step, ...] = (
         LEAD_PHONE,
         {"timezone": "America/New_York", "first_name": "Dani"},
     ),
+    GhlContactSaved(
+        "Riley, a new lead from a Facebook ad, is created in GHL assigned to Alice: on DF_ALICE_NEW_LEADS",
+        RILEY,
+        owner_email=ALICE_EMAIL,
+    ),
+    GhlContactSaved(
+        "Riley is reassigned to Bob in GHL: off Alice's lists, on DF_BOB_NEW_LEADS",
+        {},
+        phone=RILEY_PHONE,
+        owner_email=BOB_EMAIL,
+    ),
+    GhlTagsAdded("Bob tags Riley 'hot': on DF_BOB_HOT too", RILEY_PHONE, ("hot",)),
+    BroadcastEvent(
+        "Verity reports the 'Spring offer' broadcast going out: GHL gets its broadcast record",
+        "analytics_updated",
+        "bcev_DAY0001",
+        "2026-11-24T18:30:00Z",
+        BROADCAST_PROGRESS,
+    ),
+    BroadcastEvent(
+        "The broadcast completes: its GHL record shows the final numbers",
+        "broadcast_completed",
+        "bcev_DAY0002",
+        "2026-11-24T19:00:00Z",
+        BROADCAST_FINAL,
+    ),
 )
+
+
+async def seed_agents(sims: DaySimulators, db: Database, connectors: Connectors) -> ApplyReport:
+    """Before the day: Alice's and Bob's users in GHL and Aloware (as an admin would have made
+    them), then `DAY_AGENTS_FILE` applied through the agent directory, as `agents seed` applies a
+    file: parsed, and the ids filled in by email from both systems' users (R-AG-5)."""
+    specs = parse_agents(DAY_AGENTS_FILE, "the demo's agents", "yaml")
+    ghl_emails = {str(u.get("email") or "").lower() for u in sims.ghl.snapshot()["users"]}
+    aloware_emails = {str(u.get("email") or "").lower() for u in sims.aloware.snapshot()["users"]}
+    for spec in specs:
+        email = spec.ghl_owner_email or ""
+        if email.lower() not in ghl_emails:
+            sims.ghl.add_user(sims.location_id, spec.display_name, email)
+        if email.lower() not in aloware_emails:
+            sims.aloware.add_user(spec.display_name, email)
+    return await apply_agents(db, specs, ghl=connectors.ghl, aloware=connectors.aloware)
 
 
 async def run_day(
@@ -474,6 +643,26 @@ class VeritySendView:
     status: str
 
 
+@dataclass(frozen=True, order=True)
+class AlowareListView:
+    """An Aloware power-dialer list: its name and its members' phones (sorted)."""
+
+    name: str
+    members: tuple[str, ...]
+
+
+#: A GHL custom-object record's properties, sorted by name.
+Properties: TypeAlias = tuple[tuple[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class GhlRecordView:
+    """A GHL custom-object record (a broadcast's): its object and properties, without ids."""
+
+    object_key: str
+    properties: Properties
+
+
 @dataclass(frozen=True)
 class WorldSnapshot:
     """The three systems' state with generated ids and timestamps left out (comparable with ==)."""
@@ -481,6 +670,10 @@ class WorldSnapshot:
     ghl_contacts: tuple[GhlContactView, ...]
     aloware_contacts: tuple[AlowareContactView, ...]
     verity_sends: tuple[VeritySendView, ...]
+    #: Aloware's lists, by name (an emptied list stays: it was created and is now empty).
+    aloware_lists: tuple[AlowareListView, ...]
+    #: GHL's custom-object records (the broadcast's), by object and properties.
+    ghl_records: tuple[GhlRecordView, ...]
 
 
 def _fields(source: Mapping[str, Any], names: Sequence[str]) -> Fields:
@@ -498,6 +691,10 @@ def _dnd(contact: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     )
 
 
+def _properties(record: Mapping[str, Any]) -> Properties:
+    return tuple(sorted((str(name), value) for name, value in (record.get("properties") or {}).items()))
+
+
 def _note_view(note: Mapping[str, Any]) -> NoteView:
     lines = str(note.get("body") or "").splitlines()
     marker = next((line.strip() for line in reversed(lines) if line.strip().startswith("[df:")), "")
@@ -509,9 +706,11 @@ def snapshot_of_world(
 ) -> WorldSnapshot:
     """Reduce the simulators' states (each `snapshot()`, i.e. `GET /_sim/state`) to a summary:
     GHL contacts by phone (profile, tags, notes by marker and first line, conversation count,
-    messages by type/direction/altId/body/status), Aloware contacts by phone (profile, list names)
-    and Verity sends by the GHL message they correlate to. Duplicates stay visible (a second note
-    or message is a second entry), and everything is sorted, so equal worlds give equal summaries."""
+    messages by type/direction/altId/body/status), Aloware contacts by phone (profile, list names),
+    Verity sends by the GHL message they correlate to, Aloware's lists with their members' phones
+    and GHL's custom-object records with their properties. Duplicates stay visible (a second note,
+    message, list of one name or record is a second entry), and everything is sorted, so equal
+    worlds give equal summaries."""
     contacts = [c for c in ghl["contacts"] if not c.get("deleted")]
     phone_of = {c["id"]: str(c.get("phone") or "") for c in contacts}
     conversations: dict[str, int] = {}
@@ -572,7 +771,29 @@ def snapshot_of_world(
             for m in verity["sent_messages"]
         )
     )
-    return WorldSnapshot(ghl_views, aloware_views, verity_views)
+    phone_of_aloware = {c["id"]: str(c["phone_number"]) for c in aloware["contacts"]}
+    list_views = tuple(
+        sorted(
+            AlowareListView(
+                name=str(found["name"]),
+                members=tuple(sorted(phone_of_aloware.get(cid, f"?{cid}") for cid in found["contact_ids"])),
+            )
+            for found in aloware["lists"]
+        )
+    )
+    record_views = tuple(
+        sorted(
+            (
+                GhlRecordView(
+                    object_key=str(record["objectKey"]),
+                    properties=_properties(record),
+                )
+                for record in ghl.get("records") or []
+            ),
+            key=lambda view: (view.object_key, repr(view.properties)),
+        )
+    )
+    return WorldSnapshot(ghl_views, aloware_views, verity_views, list_views, record_views)
 
 
 def snapshot_of_simulators(sims: DaySimulators) -> WorldSnapshot:
@@ -590,7 +811,8 @@ def expected_final_state() -> WorldSnapshot:
     the time zone Aloware filled in (GHL keeps its first name: GHL owns the profile), its tags plus
     the call's and summary's; one note per call event; the call log, both inbound texts and the
     agent's SMS, delivered; one Aloware contact with the GHL profile and the agent's own edits;
-    one Verity send for the agent's SMS, delivered. And Sam, who opted out and back in (below)."""
+    one Verity send for the agent's SMS, delivered. And Sam, who opted out and back in, Riley and
+    their lists, and the broadcast's record (below)."""
     ghl_contact = GhlContactView(
         phone=LEAD_PHONE,
         fields=(
@@ -656,7 +878,8 @@ def expected_final_state() -> WorldSnapshot:
             ("country", "US"),
             ("timezone", "America/New_York"),
         ),
-        lists=(),
+        # No owner: the default agent's new-lead list (R-AG-1, R-AG-2).
+        lists=("DF_UNASSIGNED_NEW_LEADS",),
     )
     send = VeritySendView(
         correlated=f"{LEAD_PHONE}: {AGENT_SMS}", to=LEAD_PHONE, body=AGENT_SMS, status="delivered"
@@ -687,6 +910,78 @@ def expected_final_state() -> WorldSnapshot:
     resumed = VeritySendView(
         correlated=f"{SAM_PHONE}: {RESUMED_SMS}", to=SAM_PHONE, body=RESUMED_SMS, status="delivered"
     )
+    # Riley: created with Alice as owner, reassigned to Bob, tagged hot. GHL holds the profile and
+    # the tags (GHL lower-cases them); Aloware the same profile, on Bob's new-lead and hot lists
+    # only (R-AG-1…R-AG-3); Alice's new-lead list, created for Riley, is left empty.
+    riley_ghl = GhlContactView(
+        phone=RILEY_PHONE,
+        fields=(
+            ("firstName", "Riley"),
+            ("lastName", "Chen"),
+            ("email", "riley.chen@example.com"),
+            ("phone", RILEY_PHONE),
+            ("source", "Facebook Ad"),
+            ("city", "Cary"),
+            ("state", "NC"),
+            ("country", "US"),
+        ),
+        tags=("hot", "new lead"),
+        notes=(),
+        conversations=0,
+        messages=(),
+    )
+    riley_aloware = AlowareContactView(
+        phone=RILEY_PHONE,
+        fields=(
+            ("first_name", "Riley"),
+            ("last_name", "Chen"),
+            ("email", "riley.chen@example.com"),
+            ("lead_source", "Facebook Ad"),
+            ("city", "Cary"),
+            ("state", "NC"),
+            ("country", "US"),
+        ),
+        lists=("DF_BOB_HOT", "DF_BOB_NEW_LEADS"),
+    )
+    lists = (
+        AlowareListView("DF_ALICE_NEW_LEADS", ()),
+        AlowareListView("DF_BOB_HOT", (RILEY_PHONE,)),
+        AlowareListView("DF_BOB_NEW_LEADS", (RILEY_PHONE,)),
+        AlowareListView("DF_UNASSIGNED_NEW_LEADS", (LEAD_PHONE,)),
+    )
+    # The broadcast: one record (R-BC-2) with the completion's numbers (R-BC-3), rates computed by
+    # hand from BROADCAST_FINAL (R-BC-1): delivered/sent = 380/396, (failed+bounced)/sent = 16/396,
+    # responses/delivered = 38/380, appointments/responses = 19/38, opted out/delivered = 5/380.
+    record = GhlRecordView(
+        object_key="custom_objects.broadcasts",
+        properties=tuple(
+            sorted(
+                {
+                    "broadcast_id": BROADCAST_ID,
+                    "broadcast_name": BROADCAST_NAME,
+                    "channel": "SMS",
+                    "sent_at": BROADCAST_SENT_AT,
+                    "recipients": 400,
+                    "sent": 396,
+                    "delivered": 380,
+                    "pending": 0,
+                    "failed": 12,
+                    "bounced": 4,
+                    "responses": 38,
+                    "appointments_set": 19,
+                    "delivery_rate": 0.9596,
+                    "failure_rate": 0.0404,
+                    "response_rate": 0.1,
+                    "conversion_rate": 0.5,
+                    "opt_out_rate": 0.0132,
+                }.items()
+            )
+        ),
+    )
     return WorldSnapshot(
-        tuple(sorted((ghl_contact, sam))), (aloware_contact,), tuple(sorted((send, resumed)))
+        tuple(sorted((ghl_contact, sam, riley_ghl))),
+        tuple(sorted((aloware_contact, riley_aloware))),
+        tuple(sorted((send, resumed))),
+        lists,
+        (record,),
     )

@@ -2,9 +2,11 @@
 
 It starts the GHL, Aloware and Verity simulators and the service itself on local ports, with a
 throwaway SQLite database (or DATABASE_URL when `--database-url` is given), a freshly generated
-GHL webhook signing key and test secrets; plays the day through the real ingest, worker, handlers
-and connectors; and reports what every system holds at the end, and whether that is the expected
-end state. Nothing leaves 127.0.0.1.
+GHL webhook signing key and test secrets; seeds the day's agents (Alice and Bob) into the agent
+directory, with ALOWARE_CREATE_LISTS on so their dialer lists are made as leads need them; plays
+the day through the real ingest, worker, handlers and connectors; and reports what every system
+holds at the end (and the lists as `lists status` sees them), and whether that is the expected end
+state. Nothing leaves 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -32,7 +34,14 @@ from df_middleware.config import Settings
 from df_middleware.connectors.suite import Connectors
 from df_middleware.db.migrate import upgrade
 from df_middleware.db.session import Database
-from df_middleware.demo import DaySimulators, Step, WorldSnapshot, expected_final_state, run_day
+from df_middleware.demo import (
+    DaySimulators,
+    Step,
+    WorldSnapshot,
+    expected_final_state,
+    run_day,
+    seed_agents,
+)
 from df_middleware.demo import snapshot_of_simulators as snapshot_of
 from df_middleware.http_server import server_config
 from df_middleware.queue.operations import queue_stats
@@ -44,6 +53,8 @@ from df_middleware.simulators.ghl import create_app as create_ghl
 from df_middleware.simulators.serving import serve_app, serve_config
 from df_middleware.simulators.verity import VeritySimulator
 from df_middleware.simulators.verity import create_app as create_verity
+from df_middleware.sync.call_lists import AgentField, CallListRegistryStore
+from df_middleware.sync.list_operations import ListLine, lists_status
 
 LOCATION = "loc_sim"
 PROVIDER = "demo-sms-provider"
@@ -60,6 +71,9 @@ class DemoDeliverer:
     ghl_key: Ed25519PrivateKey
     aloware_token: str
     texting_secret: str
+    #: BROADCAST_WEBHOOK_SECRET; None: broadcasts are signed with the texting secret, as the
+    #: service then expects (VERITY_WEBHOOK_SECRET signs both).
+    broadcast_secret: str | None = None
 
     async def _post(self, path: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
         async with httpx.AsyncClient(base_url=self.service_url, timeout=10) as client:
@@ -95,6 +109,12 @@ class DemoDeliverer:
         signature = hmac.new(self.texting_secret.encode(), raw, hashlib.sha256).hexdigest()
         return await self._post("/api/webhooks/texting", raw, {"x-texting-signature": signature})
 
+    async def deliver_broadcast(self, payload: dict[str, Any]) -> httpx.Response:
+        raw = orjson.dumps(payload)
+        secret = self.broadcast_secret or self.texting_secret
+        signature = hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
+        return await self._post("/api/webhooks/broadcast", raw, {"x-broadcast-signature": signature})
+
 
 @dataclass
 class DemoOutcome:
@@ -102,6 +122,8 @@ class DemoOutcome:
     matches_expected: bool
     events: dict[str, int]
     database_url: str
+    #: The agents' lists at the end, as `lists status` reports them (members, blocked).
+    lists: list[ListLine]
 
 
 async def run_demo(
@@ -126,6 +148,9 @@ async def run_demo(
         conversation_provider_id=PROVIDER,
     )
     await upgrade(database_url)
+    # A new Aloware and GHL: nothing this process learnt of another run's lists or fields holds.
+    CallListRegistryStore.forget()
+    AgentField.forget()
     with ExitStack() as stack:
         ghl_url = stack.enter_context(serve_app(create_ghl(sims.ghl)))
         aloware_url = stack.enter_context(serve_app(create_aloware(sims.aloware, api_token=aloware_token)))
@@ -154,6 +179,7 @@ async def run_demo(
             data_dir=str(workdir),
             auto_migrate=False,
             log_level="warning",
+            aloware_create_lists=True,
         )
         service = create_service(settings, run_worker=False)
         # The service as `serve` runs it: its own protocol and limits (http_server).
@@ -176,6 +202,7 @@ async def run_demo(
 
         deliverer = DemoDeliverer(service_url, ghl_key, aloware_hook_token, texting_secret)
         try:
+            await seed_agents(sims, db, connectors)
             await run_day(
                 deliverer,
                 process,
@@ -183,9 +210,10 @@ async def run_demo(
                 on_step=(lambda step, webhooks: on_step(step, len(webhooks))) if on_step else None,
             )
             stats = await queue_stats(db)
+            lists = await lists_status(settings, db)
         finally:
             await connectors.aclose()
             await db.dispose()
     snapshot = snapshot_of(sims)
     events = {f"{table}:{status}": count for table, status, count in stats.depth if count}
-    return DemoOutcome(snapshot, snapshot == expected_final_state(), events, database_url)
+    return DemoOutcome(snapshot, snapshot == expected_final_state(), events, database_url, lists.lines)
