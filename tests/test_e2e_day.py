@@ -547,6 +547,20 @@ LOST_ANSWERS = [
         id="ghl-call-log",
     ),
     pytest.param("verity", "accept_message", id="verity-send"),
+    pytest.param(
+        "aloware",
+        "create_list",
+        id="aloware-create-list",
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason="known bug: the retry finds Aloware's lists in CallListRegistryStore's 30 s "
+            "process cache, not the list the lost create made, and creates a second one",
+        ),
+    ),
+    pytest.param("aloware", "add_to_list", id="aloware-add-to-list"),
+    pytest.param("aloware", "remove_from_all_lists", id="aloware-remove-from-lists"),
+    pytest.param("ghl", "create_record", id="ghl-broadcast-record"),
+    pytest.param("ghl", "update_record", id="ghl-broadcast-record-update"),
 ]
 
 
@@ -554,8 +568,9 @@ LOST_ANSWERS = [
 async def test_a_lost_answer_during_the_day_ends_in_the_fault_free_state(
     world: SyncWorld, system: str, operation: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """R-REL-3, R-IDEM-2, R-CALL-4: a remote write whose answer is lost (the system did the work,
-    we saw a 504) is retried, found, and not made twice; the day ends as without the fault."""
+    """R-REL-3, R-IDEM-2, R-CALL-4, R-AG-3, R-BC-2: a remote write whose answer is lost (the
+    system did the work, we saw a 504) is retried, found, and not made twice — notes, calls,
+    messages, leads, sends, list moves, broadcast records; the day ends as without the fault."""
     world.settings = world.settings.model_copy(update={"retry_base_seconds": 0.01, "retry_max_seconds": 0.05})
     served = {"ghl": world.ghl, "aloware": world.aloware, "verity": world.verity}[system]
     lost = lose_first_answer(served, operation, monkeypatch)
