@@ -142,27 +142,12 @@ def _refused(text: str, source: str) -> AgentsFileError:
     return refused.value
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "break12 finding 3: a deeply nested YAML value (well under the 1 MB limit) raises RecursionError "
-        "from PyYAML's composer: `agents seed` (and serve/worker start) end in a traceback, exit 1, "
-        "instead of a one-line refusal"
-    ),
-)
 def test_a_deeply_nested_yaml_file_is_refused_with_a_message() -> None:
     """R-AG-5: a file that does not parse is refused with a message naming the file."""
     error = _refused("- agent_key: A\n  display_name: " + "[" * 100_000 + "]" * 100_000 + "\n", "deep.yaml")
     assert "deep.yaml" in str(error)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "break12 finding 4: an id of more than 4300 digits raises Python's int-conversion ValueError "
-        "(YAML and JSON alike): a traceback instead of a refusal naming the line"
-    ),
-)
 @pytest.mark.parametrize(
     ("text", "source"),
     [
@@ -176,13 +161,6 @@ def test_a_huge_number_is_refused_with_its_line(text: str, source: str) -> None:
     assert error.line is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "break12 finding 5: a NUL character in a text column is accepted by the file check; SQLite "
-        "stores it, PostgreSQL refuses it (CharacterNotInRepertoireError traceback from `agents seed`)"
-    ),
-)
 def test_a_nul_character_is_refused_by_the_file_check() -> None:
     """R-AG-5: text PostgreSQL cannot store is refused with its line, the same on both engines."""
     error = _refused('[{"agent_key": "A",\n "display_name": "x\\u0000y"}]', "agents.json")

@@ -130,6 +130,22 @@ class AgentSpec(BaseModel):
             raise ValueError("expected a user id (text or a whole number), got true/false")
         return str(value) if isinstance(value, int) else value
 
+    @field_validator(
+        "display_name",
+        "ghl_owner_id",
+        "ghl_owner_email",
+        "ghl_assigned_agent_field_value",
+        "required_tag",
+        "aloware_user_id",
+    )
+    @classmethod
+    def _printable(cls, value: str | None) -> str | None:
+        """Control characters (a NUL, a terminal escape) are refused: PostgreSQL cannot store a
+        NUL at all, and none belongs in a name, an id, an email or a tag."""
+        if value is not None and any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+            raise ValueError("contains a control character")
+        return value
+
     @field_validator("ghl_owner_email")
     @classmethod
     def _email(cls, value: str | None) -> str | None:
@@ -204,6 +220,15 @@ def load_agents_file(path: str | Path) -> list[AgentSpec]:
 
 def parse_agents(text: str, source: str | Path, fmt: FileFormat = "either") -> list[AgentSpec]:
     """The agents a file's text states (pure). `source` only names the file in messages."""
+    try:
+        return _parse_agents(text, source, fmt)
+    except RecursionError:
+        # PyYAML composes nested collections recursively: a few hundred KB of `[[[…` exhaust the
+        # stack before any agent is read.
+        raise AgentsFileError(source, "nested too deeply to be a list of agents") from None
+
+
+def _parse_agents(text: str, source: str | Path, fmt: FileFormat) -> list[AgentSpec]:
     if fmt == "json":
         items = _json_items(text, source)
     elif fmt == "yaml":
@@ -367,6 +392,8 @@ def _yaml_value(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
         return _Nested("a list")
     if isinstance(node, yaml.MappingNode):
         return _Nested("an object")
+    if node.tag == _YAML_INT and isinstance(node, yaml.ScalarNode) and len(node.value) > MAX_NUMBER_DIGITS:
+        return node.value  # refused by validation, with its line (see MAX_NUMBER_DIGITS)
     value = loader.construct_object(node, deep=True)
     if node.tag == _YAML_INT and isinstance(value, int) and str(value) != node.value:
         # YAML 1.1 reads 0123 as octal 83 and 1_000 as 1000: an id is what was written.
@@ -381,9 +408,18 @@ class _Pairs(list[tuple[str, Any]]):
     """A JSON object as its pairs, in order: a key given twice stays visible."""
 
 
+#: Longest whole number read as a number; a longer one stays its digits (Python refuses to convert
+#: more than 4300 digits, and no id or flag of an agent is that long): validation then names its line.
+MAX_NUMBER_DIGITS = 64
+
+
+def _json_int(digits: str) -> int | str:
+    return int(digits) if len(digits) <= MAX_NUMBER_DIGITS else digits
+
+
 def _json_items(text: str, source: str | Path) -> list[_Item]:
     try:
-        data = json.loads(text, object_pairs_hook=_Pairs)
+        data = json.loads(text, object_pairs_hook=_Pairs, parse_int=_json_int)
     except json.JSONDecodeError as exc:
         raise AgentsFileError(source, f"not valid JSON: {exc.msg} (column {exc.colno})", exc.lineno) from None
     except RecursionError:
