@@ -199,3 +199,19 @@ def test_plan_reaches_the_desired_set(
 def test_list_names() -> None:
     """R-AG-3: lists are DF_<AGENT>_<LIST>."""
     assert list_name("alice", "new_leads") == "DF_ALICE_NEW_LEADS"
+
+
+def test_what_a_payload_does_not_say_is_unknown_not_empty() -> None:
+    """R-AG-1, R-AG-2: a workflow webhook without the owner, an owner that is not text, or tags that
+    are not text leave owner or tags unknown (read from GHL), never "unassigned" or "no tags"; a
+    native webhook without `assignedTo` is an unassigned contact."""
+    assert contact_signals({"tags": ["a"]}).owner_known
+    assert not contact_signals({"tags": "a"}, whole=False).owner_known
+    assert not contact_signals({"assignedTo": {"id": "u1"}, "tags": []}).owner_known
+    assert contact_signals({"tags": [["x"]]}).tags is None
+    workflow = contact_signals({"tags": "hot"}, whole=False)
+    ghl = contact_signals(
+        {"assignedTo": "u-alice", "tags": ["vip"], "customFields": [{"id": "f", "value": "v"}]}
+    )
+    merged = workflow.over(ghl)
+    assert (merged.assigned_to, merged.tags, dict(merged.field_ids)) == ("u-alice", ("hot",), {"f": "v"})

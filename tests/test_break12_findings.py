@@ -69,15 +69,6 @@ async def _until_settled(world: SyncWorld, deadline_s: float = 60.0) -> None:
     raise AssertionError("events still pending at the deadline")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "break12 finding 1: the list step reads consent (dialer_block) before it takes the contact's "
-        "lock and the opt-out flow (off_the_dialer/forget_memberships) takes no lock, so a STOP handled "
-        "while list adds are in flight leaves an opted-out person on Aloware dialer lists; on SQLite the "
-        "memberships are forgotten too, so no later event or `lists rebuild` ever removes it"
-    ),
-)
 async def test_a_stop_during_list_adds_leaves_the_person_on_no_list(sync_world: SyncWorld) -> None:
     """R-AG-2, R-OPT-3: an SMS STOP (OPTOUT_REMOVES_FROM_DIALER=true) processed while the contact's
     list adds are on their way to Aloware: once everything has settled the person is on no list,
@@ -112,13 +103,6 @@ async def test_a_stop_during_list_adds_leaves_the_person_on_no_list(sync_world: 
     assert on == set()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "break12 finding 2: a workflow webhook that carries the tags but not the owner is taken as the "
-        "whole contact, so the owner resolves to nobody and the lead is moved to DEFAULT_AGENT_KEY's lists"
-    ),
-)
 async def test_a_workflow_tag_event_without_the_owner_keeps_the_agent(sync_world: SyncWorld) -> None:
     """R-AG-1, R-AG-2: Alice owns the contact in GHL; a workflow `contact.tag.added` webhook that
     names the contact and its tags (but not its owner, as workflow payloads are configured by

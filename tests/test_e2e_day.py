@@ -547,16 +547,7 @@ LOST_ANSWERS = [
         id="ghl-call-log",
     ),
     pytest.param("verity", "accept_message", id="verity-send"),
-    pytest.param(
-        "aloware",
-        "create_list",
-        id="aloware-create-list",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="known bug: the retry finds Aloware's lists in CallListRegistryStore's 30 s "
-            "process cache, not the list the lost create made, and creates a second one",
-        ),
-    ),
+    pytest.param("aloware", "create_list", id="aloware-create-list"),
     pytest.param("aloware", "add_to_list", id="aloware-add-to-list"),
     pytest.param("aloware", "remove_from_all_lists", id="aloware-remove-from-lists"),
     pytest.param("ghl", "create_record", id="ghl-broadcast-record"),

@@ -227,10 +227,12 @@ def plan_lists(current: Mapping[Membership, str], agent_key: str, desired: Itera
 
 
 def _tag_values(value: Any) -> list[str] | None:
+    """Tags as a list of text, or None when the value is not tags at all (then they are unknown
+    and read from GHL, rather than taken as "no tags", which would strip the contact's lists)."""
     if isinstance(value, str):
         return [t.strip() for t in value.split(",") if t.strip()]
-    if isinstance(value, list):
-        return [t.strip() for t in value if isinstance(t, str) and t.strip()]
+    if isinstance(value, list) and all(isinstance(t, str) for t in value):
+        return [t.strip() for t in value if t.strip()]
     return None
 
 
@@ -248,6 +250,19 @@ class ContactSignals:
     tags: tuple[str, ...] | None
     field_ids: Mapping[str, str]
     named_fields: Mapping[str, str]
+    #: Whether the source says who owns the contact: an owner, or the owner key left out of a
+    #: contact GHL sends whole (native webhooks, the API: unassigned). A malformed owner says nothing.
+    owner_known: bool = True
+
+    def over(self, base: ContactSignals) -> ContactSignals:
+        """These signals completed by `base` (GHL's contact as it is now) where they say nothing."""
+        return ContactSignals(
+            assigned_to=self.assigned_to if self.owner_known else base.assigned_to,
+            tags=self.tags if self.tags is not None else base.tags,
+            field_ids={**base.field_ids, **self.field_ids},
+            named_fields={**base.named_fields, **self.named_fields},
+            owner_known=self.owner_known or base.owner_known,
+        )
 
 
 def _scalar(value: Any) -> str | None:
@@ -259,14 +274,25 @@ def _scalar(value: Any) -> str | None:
     return None
 
 
-def contact_signals(payload: Mapping[str, Any]) -> ContactSignals:
+OWNER_KEYS = ("assignedTo", "assigned_to")
+
+
+def contact_signals(payload: Mapping[str, Any], *, whole: bool = True) -> ContactSignals:
     """Read a GHL contact — a native webhook, a workflow webhook or `GET /contacts/{id}`'s
     contact — into `ContactSignals`. Workflow webhooks nest the contact under `contact` in some
-    set-ups and put custom fields at the top level or under `customData`, by name."""
+    set-ups and put custom fields at the top level or under `customData`, by name.
+
+    `whole`: the source is the whole contact (native webhooks, the API), so a missing owner means
+    unassigned; a workflow webhook carries what its workflow was set up to send, so a missing owner
+    is unknown. An owner that is not text (an object, a list) is unknown either way."""
     nested = payload.get("contact") if isinstance(payload.get("contact"), Mapping) else {}
     assert isinstance(nested, Mapping)
-    assigned = _scalar(payload.get("assignedTo")) or _scalar(payload.get("assigned_to"))
-    assigned = assigned or _scalar(nested.get("assignedTo")) or _scalar(nested.get("assigned_to"))
+    owners = [
+        source[key] for source in (payload, nested) for key in OWNER_KEYS if source.get(key) is not None
+    ]
+    assigned = next((text for text in map(_scalar, owners) if text), None)
+    malformed = any(not isinstance(value, str) for value in owners)
+    owner_known = assigned is not None or (whole and not malformed)
     tags = _tag_values(payload.get("tags"))
     if tags is None:
         tags = _tag_values(nested.get("tags"))
@@ -290,4 +316,5 @@ def contact_signals(payload: Mapping[str, Any]) -> ContactSignals:
         tags=tuple(tags) if tags is not None else None,
         field_ids=field_ids,
         named_fields=named,
+        owner_known=owner_known,
     )

@@ -105,8 +105,8 @@ class AgentField:
     async def value(cls, ghl: GhlClient, setting: str, signals: ContactSignals) -> str | None:
         wanted = name_key(setting)
         named = signals.named_fields.get(wanted)
-        if not signals.field_ids:
-            return named
+        if named is not None or not signals.field_ids:
+            return named  # a workflow webhook's own word, by name, at the time of the event
         key = (ghl.location_id, wanted)
         # No lock: two events reading the definitions at once cost one extra read, nothing else.
         if key not in cls._ids:
@@ -192,21 +192,26 @@ class CallListRegistryStore:
         remote = await self._remote_lists()
         found = remote.get(name)
         if found is None and self.create:
+            # Read afresh before creating: a create whose answer was lost made the list, and the
+            # cached read from before it would make a second one of the same name.
+            remote = await self._remote_lists(fresh=True)
+            found = remote.get(name)
+        if found is None and self.create:
             created = await self.aloware.create_call_list(name, f"DF-Middleware: {agent_key} {list_key}")
             found = str(created.id)
             remote[name] = found
         await self._record(agent_key, list_key, name, found)
         return found
 
-    async def _remote_lists(self) -> dict[str, str]:
+    async def _remote_lists(self, *, fresh: bool = False) -> dict[str, str]:
         """Aloware's lists by name, read at most once per REMOTE_LISTS_SECONDS per process (a
         rebuild of many contacts whose list is missing asks once, and a list created by hand in
         Aloware is seen soon after). Every list of a known agent found on the way is cached in
         the registry too, so one read serves the whole directory's lists."""
-        if self._remote is None:
+        if self._remote is None or fresh:
             key = id(self.aloware)
             read_at, names = self._shared.get(key, (0.0, {}))
-            if time.monotonic() - read_at >= REMOTE_LISTS_SECONDS:
+            if fresh or time.monotonic() - read_at >= REMOTE_LISTS_SECONDS:
                 lists = await self.aloware.list_call_lists()
                 names = {item.name: str(item.id) for item in lists if item.name}
                 self._shared[key] = (time.monotonic(), names)
@@ -355,7 +360,7 @@ class ContactLists:
                 state = await _state_row(session, contact_id, agent_key, lock=True)
                 snapshot = _snapshot(state, await _memberships(session, contact_id), False)
                 outcome, placement = await self._work(
-                    snapshot, agent_key, tags, blocked_because, aloware_contact_id, stage
+                    snapshot, agent_key, tags, blocked_because, aloware_contact_id, stage, phone
                 )
                 await self._write(session, contact_id, state, outcome, placement, stage)
                 return outcome
@@ -364,7 +369,7 @@ class ContactLists:
                 state = await _state_row(session, contact_id, agent_key, lock=False)
                 snapshot = _snapshot(state, await _memberships(session, contact_id), False)
             outcome, placement = await self._work(
-                snapshot, agent_key, tags, blocked_because, aloware_contact_id, stage
+                snapshot, agent_key, tags, blocked_because, aloware_contact_id, stage, phone
             )
             async with self.db.session() as session:
                 state = await _state_row(session, contact_id, agent_key, lock=False)
@@ -388,6 +393,7 @@ class ContactLists:
         blocked_because: str | None,
         aloware_contact_id: str | None,
         stage: StageChange | None,
+        phone: str | None,
     ) -> tuple[ListOutcome, str | None]:
         placement = snapshot.stage_list_key
         if stage is not None and not _older(stage.at, snapshot.stage_at):
@@ -433,7 +439,25 @@ class ContactLists:
             await self.aloware.add_to_list(list_id, [aloware_contact_id])
             outcome.aloware_calls += 1
             outcome.joined.append(membership)
+        if outcome.joined and blocked_because is None:
+            await self._unless_blocked_since(outcome, snapshot, aloware_contact_id, phone)
         return outcome, placement
+
+    async def _unless_blocked_since(
+        self, outcome: ListOutcome, snapshot: _Snapshot, aloware_contact_id: str, phone: str | None
+    ) -> None:
+        """A STOP or a DNC recorded while the adds were in flight: its own removal may have run
+        before them, so the person is taken off every list again here and no membership is kept.
+        The consent flows record the decision before they remove, so either this check sees it or
+        their removal comes after these adds."""
+        late = await dialer_block(self.db, phone, sms_opt_out_counts=self.settings.optout_removes_from_dialer)
+        if late is None:
+            return
+        await self.aloware.remove_from_all_lists(aloware_contact_id)
+        outcome.aloware_calls += 1
+        outcome.plan = ListPlan(desired=frozenset(), remove_all=True, drop=frozenset(snapshot.memberships))
+        outcome.joined, outcome.blocked = [], []
+        outcome.note = f"on no list: {late} (decided while the lists were being applied)"
 
     async def _write(
         self,
@@ -487,6 +511,11 @@ async def forget_memberships(db: Database, contact_id: str) -> None:
     """Every membership of the contact ended: a flow took its Aloware contact off every list
     (consent, a deleted GHL contact). The next event that may put it back plans from nothing."""
     async with db.session() as session:
+        # Behind an application of the contact's lists in flight (PostgreSQL: its row lock), so
+        # the memberships it is about to record are the ones deleted.
+        await session.scalar(
+            select(ContactAgentState.id).where(ContactAgentState.contact_id == contact_id).with_for_update()
+        )
         await session.execute(
             delete(ContactListMembership).where(ContactListMembership.contact_id == contact_id)
         )
@@ -526,12 +555,14 @@ async def sync_contact_lists(
     contact_id: str,
     *,
     contact: Mapping[str, Any] | None = None,
+    whole: bool = True,
     stage: StageChange | None = None,
     retry_blocked: bool = False,
 ) -> SyncLogEntry | None:
     """R-AG-1…R-AG-4 for one GHL contact: resolve its agent, compute its lists and apply the
-    difference. `contact` is the event's own contact (native and workflow contact events); when
-    it is None or does not carry the tags, the contact is read from GHL.
+    difference. `contact` is the event's own contact (native and workflow contact events; `whole`
+    False for workflow ones, which carry only what their workflow sends); what it does not say is
+    read from GHL (opportunity events: everything).
 
     None (no row, no call) when the agent directory has no active agent: a deployment that does
     not route leads to agents keeps its dialer lists by hand, and they are left alone."""
@@ -560,16 +591,19 @@ async def sync_contact_lists(
     mapping = await ContactMappings(ctx.db).by_ghl_id(contact_id)
     if mapping is not None and mapping.deleted_at is not None:
         return row("skipped", f"lists: GHL contact {contact_id} was deleted")
-    signals = contact_signals(contact) if contact is not None else None
+    signals = contact_signals(contact, whole=whole) if contact is not None else None
     source: Mapping[str, Any] = contact or {}
-    if signals is None or signals.tags is None:
+    if signals is None or signals.tags is None or not signals.owner_known:
+        # What the event does not say (an opportunity's contact; a workflow's owner or tags; a
+        # malformed field) is read from GHL, never taken as "unassigned" or "no tags".
         if ghl is None:
-            return row("skipped", "lists: GHL not configured (the contact's tags are needed)")
+            return row("skipped", "lists: GHL not configured (the contact's owner and tags are needed)")
         fetched = await ghl.get_contact(contact_id)
         if fetched is None:
             return row("skipped", f"lists: GHL contact {contact_id} not found")
-        source = fetched.model_dump(by_alias=True, exclude_none=True)
-        signals = contact_signals(source)
+        source = {**fetched.model_dump(by_alias=True, exclude_none=True), **source}
+        current = contact_signals(fetched.model_dump(by_alias=True, exclude_none=True))
+        signals = signals.over(current) if signals is not None else current
     field_value = None
     if ghl is not None:
         field_value = await AgentField.value(ghl, ctx.settings.ghl_assigned_agent_field_key, signals)

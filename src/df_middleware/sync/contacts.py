@@ -312,7 +312,9 @@ async def handle_ghl_contact_upsert(ctx: HandlerContext, event: ClaimedEvent) ->
     unchanged profile may still carry new tags or a new owner) and costs no Aloware call when the
     contact's lists stay as they are."""
     result = await sync_ghl_contact(ctx, event)
-    lists = await sync_contact_lists(ctx, event.entity_id or "", contact=event.payload)
+    lists = await sync_contact_lists(
+        ctx, event.entity_id or "", contact=event.payload, whole=is_native(event)
+    )
     if lists is not None:
         result.entries.append(lists)
     return result
@@ -535,7 +537,9 @@ async def handle_ghl_contact_tags(ctx: HandlerContext, event: ClaimedEvent) -> H
     every tag of the contact; a workflow event that does not is completed by reading the contact.
     """
     ctx.direction = GHL_TO_ALOWARE
-    entry = await sync_contact_lists(ctx, event.entity_id or "", contact=event.payload)
+    entry = await sync_contact_lists(
+        ctx, event.entity_id or "", contact=event.payload, whole=is_native(event)
+    )
     return HandlerResult(entries=[entry]) if entry is not None else skipped(event, GHL_TO_ALOWARE, NO_AGENTS)
 
 
@@ -774,6 +778,12 @@ async def _create_ghl_contact(
     )
     entry.started_at = started
     return HandlerResult(entries=[entry], effects=list(ledger.performed))
+
+
+def is_native(event: ClaimedEvent) -> bool:
+    """A native GHL webhook (`ContactUpdate`, …) carries the whole contact; a workflow one
+    (`contact.updated`, `tag.added`, …) carries what its workflow was set up to send."""
+    return "." not in event.event_type
 
 
 def register_handlers(registry: HandlerRegistry) -> None:
