@@ -237,7 +237,7 @@ async def test_event_claimed_beyond_max_attempts_is_dead_lettered_without_runnin
 
 async def test_no_handler_yet_is_a_visible_skip(db: Database, make_settings: Callable[..., Settings]) -> None:
     """R-Q-3: a recognised event without a handler ends done with one `skipped: no handler yet` row."""
-    event_id = await insert_event(db, event_type="OpportunityStageUpdate", entity_type="opportunity")
+    event_id = await insert_event(db, event_type="NoteCreate", entity_type="note")
     await Worker(make_settings(), db, default_registry()).run_once()
     assert (await event_state(db, event_id)).status == "done"
     rows = await log_rows(db, event_id)
