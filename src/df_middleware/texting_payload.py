@@ -80,7 +80,8 @@ def _containers(payload: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return found
 
 
-def _scalar(value: Any) -> str | None:
+def scalar_text(value: Any) -> str | None:
+    """A JSON scalar as stripped text (numbers included, booleans not), None when empty or not one."""
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, str | int | float):
@@ -92,7 +93,7 @@ def _scalar(value: Any) -> str | None:
 def _first(containers: list[Mapping[str, Any]], names: tuple[str, ...]) -> str | None:
     for container in containers:
         for name in names:
-            value = _scalar(container.get(name))
+            value = scalar_text(container.get(name))
             if value is not None:
                 return value
     return None

@@ -26,6 +26,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeAlias
 
+from df_middleware.texting_payload import scalar_text
+
 TagMatchMode: TypeAlias = Literal["exact", "case_insensitive", "regex"]
 
 NEW_LEADS = "NEW_LEADS"
@@ -265,15 +267,6 @@ class ContactSignals:
         )
 
 
-def _scalar(value: Any) -> str | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, str | int | float):
-        text = str(value).strip()
-        return text or None
-    return None
-
-
 OWNER_KEYS = ("assignedTo", "assigned_to")
 
 
@@ -290,7 +283,7 @@ def contact_signals(payload: Mapping[str, Any], *, whole: bool = True) -> Contac
     owners = [
         source[key] for source in (payload, nested) for key in OWNER_KEYS if source.get(key) is not None
     ]
-    assigned = next((text for text in map(_scalar, owners) if text), None)
+    assigned = next((text for text in map(scalar_text, owners) if text), None)
     malformed = any(not isinstance(value, str) for value in owners)
     owner_known = assigned is not None or (whole and not malformed)
     tags = _tag_values(payload.get("tags"))
@@ -301,14 +294,14 @@ def contact_signals(payload: Mapping[str, Any], *, whole: bool = True) -> Contac
         if isinstance(source, list):
             for item in source:
                 if isinstance(item, Mapping):
-                    field_id, value = _scalar(item.get("id")), _scalar(item.get("value"))
+                    field_id, value = scalar_text(item.get("id")), scalar_text(item.get("value"))
                     if field_id and value:
                         field_ids.setdefault(field_id, value)
     named: dict[str, str] = {}
     for source in (payload, nested, payload.get("customData")):
         if isinstance(source, Mapping):
             for key, value in source.items():
-                text = _scalar(value)
+                text = scalar_text(value)
                 if isinstance(key, str) and text:
                     named.setdefault(name_key(key), text)
     return ContactSignals(
