@@ -291,9 +291,9 @@ async def _memberships(session: AsyncSession, contact_id: str) -> dict[Membershi
     return {(r.agent_key, r.list_key): r.status for r in rows}
 
 
-def _snapshot(state: ContactAgentState, memberships: dict[Membership, str], fresh: bool) -> _Snapshot:
+def _snapshot(state: ContactAgentState, memberships: dict[Membership, str]) -> _Snapshot:
     return _Snapshot(
-        agent_key=None if fresh else state.agent_key,
+        agent_key=state.agent_key,
         stage_list_key=state.stage_list_key,
         stage_at=state.stage_at,
         updated_at=state.updated_at,
@@ -331,7 +331,6 @@ class ContactLists:
         self.settings = settings
         self.db = db
         self.aloware = aloware
-        self.retry_blocked = False
         self.registry = CallListRegistryStore(
             db,
             aloware,
@@ -351,29 +350,37 @@ class ContactLists:
         stage: StageChange | None = None,
         retry_blocked: bool = False,
     ) -> ListOutcome:
-        self.retry_blocked = retry_blocked
+        """Apply the contact's desired lists; `retry_blocked` (rebuild) plans blocked memberships
+        as joins again."""
         blocked_because = await dialer_block(
             self.db, phone, sms_opt_out_counts=self.settings.optout_removes_from_dialer
         )
         if self.db.is_postgres:
             async with self.db.session() as session:
                 state = await _state_row(session, contact_id, agent_key, lock=True)
-                snapshot = _snapshot(state, await _memberships(session, contact_id), False)
+                snapshot = _snapshot(state, await _memberships(session, contact_id))
                 outcome, placement = await self._work(
-                    snapshot, agent_key, tags, blocked_because, aloware_contact_id, stage, phone
+                    snapshot,
+                    agent_key,
+                    tags,
+                    blocked_because,
+                    aloware_contact_id,
+                    stage,
+                    phone,
+                    retry_blocked,
                 )
                 await self._write(session, contact_id, state, outcome, placement, stage)
                 return outcome
         async with _contact_lock(contact_id):
             async with self.db.session() as session:
                 state = await _state_row(session, contact_id, agent_key, lock=False)
-                snapshot = _snapshot(state, await _memberships(session, contact_id), False)
+                snapshot = _snapshot(state, await _memberships(session, contact_id))
             outcome, placement = await self._work(
-                snapshot, agent_key, tags, blocked_because, aloware_contact_id, stage, phone
+                snapshot, agent_key, tags, blocked_because, aloware_contact_id, stage, phone, retry_blocked
             )
             async with self.db.session() as session:
                 state = await _state_row(session, contact_id, agent_key, lock=False)
-                now = _snapshot(state, await _memberships(session, contact_id), False)
+                now = _snapshot(state, await _memberships(session, contact_id))
                 if (now.agent_key, now.stage_list_key, now.memberships) != (
                     snapshot.agent_key,
                     snapshot.stage_list_key,
@@ -394,6 +401,7 @@ class ContactLists:
         aloware_contact_id: str | None,
         stage: StageChange | None,
         phone: str | None,
+        retry_blocked: bool,
     ) -> tuple[ListOutcome, str | None]:
         placement = snapshot.stage_list_key
         if stage is not None and not _older(stage.at, snapshot.stage_at):
@@ -406,12 +414,12 @@ class ContactLists:
             blocked_because=blocked_because,
         )
         current = snapshot.memberships
-        if self.retry_blocked:
+        if retry_blocked:
             # `lists rebuild`: a blocked membership is planned as a join again (its list may exist
             # now); one no longer wanted is dropped.
             current = {m: s for m, s in current.items() if s != BLOCKED}
         plan = plan_lists(current, agent_key, desired)
-        if self.retry_blocked:
+        if retry_blocked:
             wanted = {(agent_key, key) for key in desired}
             stale = {m for m, s in snapshot.memberships.items() if s == BLOCKED and m not in wanted}
             plan = ListPlan(
