@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from df_middleware.db.models import AgentDirectory, CallListRegistry, ContactAgentState, ContactListMembership
 from df_middleware.db.session import Database
+from df_middleware.queue.worker import Worker
 from df_middleware.simulators.ghl import contact_webhook
 from df_middleware.sync.call_lists import AgentField, CallListRegistryStore, ContactLists
 from df_middleware.sync.list_operations import lists_status, rebuild_lists
@@ -361,3 +362,42 @@ async def test_a_workflow_tag_event_without_the_tags_reads_the_contact(sync_worl
     assert _on_lists(sync_world) == {"DF_ALICE_NEW_LEADS", "DF_ALICE_HOT"}
     reads = [r for r in sync_world.ghl.requests("GET") if r.path == f"/contacts/{contact['id']}"]
     assert len(reads) == 1
+
+
+@pytest.mark.postgres
+async def test_two_workers_two_ordering_keys_one_agent(sync_world: SyncWorld, database_url: str) -> None:
+    """R-AG-4, R-Q-4: a native ContactUpdate (keyed by the contact) naming Bob as owner and a workflow
+    pipeline event carrying the phone (keyed by the phone; its owner read from GHL, Alice) are
+    claimed by two workers at once; under the contact's row lock the contact ends on one agent's
+    lists, and the memberships agree with Aloware. Repeated with the owners swapped."""
+    if not sync_world.db.is_postgres:
+        pytest.skip("the row lock is PostgreSQL's; SQLite has one writer")
+    await _agents(sync_world)
+    contact = _ghl_contact(sync_world, assignedTo="user-alice", tags=["hot"])
+    await _deliver_contact(sync_world, contact)
+    second_db = Database(database_url)
+    second = Worker(sync_world.settings, second_db, sync_world.registry, connectors=sync_world.connectors)
+    try:
+        for round_ in range(6):
+            in_ghl, in_event = ("user-alice", "user-bob") if round_ % 2 == 0 else ("user-bob", "user-alice")
+            sync_world.ghl.sim.update_contact(LOCATION, contact["id"], {"assignedTo": in_ghl})
+            await sync_world.deliver_ghl(
+                contact_webhook("ContactUpdate", {**contact, "assignedTo": in_event})
+            )
+            await sync_world.deliver_ghl(
+                {
+                    "type": "pipeline.stageChanged",
+                    "contact_id": contact["id"],
+                    "phone": PHONE,
+                    "pipeline_stage": "Hot",
+                    "status": "open",
+                }
+            )
+            await asyncio.gather(sync_world.worker().run_once(), second.run_once())
+            await sync_world.process()
+            on = _on_lists(sync_world)
+            assert len({name.split("_")[1] for name in on}) == 1, on
+            rows = await _memberships(sync_world.db)
+            assert {f"DF_{a}_{k}" for a, k, _ in rows} == on
+    finally:
+        await second_db.dispose()
