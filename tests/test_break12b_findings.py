@@ -384,13 +384,6 @@ class _Gated:
         return await self._client.add_to_list(list_id, contact_ids)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="break12b finding: on SQLite an application whose write check fails (another process "
-    "applied the contact's lists meanwhile) is retried and plans from the other's memberships, "
-    "but the Aloware adds it already made are never taken back: Aloware keeps DF_BOB_NEW_LEADS "
-    "while contact_list_memberships says FOLLOW_UP and HOT only",
-)
 @pytest.mark.parametrize("backend", ["sqlite"])
 async def test_sqlite_a_retried_application_takes_back_its_aborted_adds(
     sync_world: SyncWorld, monkeypatch: pytest.MonkeyPatch

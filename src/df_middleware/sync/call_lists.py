@@ -356,6 +356,10 @@ class ContactLists:
             self.db, phone, sms_opt_out_counts=self.settings.optout_removes_from_dialer
         )
         if self.db.is_postgres:
+            # The state row exists, committed, before it is locked: a consent flow forgetting the
+            # memberships meanwhile then waits behind this lock instead of finding no row.
+            async with self.db.session() as session:
+                await _state_row(session, contact_id, agent_key, lock=False)
             async with self.db.session() as session:
                 state = await _state_row(session, contact_id, agent_key, lock=True)
                 snapshot = _snapshot(state, await _memberships(session, contact_id))
@@ -381,15 +385,23 @@ class ContactLists:
             async with self.db.session() as session:
                 state = await _state_row(session, contact_id, agent_key, lock=False)
                 now = _snapshot(state, await _memberships(session, contact_id))
-                if (now.agent_key, now.stage_list_key, now.memberships) != (
+                moved = (now.agent_key, now.stage_list_key, now.memberships) != (
                     snapshot.agent_key,
                     snapshot.stage_list_key,
                     snapshot.memberships,
-                ):
-                    raise RetryableError(
-                        f"contact {contact_id}: lists changed while being applied; planning again"
-                    )
-                await self._write(session, contact_id, state, outcome, placement, stage)
+                )
+                if not moved:
+                    await self._write(session, contact_id, state, outcome, placement, stage)
+            if moved:
+                if outcome.aloware_calls and aloware_contact_id is not None:
+                    # Another process applied this contact's lists meanwhile (SQLite has no row lock
+                    # across processes): what this attempt added is known to nobody, so the contact
+                    # leaves every list and the retry applies its lists from nothing.
+                    await self.aloware.remove_from_all_lists(aloware_contact_id)
+                    await forget_memberships(self.db, contact_id)
+                raise RetryableError(
+                    f"contact {contact_id}: lists changed while being applied; planning again"
+                )
             return outcome
 
     async def _work(
