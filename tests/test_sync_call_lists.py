@@ -74,7 +74,8 @@ def _on_lists(world: SyncWorld, phone: str = PHONE) -> set[str]:
 
 def _ghl_contact(world: SyncWorld, **fields: Any) -> dict[str, Any]:
     body = {"firstName": "Lena", "lastName": "Lead", "phone": PHONE, "locationId": LOCATION, **fields}
-    return world.ghl.sim.create_contact(LOCATION, body).contact
+    contact: dict[str, Any] = world.ghl.sim.create_contact(LOCATION, body).contact
+    return contact
 
 
 async def _deliver_contact(world: SyncWorld, contact: dict[str, Any], event: str = "ContactCreate") -> None:
