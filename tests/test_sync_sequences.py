@@ -321,7 +321,8 @@ def _stop(message_id: str, words: str, at: str) -> dict[str, Any]:
 async def test_an_opted_out_person_is_never_enrolled_and_leaves_our_sequence(world: SyncWorld) -> None:
     """R-AG-6, R-OPT-1, R-OPT-4: a person texts STOP (real texting flow); their `Contact Created`
     with a mapped status enrols them nowhere (zero sequence calls). After START, a status change
-    enrols them; a second STOP, then an unchanged status, takes them out of our sequence."""
+    enrols them; a second STOP takes them out of our sequence at once, and an unchanged status
+    does not put them back."""
     await world.deliver_texting(_stop("tlx_seq_stop", "STOP", "2026-11-24T15:00:00Z"))
     assert await world.process() == 1
     person = Person(world)
@@ -346,6 +347,7 @@ async def test_an_opted_out_person_is_never_enrolled_and_leaves_our_sequence(wor
 
     await world.deliver_texting(_stop("tlx_seq_stop_2", "Stop", "2026-11-24T17:00:00Z"))
     await world.process()
+    assert person.sequence is None, "the STOP itself ends the sequence we enrolled them in"
     await person.changes_to(aloware_list_status="Warm", city="Apex")
     assert person.sequence is None
     assert person.log[-1] == ("disenrolled", 9002)

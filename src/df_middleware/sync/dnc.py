@@ -38,6 +38,7 @@ from df_middleware.sync.registry import (
     HandlerResult,
     SyncLogEntry,
 )
+from df_middleware.sync.sequences import out_of_sequence
 from df_middleware.timestamps import parse_iso8601
 
 INTERNAL = "internal"
@@ -183,6 +184,7 @@ async def handle_contact_dnc_updated(ctx: HandlerContext, event: ClaimedEvent) -
     told = await tell_ghl_call_dnd(ctx, event, keys, change, aloware_contact_id=event.entity_id)
     entries = [decided, told]
     if change.status == OPTED_OUT:
+        entries += await out_of_sequence(ctx, event, keys.phone)
         entries.append(await remove_from_dialer(ctx, event))
     else:
         back = await back_on_the_dialer(ctx, keys.phone, because="DNC lifted in Aloware", direction=INTERNAL)

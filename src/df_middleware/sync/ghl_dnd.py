@@ -45,6 +45,7 @@ from df_middleware.sync.registry import (
     HandlerResult,
     SyncLogEntry,
 )
+from df_middleware.sync.sequences import out_of_sequence
 from df_middleware.timestamps import parse_iso8601
 
 #: GHL's DND statuses and the consent each one states (`permanent` is an opt-out GHL itself will
@@ -140,6 +141,8 @@ async def _decide_channel(
     )
     outcome, entry = await record_consent(ctx, event, change)
     entries = [entry]
+    if outcome.holds(change) and stated == OPTED_OUT:
+        entries += await out_of_sequence(ctx, event, phone, ghl_contact_id=contact_id or None)
     leaves_dialer = channel is CALL or ctx.settings.optout_removes_from_dialer
     if outcome.holds(change) and stated == OPTED_OUT and leaves_dialer:
         entries.append(

@@ -38,6 +38,7 @@ from df_middleware.sync.registry import (
     HandlerResult,
     SyncLogEntry,
 )
+from df_middleware.sync.sequences import out_of_sequence
 from df_middleware.sync.texting import person_in_ghl
 from df_middleware.timestamps import parse_iso8601
 
@@ -170,6 +171,8 @@ async def handle_consent_decided(ctx: HandlerContext, event: ClaimedEvent) -> Ha
         entries = await _tell_sms(ctx, event, change, ledger)
     else:
         entries = await _tell_voice(ctx, event, change)
+    if change.status == OPTED_OUT:
+        entries += await out_of_sequence(ctx, event, change.phone)
     return HandlerResult(entries=entries, effects=list(ledger.performed))
 
 

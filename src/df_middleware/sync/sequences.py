@@ -356,3 +356,13 @@ async def disenroll_for_consent(
         entity_type="contact",
         entity_id=ghl_contact_id,
     )
+
+
+async def out_of_sequence(
+    ctx: HandlerContext, event: ClaimedEvent, phone: str, *, ghl_contact_id: str | None = None
+) -> list[SyncLogEntry]:
+    """`disenroll_for_consent` as the consent flows add its row: none when there was nothing to do.
+    A sequence may text or call, so every opt-out (SMS or voice, whatever OPTOUT_REMOVES_FROM_DIALER
+    says) ends the one we enrolled the person in."""
+    entry = await disenroll_for_consent(ctx, event, phone, ghl_contact_id=ghl_contact_id)
+    return [entry] if entry is not None else []

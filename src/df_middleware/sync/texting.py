@@ -90,6 +90,7 @@ from df_middleware.sync.registry import (
     HandlerResult,
     SyncLogEntry,
 )
+from df_middleware.sync.sequences import out_of_sequence
 from df_middleware.texting_payload import TextingEvent, normalize_texting_payload
 from df_middleware.timestamps import parse_iso8601
 
@@ -449,6 +450,8 @@ async def handle_message_received(ctx: HandlerContext, event: ClaimedEvent) -> H
     if match is not None and match.kind == "help" and phone is not None:
         after.append(await reply_to_help(ctx, event, phone))
     opted_out = change is not None and in_force and change.status == "opted_out"
+    if change is not None and opted_out:
+        after.extend(await out_of_sequence(ctx, event, change.phone))
     if change is not None and opted_out and ctx.settings.optout_removes_from_dialer:
         after.append(await off_the_dialer(ctx, event, change.phone))
     elif change is not None and in_force and ctx.settings.optout_removes_from_dialer:
