@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from df_middleware.connectors.ghl_models import CustomFieldDefinition
+from df_middleware.sync.agent_field import find_field_id
 from df_middleware.sync.agent_routing import (
     BLOCKED,
     CLOSED,
@@ -22,7 +23,6 @@ from df_middleware.sync.agent_routing import (
     stage_placement,
     tag_lists,
 )
-from df_middleware.sync.call_lists import find_field_id
 
 KEYS = ("CALL_NOW", "NEW_LEADS", "FOLLOW_UP", "HOT")
 

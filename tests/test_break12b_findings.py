@@ -49,7 +49,8 @@ EVENT_TABLES = (WebhookEvent, TextingWebhookEvent, BroadcastWebhookEvent)
 
 @pytest.fixture(autouse=True)
 def _fresh_caches() -> None:
-    from df_middleware.sync.call_lists import AgentField, CallListRegistryStore
+    from df_middleware.sync.agent_field import AgentField
+    from df_middleware.sync.list_registry import CallListRegistryStore
 
     AgentField.forget()
     CallListRegistryStore.forget()

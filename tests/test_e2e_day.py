@@ -55,7 +55,8 @@ from df_middleware.demo import (
     snapshot_of_simulators,
 )
 from df_middleware.queue.operations import bulk_replay
-from df_middleware.sync.call_lists import AgentField, CallListRegistryStore
+from df_middleware.sync.agent_field import AgentField
+from df_middleware.sync.list_registry import CallListRegistryStore
 from df_middleware.sync.registry import DOMAIN_MODULES
 from tests.sync_world import CONVERSATION_PROVIDER, LOCATION, SyncWorld
 

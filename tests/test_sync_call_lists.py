@@ -16,8 +16,10 @@ from df_middleware.db.models import AgentDirectory, CallListRegistry, ContactAge
 from df_middleware.db.session import Database
 from df_middleware.queue.worker import Worker
 from df_middleware.simulators.ghl import contact_webhook
-from df_middleware.sync.call_lists import AgentField, CallListRegistryStore, ContactLists
+from df_middleware.sync.agent_field import AgentField
+from df_middleware.sync.call_lists import ContactLists
 from df_middleware.sync.list_operations import lists_status, rebuild_lists
+from df_middleware.sync.list_registry import CallListRegistryStore
 from tests.sync_world import LOCATION, SyncWorld
 
 pytestmark = pytest.mark.slow

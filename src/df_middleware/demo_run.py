@@ -53,8 +53,9 @@ from df_middleware.simulators.ghl import create_app as create_ghl
 from df_middleware.simulators.serving import serve_app, serve_config
 from df_middleware.simulators.verity import VeritySimulator
 from df_middleware.simulators.verity import create_app as create_verity
-from df_middleware.sync.call_lists import AgentField, CallListRegistryStore
+from df_middleware.sync.agent_field import AgentField
 from df_middleware.sync.list_operations import ListLine, lists_status
+from df_middleware.sync.list_registry import CallListRegistryStore
 
 LOCATION = "loc_sim"
 PROVIDER = "demo-sms-provider"

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -45,11 +44,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from df_middleware.agents.directory import active_agents
 from df_middleware.config import Settings
 from df_middleware.connectors.aloware import AlowareClient
-from df_middleware.connectors.ghl import GhlClient
-from df_middleware.connectors.ghl_models import CustomFieldDefinition
 from df_middleware.consent.store import dialer_block
 from df_middleware.db.models import (
-    CallListRegistry,
     ContactAgentState,
     ContactListMembership,
 )
@@ -57,11 +53,11 @@ from df_middleware.db.session import Database
 from df_middleware.db.types import utcnow
 from df_middleware.errors import RetryableError
 from df_middleware.phones import normalize_phone
+from df_middleware.sync.agent_field import AgentField
 from df_middleware.sync.agent_routing import (
     BLOCKED,
     LIST_MISSING,
     MEMBER,
-    ContactSignals,
     ListPlan,
     Membership,
     contact_signals,
@@ -73,14 +69,10 @@ from df_middleware.sync.agent_routing import (
     stage_placement,
 )
 from df_middleware.sync.identity import ContactMappings
+from df_middleware.sync.list_registry import CallListRegistryStore
 from df_middleware.sync.registry import HandlerContext, SyncLogEntry
 
 GHL_TO_ALOWARE = "ghl_to_aloware"
-#: A cached custom-field definition list is re-read at most this often when a contact's value for
-#: the agent field cannot be found in it (a field re-created in GHL gets a new id).
-FIELD_REFRESH_SECONDS = 60.0
-#: How long one read of Aloware's lists (`GET /call-lists`) answers "is there a list named …?".
-REMOTE_LISTS_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -91,154 +83,6 @@ class StageChange:
     stage_name: str | None
     status: str | None
     at: datetime | None
-
-
-class AgentField:
-    """The agent custom field's definition id (R-AG-1), found by name once per process and
-    re-read, at most every FIELD_REFRESH_SECONDS, when a contact's custom fields do not include
-    it."""
-
-    _ids: dict[tuple[str, str], str | None] = {}
-    _read_at: dict[tuple[str, str], float] = {}
-
-    @classmethod
-    async def value(cls, ghl: GhlClient, setting: str, signals: ContactSignals) -> str | None:
-        wanted = name_key(setting)
-        named = signals.named_fields.get(wanted)
-        if named is not None or not signals.field_ids:
-            return named  # a workflow webhook's own word, by name, at the time of the event
-        key = (ghl.location_id, wanted)
-        # No lock: two events reading the definitions at once cost one extra read, nothing else.
-        if key not in cls._ids:
-            await cls._read(ghl, key, refresh=False)
-        field_id = cls._ids.get(key)
-        if (field_id is None or field_id not in signals.field_ids) and cls._stale(key):
-            await cls._read(ghl, key, refresh=True)
-            field_id = cls._ids.get(key)
-        if field_id is not None and field_id in signals.field_ids:
-            return signals.field_ids[field_id]
-        return named
-
-    @classmethod
-    def _stale(cls, key: tuple[str, str]) -> bool:
-        return time.monotonic() - cls._read_at.get(key, 0.0) >= FIELD_REFRESH_SECONDS
-
-    @classmethod
-    async def _read(cls, ghl: GhlClient, key: tuple[str, str], *, refresh: bool) -> None:
-        definitions = await ghl.custom_fields(refresh=refresh)
-        cls._ids[key] = find_field_id(definitions, key[1])
-        cls._read_at[key] = time.monotonic()
-
-    @classmethod
-    def forget(cls) -> None:
-        """Tests: start from an empty cache."""
-        cls._ids.clear()
-        cls._read_at.clear()
-
-
-def find_field_id(definitions: Sequence[CustomFieldDefinition], wanted: str) -> str | None:
-    """R-AG-1: the definition whose `fieldKey` (without `contact.`) or `name` is `wanted`, both
-    compared as `name_key`s; a `fieldKey` match wins over a `name` match."""
-    by_key = [d for d in definitions if d.field_key and name_key(d.field_key) == wanted]
-    by_name = [d for d in definitions if d.name and name_key(d.name) == wanted]
-    for found in (by_key, by_name):
-        if found:
-            return found[0].id
-    return None
-
-
-class CallListRegistryStore:
-    """`call_list_registry`: each (agent, list key)'s Aloware list id, found by name (R-AG-3)."""
-
-    _shared: dict[int, tuple[float, dict[str, str]]] = {}
-
-    @classmethod
-    def forget(cls) -> None:
-        """Tests: forget what Aloware's lists were."""
-        cls._shared.clear()
-
-    def __init__(
-        self,
-        db: Database,
-        aloware: AlowareClient,
-        *,
-        create: bool,
-        list_keys: Sequence[str] = (),
-        agent_keys: Sequence[str] = (),
-    ) -> None:
-        self.db = db
-        self.aloware = aloware
-        self.create = create
-        self.list_keys = tuple(list_keys)
-        self.agent_keys = tuple(agent_keys)
-        self._remote: dict[str, str] | None = None
-
-    async def cached(self, agent_key: str, list_key: str) -> str | None:
-        async with self.db.session() as session:
-            row = await session.scalar(
-                select(CallListRegistry).where(
-                    CallListRegistry.agent_key == agent_key, CallListRegistry.list_key == list_key
-                )
-            )
-            return row.aloware_list_id if row is not None else None
-
-    async def list_id(self, agent_key: str, list_key: str, *, look_again: bool = False) -> str | None:
-        """The Aloware list id, from the cache, else found by name (one `GET /call-lists` per
-        store, however many lists are missing), else created when allowed; None when missing."""
-        cached = await self.cached(agent_key, list_key)
-        if cached is not None and not look_again:
-            return cached
-        name = list_name(agent_key, list_key)
-        remote = await self._remote_lists()
-        found = remote.get(name)
-        if found is None and self.create:
-            # Read afresh before creating: a create whose answer was lost made the list, and the
-            # cached read from before it would make a second one of the same name.
-            remote = await self._remote_lists(fresh=True)
-            found = remote.get(name)
-        if found is None and self.create:
-            created = await self.aloware.create_call_list(name, f"DF-Middleware: {agent_key} {list_key}")
-            found = str(created.id)
-            remote[name] = found
-        await self._record(agent_key, list_key, name, found)
-        return found
-
-    async def _remote_lists(self, *, fresh: bool = False) -> dict[str, str]:
-        """Aloware's lists by name, read at most once per REMOTE_LISTS_SECONDS per process (a
-        rebuild of many contacts whose list is missing asks once, and a list created by hand in
-        Aloware is seen soon after). Every list of a known agent found on the way is cached in
-        the registry too, so one read serves the whole directory's lists."""
-        if self._remote is None or fresh:
-            key = id(self.aloware)
-            read_at, names = self._shared.get(key, (0.0, {}))
-            if fresh or time.monotonic() - read_at >= REMOTE_LISTS_SECONDS:
-                lists = await self.aloware.list_call_lists()
-                names = {item.name: str(item.id) for item in lists if item.name}
-                self._shared[key] = (time.monotonic(), names)
-            self._remote = names
-            for agent_key in self.agent_keys:
-                for list_key in self.list_keys:
-                    found = self._remote.get(list_name(agent_key, list_key))
-                    if found is not None and await self.cached(agent_key, list_key) != found:
-                        await self._record(agent_key, list_key, list_name(agent_key, list_key), found)
-        return self._remote
-
-    async def _record(self, agent_key: str, list_key: str, name: str, list_id: str | None) -> None:
-        for attempt in range(2):
-            try:
-                async with self.db.session() as session:
-                    row = await session.scalar(
-                        select(CallListRegistry).where(CallListRegistry.aloware_list_name == name)
-                    )
-                    if row is None:
-                        row = CallListRegistry(agent_key=agent_key, list_key=list_key, aloware_list_name=name)
-                        session.add(row)
-                    row.aloware_list_id = list_id
-                    row.updated_at = utcnow()
-                return
-            except IntegrityError:
-                if attempt:
-                    raise
 
 
 @dataclass
