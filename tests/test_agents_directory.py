@@ -15,8 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from df_middleware import cli
+from df_middleware.agents.agents_file import MAX_AGENTS
 from df_middleware.agents.directory import (
-    MAX_AGENTS,
     Agent,
     AgentsFileError,
     AgentSpec,
