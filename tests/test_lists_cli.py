@@ -46,3 +46,15 @@ def test_status_lists_every_agent_list(tmp_path: Path) -> None:
         ("DF_ALICE_HOT", None, 0),
         ("DF_ALICE_NEW_LEADS", None, 0),
     ]
+
+
+def test_agents_whose_list_names_would_meet_are_refused(tmp_path: Path) -> None:
+    """R-AG-3, R-AG-5: with AGENT_LIST_KEYS=VERY_HOT,HOT, agent A's VERY_HOT and agent A_VERY's HOT
+    would both be DF_A_VERY_HOT; the file is refused in one line naming both, nothing applied."""
+    (tmp_path / "agents.yaml").write_text("- agent_key: a\n- agent_key: a_very\n")
+    assert run(["migrate"], tmp_path).returncode == 0
+    refused = run(["agents", "seed", "--file", "agents.yaml"], tmp_path, AGENT_LIST_KEYS="VERY_HOT,HOT")
+    assert refused.returncode == 2
+    assert "DF_A_VERY_HOT" in one_line_error(refused)
+    listed = run(["agents", "list", "--json"], tmp_path)
+    assert json.loads(listed.stdout) == []

@@ -452,3 +452,21 @@ def _json_positions(text: str) -> list[tuple[int, list[int]]]:
 def _bound(items: Sequence[_Item], source: str | Path, line: int) -> None:
     if len(items) >= MAX_AGENTS:
         raise AgentsFileError(source, f"more than {MAX_AGENTS} agents", line)
+
+
+def list_name_clash(agent_keys: Sequence[str], list_keys: Sequence[str]) -> str | None:
+    """Two (agent, list key) pairs whose Aloware list names `DF_<AGENT>_<LIST>` are the same, said
+    as a sentence, or None. With custom AGENT_LIST_KEYS, agent `A` and list `VERY_HOT` meet agent
+    `A_VERY` and list `HOT` at `DF_A_VERY_HOT`: two agents' leads would share one dialer list."""
+    owners: dict[str, tuple[str, str]] = {}
+    for agent in agent_keys:
+        for key in list_keys:
+            name = f"DF_{agent.upper()}_{key.upper()}"
+            other = owners.setdefault(name, (agent.upper(), key.upper()))
+            if other != (agent.upper(), key.upper()):
+                return (
+                    f"agent {other[0]} list {other[1]} and agent {agent.upper()} list {key.upper()} "
+                    f"would both be the Aloware list {name}: rename one agent_key or list key"
+                )
+    return None
+

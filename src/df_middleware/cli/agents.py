@@ -40,12 +40,19 @@ def _line(text: str) -> None:
 
 def read_agents(path: str | Path) -> list[AgentSpec]:
     """The file's agents, or the command ends with the file's problem as one line (exit 2)."""
+    from df_middleware.agents.agents_file import list_name_clash
     from df_middleware.agents.directory import AgentsFileError, load_agents_file
 
     try:
-        return load_agents_file(path)
+        agents = load_agents_file(path)
     except AgentsFileError as exc:
         fail(str(exc), code=2)
+    settings = load_settings()
+    keys = [agent.agent_key for agent in agents] + [settings.default_agent_key]
+    clash = list_name_clash(keys, settings.list_keys)
+    if clash is not None:
+        fail(f"agents file {path}: {clash}", code=2)
+    return agents
 
 
 def agents_from_settings(settings: Settings) -> list[AgentSpec] | None:
