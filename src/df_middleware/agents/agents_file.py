@@ -469,4 +469,3 @@ def list_name_clash(agent_keys: Sequence[str], list_keys: Sequence[str]) -> str 
                     f"would both be the Aloware list {name}: rename one agent_key or list key"
                 )
     return None
-
