@@ -351,6 +351,17 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = Field(
         None, description="When set, `/metrics` needs `Authorization: Bearer <token>`."
     )
+    alert_webhook_url: SecretStr | None = Field(
+        None,
+        description="Slack-compatible incoming-webhook URL the alert checks post to (it carries a "
+        "secret: never logged); unset, no alert checks run (docs/operations.md, Alerts).",
+    )
+    alert_queue_age_seconds: int = Field(
+        600, ge=1, description="Alert when the oldest pending event has waited longer than this."
+    )
+    alert_cooldown_seconds: int = Field(
+        900, ge=0, description="An alert that persists is repeated at most this often."
+    )
 
     @model_validator(mode="wrap")
     @classmethod

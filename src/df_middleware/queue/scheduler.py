@@ -27,6 +27,7 @@ from df_middleware.config import Settings
 from df_middleware.connectors.tokens import oauth_configured, refresh_expiring_tokens
 from df_middleware.db.session import CONNECT_TIMEOUT_SECONDS, Database, asyncpg_dsn
 from df_middleware.observability import get_logger
+from df_middleware.queue.alerts import ALERT_FIRST_DELAY_SECONDS, ALERT_INTERVAL_SECONDS, Alerter
 from df_middleware.queue.operations import prune
 
 log = get_logger(__name__)
@@ -75,6 +76,13 @@ def default_jobs(settings: Settings, db: Database) -> list[Job]:
                 refresh_oauth_tokens,
                 first_delay=OAUTH_REFRESH_FIRST_DELAY_SECONDS,
             )
+        )
+
+    # --- operator alerts (SPEC §8.4), only where ALERT_WEBHOOK_URL is set ---
+    if settings.alert_webhook_url is not None:
+        alerter = Alerter(settings, db)
+        jobs.append(
+            Job("alerts", ALERT_INTERVAL_SECONDS, alerter.check, first_delay=ALERT_FIRST_DELAY_SECONDS)
         )
     return jobs
 
