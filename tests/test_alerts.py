@@ -57,8 +57,8 @@ def pure_settings() -> Settings:
 
 
 def test_fires_once_quiet_within_cooldown_again_after_and_resolved_once(pure_settings: Settings) -> None:
-    """R-OBS §8.4 alerts: a condition alerts once, stays quiet for the cooldown while it persists,
-    alerts again after it, and sends exactly one resolved message when it clears."""
+    """§8.4 alerts (no R- id in the SPEC): a condition alerts once, stays quiet for the cooldown
+    while it persists, alerts again after it, and sends exactly one resolved message when it clears."""
     dead = AlertFacts(dead_letters_total=2, dead_letters_new=2)
     messages, state = evaluate(dead, AlertState(), T0, pure_settings)
     assert len(messages) == 1
