@@ -465,14 +465,15 @@ async def sync_contact_lists(
         fetched = await ghl.get_contact(contact_id)
         if fetched is None:
             return row("skipped", f"lists: GHL contact {contact_id} not found")
-        source = {**fetched.model_dump(by_alias=True, exclude_none=True), **source}
-        current = contact_signals(fetched.model_dump(by_alias=True, exclude_none=True))
+        in_ghl = fetched.model_dump(by_alias=True, exclude_none=True)
+        source = {**in_ghl, **source}
+        current = contact_signals(in_ghl)
         signals = signals.over(current) if signals is not None else current
-    field_value = None
+    field_key = ctx.settings.ghl_assigned_agent_field_key
     if ghl is not None:
-        field_value = await AgentField.value(ghl, ctx.settings.ghl_assigned_agent_field_key, signals)
+        field_value = await AgentField.value(ghl, field_key, signals)
     else:
-        field_value = signals.named_fields.get(name_key(ctx.settings.ghl_assigned_agent_field_key))
+        field_value = signals.named_fields.get(name_key(field_key))
     agent_key = resolve_agent(
         assigned_to=signals.assigned_to,
         field_value=field_value,
