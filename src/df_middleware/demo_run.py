@@ -1,24 +1,34 @@
 """`df-middleware demo`: the scripted day (demo.py) run end to end on this machine, in one process.
 
-It starts the GHL, Aloware and Verity simulators and the service itself on local ports, with a
-throwaway SQLite database (or DATABASE_URL when `--database-url` is given), a freshly generated
-GHL webhook signing key and test secrets; seeds the day's agents (Alice and Bob) into the agent
-directory, with ALOWARE_CREATE_LISTS on so their dialer lists are made as leads need them; plays
-the day through the real ingest, worker, handlers and connectors; and reports what every system
-holds at the end (and the lists as `lists status` sees them), and whether that is the expected end
-state. Nothing leaves 127.0.0.1.
+`demo_world` starts the GHL, Aloware and Verity simulators and the service itself on local ports,
+with a throwaway SQLite database (or DATABASE_URL when `--database-url` is given), a freshly
+generated GHL webhook signing key, test secrets and an admin secret; `DemoWorld.play_day` seeds
+the day's agents (Alice and Bob) into the agent directory, with ALOWARE_CREATE_LISTS on so their
+dialer lists are made as leads need them, plays the day through the real ingest, worker, handlers
+and connectors, and reports what every system holds at the end (and the lists as `lists status`
+sees them), and whether that is the expected end state. Nothing leaves 127.0.0.1.
+
+Then, unless the newcomer asked only for the summary (`--exit`), `DemoWorld.keep_running` leaves it
+all up to be looked around in (R-RUN-5): the service (its dashboard and admin API behind the admin
+secret) with the worker and scheduler running as `serve` runs them, and the simulators now posting
+their own signed webhooks to it, as the real systems would, so that a contact saved in the GHL
+simulator or a text sent through the Verity simulator flows through the service like the day did.
+During the day the driver delivers every webhook itself and processes the queue after each step
+(that is what makes the day's end state exact); the simulators are wired to the service only after.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import secrets
+import socket
 import tempfile
 import uuid
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import AsyncIterator, Callable
+from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,12 +55,13 @@ from df_middleware.demo import (
 from df_middleware.demo import snapshot_of_simulators as snapshot_of
 from df_middleware.http_server import server_config
 from df_middleware.queue.operations import queue_stats
+from df_middleware.queue.scheduler import Scheduler
 from df_middleware.queue.worker import Worker
 from df_middleware.simulators.aloware import AlowareSimulator
 from df_middleware.simulators.aloware import create_app as create_aloware
 from df_middleware.simulators.ghl import GhlSimulator
 from df_middleware.simulators.ghl import create_app as create_ghl
-from df_middleware.simulators.serving import serve_app, serve_config
+from df_middleware.simulators.serving import free_port, serve_app, serve_config
 from df_middleware.simulators.verity import VeritySimulator
 from df_middleware.simulators.verity import create_app as create_verity
 from df_middleware.sync.agent_field import AgentField
@@ -127,10 +138,106 @@ class DemoOutcome:
     lists: list[ListLine]
 
 
-async def run_demo(
-    database_url: str | None = None, *, on_step: Callable[[Step, int], None] | None = None
-) -> DemoOutcome:
-    """Play the day against in-process simulators and service; see the module docstring."""
+@dataclass
+class DemoWorld:
+    """The simulators and the service the demo runs, and what a visitor needs to reach them."""
+
+    sims: DaySimulators
+    settings: Settings
+    db: Database
+    connectors: Connectors
+    worker: Worker
+    deliverer: DemoDeliverer
+    service_url: str
+    ghl_url: str
+    aloware_url: str
+    verity_url: str
+    #: DF_ADMIN_SECRET of the service: the environment's, else one generated for this run.
+    admin_secret: str
+    admin_secret_generated: bool
+    #: The port asked for (8000) when it was taken and another was used instead, else None.
+    port_taken: int | None = None
+
+    @property
+    def database_url(self) -> str:
+        return self.settings.database_url
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"{self.service_url}/admin"
+
+    async def process(self) -> int:
+        """Run the worker until the queue is settled (or 50 batches): the day's `Process`."""
+        total = 0
+        for _ in range(50):
+            done = await self.worker.run_once()
+            total += done
+            if not done:
+                break
+        return total
+
+    async def play_day(self, on_step: Callable[[Step, int], None] | None = None) -> DemoOutcome:
+        """Seed the agents, play `DAY`, and compare every system's end state with the expected one."""
+        await seed_agents(self.sims, self.db, self.connectors)
+        await run_day(
+            self.deliverer,
+            self.process,
+            self.sims,
+            on_step=(lambda step, webhooks: on_step(step, len(webhooks))) if on_step else None,
+        )
+        stats = await queue_stats(self.db)
+        lists = await lists_status(self.settings, self.db)
+        snapshot = snapshot_of(self.sims)
+        events = {f"{table}:{status}": count for table, status, count in stats.depth if count}
+        return DemoOutcome(
+            snapshot, snapshot == expected_final_state(), events, self.database_url, lists.lines
+        )
+
+    def open_to_visitors(self) -> None:
+        """Point the simulators' own webhooks at the service, signed as the service expects:
+        GHL's contact events and agent SMS (Ed25519, the key the service was given), Aloware's
+        `/_sim/emit` (Bearer), Verity's texts, receipts and broadcasts (HMAC)."""
+        ghl, aloware, verity = self.sims.ghl, self.sims.aloware, self.sims.verity
+        ghl.webhook_signing_key = self.deliverer.ghl_key
+        ghl.webhook_url = f"{self.service_url}/api/webhooks/ghl"
+        ghl.provider_delivery_url = f"{self.service_url}/api/webhooks/ghl/provider-delivery"
+        aloware.webhook_url = f"{self.service_url}/api/webhooks/aloware"
+        aloware.webhook_bearer_token = self.deliverer.aloware_token
+        verity.webhook_url = f"{self.service_url}/api/webhooks/texting"
+        verity.webhook_secret = self.deliverer.texting_secret
+        verity.broadcast_webhook_url = f"{self.service_url}/api/webhooks/broadcast"
+        verity.broadcast_webhook_secret = self.deliverer.broadcast_secret or self.deliverer.texting_secret
+
+    async def keep_running(self, stop: asyncio.Event) -> None:
+        """Serve visitors until `stop` is set: the simulators post to the service, and the worker
+        and scheduler run as `serve` runs them; on `stop` they shut down gracefully (R-Q-6)."""
+        self.open_to_visitors()
+        scheduler = Scheduler(self.settings, self.db)
+        await asyncio.gather(self.worker.run(stop), scheduler.run(stop))
+
+
+def service_port(preferred: int) -> tuple[int, bool]:
+    """`preferred` when it is free on 127.0.0.1, else a port the system picks; and whether
+    `preferred` was taken. Probed with the options `serve_config` binds with (SO_REUSEADDR), so a
+    port only in TIME_WAIT counts as free and one a process listens on does not."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", preferred))
+        except OSError:
+            return free_port(), True
+    return preferred, False
+
+
+@asynccontextmanager
+async def demo_world(
+    database_url: str | None = None, *, port: int | None = None, admin_secret: str | None = None
+) -> AsyncIterator[DemoWorld]:
+    """Start the simulators and the service (see the module docstring) and stop them on exit.
+
+    `port`: the service's port, or the next free one when it is taken (None: any free port, for a
+    demo that only plays the day). `admin_secret`: DF_ADMIN_SECRET (None: a fresh random one).
+    """
     workdir = Path(tempfile.mkdtemp(prefix="df-middleware-demo-"))
     database_url = database_url or f"sqlite:///{workdir / 'demo.db'}"
     ghl_key = Ed25519PrivateKey.generate()
@@ -141,6 +248,8 @@ async def run_demo(
     )
     aloware_token, aloware_hook_token = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
     verity_key, texting_secret = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
+    generated = not admin_secret
+    admin_secret = admin_secret or secrets.token_urlsafe(24)
     sims = DaySimulators(
         ghl=GhlSimulator(seed=1),
         aloware=AlowareSimulator(),
@@ -152,6 +261,7 @@ async def run_demo(
     # A new Aloware and GHL: nothing this process learnt of another run's lists or fields holds.
     CallListRegistryStore.forget()
     AgentField.forget()
+    bind_port, port_taken = service_port(port) if port else (0, False)
     with ExitStack() as stack:
         ghl_url = stack.enter_context(serve_app(create_ghl(sims.ghl)))
         aloware_url = stack.enter_context(serve_app(create_aloware(sims.aloware, api_token=aloware_token)))
@@ -165,6 +275,8 @@ async def run_demo(
         settings = Settings(
             _env_file=None,
             database_url=database_url,
+            host="127.0.0.1",
+            port=bind_port or 8000,
             ghl_location_id=LOCATION,
             ghl_base_url=ghl_url,
             ghl_api_key="pit-sim",
@@ -177,6 +289,7 @@ async def run_demo(
             verity_base_url=verity_url,
             verity_api_key=verity_key,
             verity_webhook_secret=texting_secret,
+            df_admin_secret=admin_secret,
             data_dir=str(workdir),
             auto_migrate=False,
             log_level="warning",
@@ -185,36 +298,35 @@ async def run_demo(
         service = create_service(settings, run_worker=False)
         # The service as `serve` runs it: its own protocol and limits (http_server).
         service_url = stack.enter_context(
-            serve_config(server_config(service, settings, host="127.0.0.1", port=0))
+            serve_config(server_config(service, settings, host="127.0.0.1", port=bind_port))
         )
         sims.verity.webhook_url = f"{service_url}/api/webhooks/texting"
         db = Database(database_url)
         connectors = Connectors.from_settings(settings, db)
-        worker = Worker(settings, db, connectors=connectors)
-
-        async def process() -> int:
-            total = 0
-            for _ in range(50):
-                done = await worker.run_once()
-                total += done
-                if not done:
-                    break
-            return total
-
-        deliverer = DemoDeliverer(service_url, ghl_key, aloware_hook_token, texting_secret)
         try:
-            await seed_agents(sims, db, connectors)
-            await run_day(
-                deliverer,
-                process,
-                sims,
-                on_step=(lambda step, webhooks: on_step(step, len(webhooks))) if on_step else None,
+            yield DemoWorld(
+                sims=sims,
+                settings=settings,
+                db=db,
+                connectors=connectors,
+                worker=Worker(settings, db, connectors=connectors),
+                deliverer=DemoDeliverer(service_url, ghl_key, aloware_hook_token, texting_secret),
+                service_url=service_url,
+                ghl_url=ghl_url,
+                aloware_url=aloware_url,
+                verity_url=verity_url,
+                admin_secret=admin_secret,
+                admin_secret_generated=generated,
+                port_taken=port if port_taken else None,
             )
-            stats = await queue_stats(db)
-            lists = await lists_status(settings, db)
         finally:
             await connectors.aclose()
             await db.dispose()
-    snapshot = snapshot_of(sims)
-    events = {f"{table}:{status}": count for table, status, count in stats.depth if count}
-    return DemoOutcome(snapshot, snapshot == expected_final_state(), events, database_url, lists.lines)
+
+
+async def run_demo(
+    database_url: str | None = None, *, on_step: Callable[[Step, int], None] | None = None
+) -> DemoOutcome:
+    """Play the day against in-process simulators and service, then stop them (`demo --exit`)."""
+    async with demo_world(database_url) as world:
+        return await world.play_day(on_step)
