@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from df_middleware import __version__
+from df_middleware.admin.dashboard import dashboard_router
 from df_middleware.admin.docs import install_api_docs
 from df_middleware.admin.oauth import oauth_router
 from df_middleware.config import Settings, get_settings
@@ -101,6 +102,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
     # stops the service at start rather than at its first install or refresh.
     app.state.token_cipher = load_token_cipher(settings)
     app.include_router(oauth_router())
+    app.include_router(dashboard_router())  # /admin, the operator's dashboard (SPEC §8.2)
     install_api_docs(app)  # /docs offline, and the document's security schemes (SPEC §8.1)
     _add_operational_routes(app)
     _add_error_handlers(app)
