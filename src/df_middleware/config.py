@@ -339,6 +339,12 @@ class Settings(BaseSettings):
     )
     prune_batch_size: int = Field(1000, ge=1, description="Rows deleted per prune statement.")
     echo_ttl_seconds: int = Field(900, ge=1, description="Lifetime of echo fingerprints of our own writes.")
+    reconcile_interval: str = Field(
+        "6h",
+        description="How often the scheduler runs each reconcile job (contacts, lists, optouts), the "
+        "first run one interval after start: a number with `s`, `m`, `h` or `d` (`6h`, `90m`), or "
+        "seconds. `0` turns the scheduled runs off (`df-middleware reconcile` still works).",
+    )
 
     # --- observability ---------------------------------------------------------------------------
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
@@ -416,6 +422,12 @@ class Settings(BaseSettings):
                     raise ValueError(f"{item.strip()!r} is not status=sequence_id")
         return value
 
+    @field_validator("reconcile_interval")
+    @classmethod
+    def _reconcile_interval(cls, value: str) -> str:
+        interval_seconds(value)
+        return value.strip()
+
     @field_validator("agent_list_keys")
     @classmethod
     def _list_keys(cls, value: str) -> str:
@@ -484,8 +496,24 @@ class Settings(BaseSettings):
         return {s.strip().lower(): q.strip() for s, q in pairs if s.strip() and q.strip()}
 
     @property
+    def reconcile_interval_seconds(self) -> float:
+        """RECONCILE_INTERVAL in seconds (0: scheduled reconcile runs are off)."""
+        return interval_seconds(self.reconcile_interval)
+
+    @property
     def broadcast_secret(self) -> SecretStr | None:
         return self.broadcast_webhook_secret or self.verity_webhook_secret
+
+
+_INTERVAL_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def interval_seconds(value: str) -> float:
+    """A duration as the spec writes it (`6h`, `90m`, `30s`, `1d`, or plain seconds) in seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", value.lower())
+    if match is None:
+        raise ValueError(f"{value!r} is not a duration: a number with s, m, h or d (e.g. 6h, 90m)")
+    return float(match.group(1)) * _INTERVAL_UNITS[match.group(2)]
 
 
 @functools.cache

@@ -9,8 +9,8 @@ when AUTO_MIGRATE is true, as `serve` does, and otherwise say to run `df-middlew
 
 One module per flow: `processes` (serve, worker, migrate, and the stop request they honour),
 `retention` (prune), `connections` (check), `demo`, and the sub-commands `events`, `config`
-(`configuration`, which also reads the settings for every command), `oauth`, `optout`, `agents`
-and `simulate`.
+(`configuration`, which also reads the settings for every command), `oauth`, `optout`, `agents`,
+`reconcile` and `simulate`.
 `database` opens the database for a command; `output` is what a command prints. Each module
 imports only Typer, rich and the settings at import time, and the rest inside its commands, so that
 `df-middleware --help` stays fast and touches nothing.
@@ -27,6 +27,7 @@ from df_middleware.cli.events import events_app
 from df_middleware.cli.lists import lists_app
 from df_middleware.cli.oauth import oauth_app
 from df_middleware.cli.optout import optout_app
+from df_middleware.cli.reconcile import reconcile_app
 from df_middleware.cli.simulate import simulate_app
 
 app = typer.Typer(
@@ -40,6 +41,7 @@ app.add_typer(oauth_app, name="oauth")
 app.add_typer(optout_app, name="optout")
 app.add_typer(lists_app, name="lists")
 app.add_typer(agents_app, name="agents")
+app.add_typer(reconcile_app, name="reconcile")
 app.add_typer(simulate_app, name="simulate")
 # The top-level commands, in the order `--help` lists them (before the groups above).
 app.command()(processes.serve)

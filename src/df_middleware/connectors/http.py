@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import unquote
@@ -53,6 +55,10 @@ from df_middleware.observability import (
 )
 
 log = get_logger(__name__)
+
+#: Calls made by the current task (and the tasks it starts), by system, while a tally is set:
+#: a batch job (a reconcile run) counts its own calls even when a worker shares the process.
+CALL_TALLY: ContextVar[Counter[str] | None] = ContextVar("df_call_tally", default=None)
 
 #: Longest a single in-call retry sleeps; a longer Retry-After goes back to the worker instead.
 MAX_IN_CALL_WAIT_SECONDS = 5.0
@@ -387,6 +393,9 @@ class ServiceClient:
 
     def _count(self, label: tuple[str, str], outcome: str, started: float) -> None:
         EXTERNAL_CALLS.labels(*label, outcome).inc()
+        tally = CALL_TALLY.get()
+        if tally is not None:
+            tally[self.system] += 1
         EXTERNAL_LATENCY.labels(*label).observe(time.perf_counter() - started)
         if outcome != "2xx":
             EXTERNAL_ERRORS.labels(*label).inc()

@@ -1,5 +1,5 @@
-"""Periodic jobs of the serve/worker process (R-RUN-2): the daily prune (R-DM-7) and the GHL OAuth
-token refresh-ahead (R-OA-3).
+"""Periodic jobs of the serve/worker process (R-RUN-2): the daily prune (R-DM-7), the GHL OAuth
+token refresh-ahead (R-OA-3), the alert checks (§8.4) and the reconcile jobs (R-REC-1, R-REC-3).
 
 Any number of processes may run a scheduler; only the leader runs jobs (R-RUN-4). On
 PostgreSQL the leader is the process holding a session advisory lock on a dedicated
@@ -24,11 +24,13 @@ from typing import Any
 import asyncpg
 
 from df_middleware.config import Settings
+from df_middleware.connectors.suite import Connectors
 from df_middleware.connectors.tokens import oauth_configured, refresh_expiring_tokens
 from df_middleware.db.session import CONNECT_TIMEOUT_SECONDS, Database, asyncpg_dsn
 from df_middleware.observability import get_logger
 from df_middleware.queue.alerts import ALERT_FIRST_DELAY_SECONDS, ALERT_INTERVAL_SECONDS, Alerter
 from df_middleware.queue.operations import prune
+from df_middleware.sync.reconcile import RECONCILE_JOBS, ReconcileBusy, run_reconcile
 
 log = get_logger(__name__)
 
@@ -84,7 +86,41 @@ def default_jobs(settings: Settings, db: Database) -> list[Job]:
         jobs.append(
             Job("alerts", ALERT_INTERVAL_SECONDS, alerter.check, first_delay=ALERT_FIRST_DELAY_SECONDS)
         )
+    jobs.extend(reconcile_jobs(settings, db))
     return jobs
+
+
+def reconcile_jobs(settings: Settings, db: Database) -> list[Job]:
+    """The reconcile jobs (SPEC §7) every RECONCILE_INTERVAL, the first one interval after start,
+    where the systems they need are configured: contacts and lists need GHL and Aloware, optouts
+    GHL. Each run opens its own connectors and closes them; a run already live elsewhere (the CLI,
+    the admin API) is left to finish."""
+    interval = settings.reconcile_interval_seconds
+    credentials = settings.ghl_api_key is not None or oauth_configured(settings)
+    ghl = settings.ghl_location_id is not None and credentials
+    aloware = settings.aloware_api_token is not None
+    if interval <= 0 or not ghl:
+        return []
+
+    def runner(job: str) -> Callable[[], Coroutine[Any, Any, object]]:
+        async def run() -> object:
+            connectors = Connectors.from_settings(settings, db)
+            try:
+                row = await run_reconcile(settings, db, connectors, job)
+            except ReconcileBusy as exc:
+                return str(exc)
+            finally:
+                await connectors.aclose()
+            return {"status": row["status"], "totals": row["totals"]}
+
+        return run
+
+    needs_aloware = {"contacts", "lists"}
+    return [
+        Job(f"reconcile-{job}", interval, runner(job), first_delay=interval)
+        for job in RECONCILE_JOBS
+        if aloware or job not in needs_aloware
+    ]
 
 
 class Leadership:
