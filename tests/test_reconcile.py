@@ -3,15 +3,29 @@ the CLI (R-REC-4, §8.3) and the scheduler. Both engines; the simulators over re
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
-from df_middleware.db.models import ContactMapping, ReconcileRun, SyncLog, SyncState
+from df_middleware.consent.decisions import OPTED_OUT, ConsentChange
+from df_middleware.consent.store import ConsentStore
+from df_middleware.db.models import AgentDirectory, ContactMapping, ReconcileRun, SyncLog, SyncState
 from df_middleware.db.session import Database
+from df_middleware.db.types import utcnow
+from df_middleware.queue.scheduler import default_jobs
+from df_middleware.simulators.serving import free_port
+from df_middleware.sync.agent_field import AgentField
+from df_middleware.sync.list_registry import CallListRegistryStore
 from df_middleware.sync.reconcile import (
     RECONCILE_JOBS,
     latest_runs,
@@ -19,7 +33,9 @@ from df_middleware.sync.reconcile import (
     repair_contact,
     run_reconcile,
 )
+from df_middleware.sync.reconcile_runs import INTERRUPTED, ReconcileBusy, start_run
 from tests.sync_world import LOCATION, SyncWorld
+from tests.worker_processes import worker_env
 
 CLI = [sys.executable, "-m", "df_middleware.cli", "reconcile"]
 
@@ -245,3 +261,250 @@ async def test_repair_contact_resyncs_even_when_in_step(sync_world: SyncWorld) -
     assert fixed["first_name"] == contacts[0]["firstName"]
     with pytest.raises(LookupError):
         await repair_contact(world.settings, world.db, world.connectors, ghl_contact_id="nope")
+
+
+# --- the run rows: interrupted runs, a live run elsewhere -------------------------------------------
+
+
+async def test_a_run_left_running_is_marked_interrupted_and_a_live_one_is_busy(sync_world: SyncWorld) -> None:
+    """R-REC-2: a row left `running` by a process that is gone (its lease expired) becomes
+    `error: interrupted` when the job starts again; a live run of the job (this process, beating)
+    makes a second start refuse (ReconcileBusy) instead of paging the same contacts twice."""
+    world = sync_world
+    stale_at = utcnow() - timedelta(minutes=30)
+    async with world.db.session() as session:
+        session.add(
+            ReconcileRun(
+                job_name="optouts",
+                started_at=stale_at,
+                status="running",
+                totals={"scanned": 3, "owner": "another-host:1", "heartbeat_at": stale_at.isoformat()},
+            )
+        )
+    row = await run(world, "optouts")
+    assert row["status"] == "success"
+    runs = await list_reconcile_runs(world.db, job="optouts")
+    assert [r["status"] for r in runs] == ["success", "error"]
+    assert runs[1]["error_message"] == INTERRUPTED
+    assert runs[1]["totals"]["scanned"] == 3
+    assert "owner" not in runs[1]["totals"]
+
+    live = await start_run(world.db, "contacts")  # this process, heartbeat now
+    with pytest.raises(ReconcileBusy):
+        await run(world, "contacts")
+    async with world.db.session() as session:
+        states = list(await session.scalars(select(ReconcileRun.status).where(ReconcileRun.id == live)))
+    assert states == ["running"]
+
+
+async def test_a_failing_run_is_error_and_the_cli_exits_1(sync_world: SyncWorld, tmp_path: Path) -> None:
+    """R-REC-2, SPEC §8.3: GHL unreachable → the run ends `error` with the reason (never left
+    `running`), `reconcile contacts --json` prints that row and exits 1."""
+    world = sync_world
+    env = worker_env(world.settings, GHL_BASE_URL=f"http://127.0.0.1:{free_port()}")
+    done = subprocess.run(
+        [*CLI, "contacts", "--json"], cwd=tmp_path, env=env, capture_output=True, timeout=120, check=False
+    )
+    assert done.returncode == 1, done.stderr.decode()
+    row = json.loads(done.stdout)
+    assert row["status"] == "error"
+    assert row["finished_at"] is not None
+    assert "ghl" in (row["error_message"] or "").lower()
+    runs = await list_reconcile_runs(world.db)
+    assert [(r["id"], r["status"]) for r in runs] == [(row["id"], "error")]
+
+
+# --- a crash mid-run, with the real command -----------------------------------------------------
+
+
+async def _wait_for_cursor(db: Database, proc: subprocess.Popen[bytes], log: Path) -> tuple[Any, str | None]:
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        cursor = await cursor_of(db)
+        if cursor is not None and cursor[1] is not None:
+            return cursor
+        assert proc.poll() is None, log.read_text()
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no cursor committed in time:\n{log.read_text()}")
+
+
+async def test_kill_9_after_the_first_page_resumes_from_that_page(
+    sync_world: SyncWorld, tmp_path: Path
+) -> None:
+    """R-REC-1 (a crash resumes from the last page), R-REC-2, R-REC-4: `reconcile contacts` as a
+    real process is killed with SIGKILL once page 1's cursor is committed (GHL answers each
+    search after 1.5 s, so page 2's is still in flight); the next run marks the killed run
+    `interrupted`, starts right after page 1's last contact, and every contact ends mapped to
+    its Aloware contact. Without a terminal, progress is logged as lines."""
+    world = sync_world
+    contacts = seed_ghl(world, 210)
+    ordered = sorted(contacts, key=lambda c: (c["dateUpdated"], c["id"]))
+    world.ghl.faults(latency_ms=1500)
+    log = tmp_path / "killed.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*CLI, "contacts"],
+            cwd=tmp_path,
+            env=worker_env(world.settings),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        cursor = await _wait_for_cursor(world.db, proc, log)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert cursor[1] == ordered[99]["id"]
+    world.ghl.faults()
+    killed = await list_reconcile_runs(world.db)
+    assert [r["status"] for r in killed] == ["running"]
+
+    before = len(searches(world))
+    done = subprocess.run(
+        [*CLI, "contacts", "--json"],
+        cwd=tmp_path,
+        env=worker_env(world.settings),
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    row = json.loads(done.stdout)
+    assert row["status"] == "success"
+    assert row["totals"]["scanned"] == 110
+    assert row["totals"]["created"] == 110
+    assert b"reconcile.progress" in done.stderr  # R-REC-4: log lines without a terminal
+    assert searches(world)[before]["searchAfter"] == [
+        int(cursor[0].timestamp() * 1000),
+        ordered[99]["id"],
+    ]
+    runs = await list_reconcile_runs(world.db)
+    assert [(r["id"], r["status"]) for r in runs] == [(row["id"], "success"), (killed[0]["id"], "error")]
+    assert runs[1]["error_message"] == INTERRUPTED
+    rows = await mapped(world.db)
+    assert set(rows) == {c["id"] for c in contacts}
+    for contact in contacts:
+        remote = world.aloware.sim.contact_by_phone(contact["phone"])
+        assert remote is not None
+        assert rows[contact["id"]].aloware_contact_id == str(remote["id"])
+        assert remote["first_name"] == contact["firstName"]
+
+
+# --- lists and optouts ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def _fresh_list_caches() -> None:
+    AgentField.forget()
+    CallListRegistryStore.forget()
+
+
+def _on_lists(world: SyncWorld, phone: str) -> set[str]:
+    sim = world.aloware.sim
+    contact = sim.contact_by_phone(phone)
+    if contact is None:
+        return set()
+    return {sim.lists[i]["name"] for i in sim.lists_of(contact["id"])}
+
+
+def _list_calls(world: SyncWorld) -> int:
+    return len(world.aloware.requests("POST", "/api/v1/webhook/powerdialer"))
+
+
+@pytest.mark.usefixtures("_fresh_list_caches")
+async def test_lists_job_converges_and_then_calls_nothing(sync_world: SyncWorld) -> None:
+    """R-REC-3, R-AG-3: a tag added in GHL whose webhook was lost leaves the contact off its HOT
+    list until `reconcile lists` recomputes its lists and applies the difference; a second run
+    changes nothing and makes no Aloware list call."""
+    world = sync_world
+    async with world.db.session() as session:
+        session.add(AgentDirectory(agent_key="ALICE", display_name="Alice", ghl_owner_id="user-alice"))
+    for key in ("CALL_NOW", "NEW_LEADS", "FOLLOW_UP", "HOT"):
+        world.aloware.sim.add_list(f"DF_ALICE_{key}")
+    contact = world.ghl.sim.create_contact(
+        LOCATION, {"firstName": "Lena", "phone": "+19195550142", "assignedTo": "user-alice"}
+    ).contact
+    assert (await run(world))["totals"]["created"] == 1  # the contact sync put her on NEW_LEADS
+    assert _on_lists(world, "+19195550142") == {"DF_ALICE_NEW_LEADS"}
+
+    world.ghl.sim.add_tags(LOCATION, contact["id"], ["hot"])
+    row = await run(world, "lists")
+    assert row["status"] == "success", row
+    assert row["totals"]["scanned"] == 1
+    assert row["totals"]["repaired"] == 1
+    assert _on_lists(world, "+19195550142") == {"DF_ALICE_NEW_LEADS", "DF_ALICE_HOT"}
+
+    calls = _list_calls(world)
+    again = await run(world, "lists")
+    assert again["status"] == "success"
+    assert again["totals"]["repaired"] == 0
+    assert _list_calls(world) == calls
+
+
+async def test_optouts_job_sets_dnd_turned_off_remotely(sync_world: SyncWorld) -> None:
+    """R-REC-3, R-OPT-3: an opted-out number whose GHL contact had SMS DND switched off gets it
+    back (`active`); a second run writes nothing (GHL already shows it); a number GHL has no
+    contact for is skipped."""
+    world = sync_world
+    phone = "+19195550177"
+    contact = world.ghl.sim.create_contact(
+        LOCATION, {"firstName": "Sam", "phone": phone, "dndSettings": {"SMS": {"status": "inactive"}}}
+    ).contact
+    store = ConsentStore(world.db)
+    for number in (phone, "+19195550178"):
+        await store.apply(
+            ConsentChange(
+                channel="sms",
+                phone=number,
+                status=OPTED_OUT,
+                source="texting",
+                event_at=utcnow(),
+                reason="STOP",
+            )
+        )
+
+    row = await run(world, "optouts")
+    assert row["status"] == "success", row
+    assert row["totals"]["scanned"] == 2
+    assert row["totals"]["repaired"] == 1
+    assert row["totals"]["skipped"] == 1
+    shown = world.ghl.sim.get_contact(LOCATION, contact["id"])
+    assert shown["dndSettings"]["SMS"]["status"] == "active"
+
+    puts = len(world.ghl.requests("PUT", "/contacts/"))
+    again = await run(world, "optouts")
+    assert again["totals"]["repaired"] == 0
+    assert len(world.ghl.requests("PUT", "/contacts/")) == puts
+    assert again["totals"]["api_calls"] == 2  # one search per number
+
+
+# --- the scheduler ------------------------------------------------------------------------------
+
+
+async def test_scheduler_runs_the_jobs_every_interval_where_configured(
+    sync_world: SyncWorld, make_settings: Any
+) -> None:
+    """R-REC-1, R-REC-3, SPEC §14: the three jobs every RECONCILE_INTERVAL (first run one
+    interval after start) when GHL and Aloware are configured; only optouts without Aloware;
+    none with RECONCILE_INTERVAL=0. A scheduled run is a real run."""
+    world = sync_world
+    jobs = {job.name: job for job in default_jobs(world.settings, world.db)}
+    for name in ("reconcile-contacts", "reconcile-lists", "reconcile-optouts"):
+        assert jobs[name].interval == 6 * 3600
+        assert jobs[name].first_delay == 6 * 3600
+    ghl_only = make_settings(ghl_api_key="pit", reconcile_interval="90m")
+    names = {job.name: job for job in default_jobs(ghl_only, world.db)}
+    assert [n for n in names if n.startswith("reconcile")] == ["reconcile-optouts"]
+    assert names["reconcile-optouts"].interval == 5400
+    off = make_settings(ghl_api_key="pit", aloware_api_token="t", reconcile_interval="0")
+    assert not [job for job in default_jobs(off, world.db) if job.name.startswith("reconcile")]
+    assert not [job for job in default_jobs(make_settings(), world.db) if job.name.startswith("reconcile")]
+
+    seed_ghl(world, 2)
+    outcome = await jobs["reconcile-contacts"].run()
+    assert isinstance(outcome, dict)
+    assert outcome["status"] == "success"
+    assert (await latest_runs(world.db))["contacts"]["totals"]["created"] == 2
