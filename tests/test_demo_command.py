@@ -248,3 +248,19 @@ def test_demo_takes_a_free_port_when_8000_is_taken(
         assert code == 0, command.output
         assert "Traceback" not in command.output, command.output
         assert port_is_closed(port_of(dashboard))
+
+
+def test_ctrl_c_while_the_day_plays_stops_cleanly(
+    tmp_path: Path, demo_runner: Callable[..., RunningCommand]
+) -> None:
+    """R-RUN-5: Ctrl-C is honoured from the start, not only once the demo stays up: during the day
+    it stops the day where it is and everything with it, exit 0, no traceback, nothing left up."""
+    command = demo_runner([], tmp_path, clean_env(COLUMNS="160"))
+    command.wait_for("•")  # the first step has been played
+    command.signal(signal.SIGINT)
+    code = command.finish()
+    output = command.output
+    assert code == 0, output
+    assert "Traceback" not in output, output
+    assert "Stopped before the end of the day" in output
+    assert "Dashboard:" not in output
