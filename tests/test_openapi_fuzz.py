@@ -146,6 +146,10 @@ class Fuzzer:
     def __init__(self, settings: Settings) -> None:
         self.app = create_app(settings, run_worker=False)
         self.loop = asyncio.new_event_loop()
+        # The app's lifespan runs, as under uvicorn: the admin API's operator jobs need the
+        # connectors it opens.
+        self.lifespan = self.app.router.lifespan_context(self.app)
+        self.run(self.lifespan.__aenter__())
         self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://fuzz")
         document = self.run(self.client.get("/openapi.json"))
         assert document.status_code == 200
@@ -217,6 +221,7 @@ class Fuzzer:
 
     def close(self) -> None:
         self.run(self.client.aclose())
+        self.run(self.lifespan.__aexit__(None, None, None))
         self.run(self.app.state.db.dispose())
         self.loop.close()
 

@@ -20,6 +20,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from df_middleware import __version__
+from df_middleware.admin.api import admin_api_router
+from df_middleware.admin.api.jobs import AdminJobs
 from df_middleware.admin.dashboard import dashboard_router
 from df_middleware.admin.docs import install_api_docs
 from df_middleware.admin.oauth import oauth_router
@@ -47,9 +49,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     background: list[asyncio.Task[None]] = []
     stop = asyncio.Event()
     worker: Worker | None = None
-    connectors: Connectors | None = None
+    # One set of clients per process: the worker's handlers and the admin API's operator jobs
+    # (a reconcile, a repair, the connections check) share its rate budget.
+    connectors = Connectors.from_settings(settings, db)
+    app.state.connectors = connectors
     if app.state.run_worker:
-        connectors = Connectors.from_settings(settings, db)
         worker = Worker(settings, db, connectors=connectors)
         scheduler = Scheduler(settings, db)
         background = [
@@ -61,12 +65,13 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         stop.set()
+        await app.state.admin_jobs.stop()
         if worker is not None:
             await worker.stop()
         if background:
             await asyncio.gather(*background, return_exceptions=True)
-        if connectors is not None:
-            await connectors.aclose()
+        app.state.connectors = None
+        await connectors.aclose()
         await db.dispose()
         log.info("service.stopped")
 
@@ -102,6 +107,10 @@ def create_app(settings: Settings | None = None, *, run_worker: bool | None = No
     # stops the service at start rather than at its first install or refresh.
     app.state.token_cipher = load_token_cipher(settings)
     app.include_router(oauth_router())
+    # --- the operator's surface (SPEC §8.1) ---
+    app.state.admin_jobs = AdminJobs()
+    app.state.connectors = None  # opened by the lifespan
+    app.include_router(admin_api_router())
     app.include_router(dashboard_router())  # /admin, the operator's dashboard (SPEC §8.2)
     install_api_docs(app)  # /docs offline, and the document's security schemes (SPEC §8.1)
     _add_operational_routes(app)

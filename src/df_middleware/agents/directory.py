@@ -256,11 +256,18 @@ def _aloware_fetch(
 
 
 async def apply_agents(
-    db: Database, specs: Sequence[AgentSpec], *, ghl: GhlClient | None, aloware: AlowareClient | None
+    db: Database,
+    specs: Sequence[AgentSpec],
+    *,
+    ghl: GhlClient | None,
+    aloware: AlowareClient | None,
+    whole_directory: bool = True,
 ) -> ApplyReport:
     """Make `agent_directory` what `specs` say, in one transaction: upsert by agent_key, agents
     not in `specs` inactive (never deleted), missing ids filled by email. GHL and Aloware are asked
-    only when some agent needs an id from them; their failure is reported, not raised."""
+    only when some agent needs an id from them; their failure is reported, not raised.
+    `whole_directory=False` upserts `specs` and leaves every other agent as it is (the admin
+    API's create and update of one agent)."""
     seen: set[str] = set()
     for spec in specs:
         if spec.agent_key in seen:
@@ -276,7 +283,7 @@ async def apply_agents(
     attempts = 3
     for attempt in range(1, attempts + 1):
         try:
-            report = await _write(db, specs, ghl_users, aloware_users)
+            report = await _write(db, specs, ghl_users, aloware_users, whole_directory=whole_directory)
         except IntegrityError:
             # Another process (serve and worker starting together) inserted the same agent
             # first; the next attempt finds its row and updates it.
@@ -293,6 +300,8 @@ async def _write(
     specs: Sequence[AgentSpec],
     ghl_users: UsersByEmail | None,
     aloware_users: UsersByEmail | None,
+    *,
+    whole_directory: bool,
 ) -> ApplyReport:
     report = ApplyReport()
     async with db.session() as session:
@@ -314,7 +323,7 @@ async def _write(
                 setattr(row, column, value)
             (report.updated if changed else report.unchanged).append(spec.agent_key)
         in_file = {spec.agent_key for spec in specs}
-        for key in sorted(rows):
+        for key in sorted(rows) if whole_directory else ():
             row = rows[key]
             if key not in in_file and row.is_active:
                 row.is_active = False
@@ -329,6 +338,27 @@ async def apply_agents_file(db: Database, settings: Settings, specs: Sequence[Ag
     connectors = Connectors.from_settings(settings, db)
     try:
         return await apply_agents(db, specs, ghl=connectors.ghl, aloware=connectors.aloware)
+    finally:
+        await connectors.aclose()
+
+
+async def upsert_agent(db: Database, settings: Settings, spec: AgentSpec) -> ApplyReport:
+    """Create or update one agent (the admin API), its missing ids filled by email as the file's
+    are; the rest of the directory is untouched. ValueError when its Aloware list names would
+    meet another agent's (`list_name_clash`). With AGENTS_FILE set the file stays the directory:
+    the next start applies it again (an agent made here and absent there becomes inactive)."""
+    from df_middleware.agents.agents_file import list_name_clash
+    from df_middleware.connectors.suite import Connectors
+
+    keys = {agent.agent_key for agent in await all_agents(db)} | {spec.agent_key, settings.default_agent_key}
+    clash = list_name_clash(sorted(keys), settings.list_keys)
+    if clash is not None:
+        raise ValueError(clash)
+    connectors = Connectors.from_settings(settings, db)
+    try:
+        return await apply_agents(
+            db, [spec], ghl=connectors.ghl, aloware=connectors.aloware, whole_directory=False
+        )
     finally:
         await connectors.aclose()
 

@@ -392,7 +392,8 @@ def _refusal(action: str, event_id: uuid.UUID, row: Any) -> str:
     if status == "processing":
         return (
             f"event {event_id} is being processed by {row['locked_by']} (lease until "
-            f"{_iso(row['locked_until'])}); wait for it to finish, or quarantine it"
+            f"{_iso(row['locked_until'])}); wait for it to finish"
+            + ("" if action == "quarantine" else ", or quarantine it")
         )
     return f"cannot {action} event {event_id}: its status is {status}"
 
@@ -545,9 +546,12 @@ async def mark_done_in(session: AsyncSession, event_id: uuid.UUID | str, actor: 
 
 
 async def quarantine_event(
-    db: Database, event_id: uuid.UUID | str, reason: str, actor: str
+    db: Database, event_id: uuid.UUID | str, reason: str, actor: str, *, while_processing: bool = True
 ) -> dict[str, Any]:
     """Set an event aside (R-Q-5): `quarantined`, never claimed, with one quarantine_events row.
+
+    `while_processing=False` (the admin API, SPEC §8.1) refuses an event a worker holds with
+    EventStateError, in the same guarded update, instead of discarding the worker's outcome.
 
     Quarantining a quarantined event changes nothing (the first reason and actor are kept).
     """
@@ -559,7 +563,11 @@ async def quarantine_event(
                 session,
                 key,
                 action="quarantine",
-                allowed_from=[s for s in EVENT_STATUSES if s != "quarantined"],
+                allowed_from=[
+                    s
+                    for s in EVENT_STATUSES
+                    if s != "quarantined" and (while_processing or s != "processing")
+                ],
                 values={"status": "quarantined", "locked_until": None, "locked_by": None},
             )
         if await _quarantine_row(session, event_table, key) is None:

@@ -1,0 +1,85 @@
+"""What every admin API route shares: the operator's identity, times and phones parsed from the
+query, the service errors turned into the right status, and the connectors of this process.
+
+Errors: a filter or body the service refuses (ValueError) is 422, an unknown event 404, an action
+the event's state does not allow 409, a number that is not a phone 422. Nothing is half-applied:
+the service functions check before they write (see `queue/operations.py`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import HTTPException, Query, Request
+
+from df_middleware.config import Settings
+from df_middleware.connectors.suite import Connectors
+from df_middleware.consent.manual import e164_or_refuse
+from df_middleware.db.session import Database
+from df_middleware.errors import InvalidPhoneNumber
+from df_middleware.queue.operations import EventNotFound, EventStateError
+
+#: Who the audit trail names for an action taken through the API.
+API_ACTOR = "admin-api"
+#: Bounds of what the query may carry (ids, types, cursors are short; R-SEC-3).
+MAX_ID_CHARS = 200
+MAX_CURSOR_CHARS = 400
+
+IdQuery = Annotated[str | None, Query(max_length=MAX_ID_CHARS)]
+CursorQuery = Annotated[
+    str | None, Query(max_length=MAX_CURSOR_CHARS, description="`next_cursor` of the previous page")
+]
+LimitQuery = Annotated[int, Query(ge=1, le=200, description="Page size (at most 200)")]
+TimeQuery = Annotated[datetime | None, Query(description="ISO-8601 with a time zone")]
+RevealQuery = Annotated[bool, Query(description="Show phones, emails and message bodies unmasked")]
+
+
+def settings_of(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def db_of(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
+
+
+def connectors_of(request: Request) -> Connectors:
+    """The connectors this process opened at start (shared with its worker: one rate budget)."""
+    connectors: Connectors | None = getattr(request.app.state, "connectors", None)
+    if connectors is None:
+        raise HTTPException(503, "the service is starting or stopping; retry")
+    return connectors
+
+
+def aware(value: datetime | None, name: str) -> datetime | None:
+    """A time from the query, refused without a time zone (a naive time means nothing here)."""
+    if value is not None and value.tzinfo is None:
+        raise HTTPException(422, f"{name}: give a time zone, e.g. 2026-11-25T10:00:00Z")
+    return value
+
+
+def phone_or_422(settings: Settings, raw: str) -> str:
+    """The number in E.164, in whatever format it was given (R-ID-1), or 422."""
+    if len(raw) > 64:
+        raise HTTPException(422, "not a phone number: too long")
+    try:
+        return e164_or_refuse(raw, settings.default_phone_region)
+    except InvalidPhoneNumber as exc:
+        raise HTTPException(422, str(exc)) from None
+
+
+@contextlib.contextmanager
+def service_errors() -> Iterator[None]:
+    """The service's refusals as HTTP answers (see the module docstring)."""
+    try:
+        yield
+    except EventNotFound as exc:
+        raise HTTPException(404, str(exc) or "no such event") from None
+    except EventStateError as exc:
+        raise HTTPException(409, str(exc)) from None
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
