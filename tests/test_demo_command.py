@@ -169,7 +169,8 @@ def test_demo_stays_up_for_a_visitor_until_ctrl_c(
 ) -> None:
     """R-RUN-5: after the summary, `df-middleware demo` keeps the service and the simulators up and
     prints the dashboard URL and the admin secret it generated: the service answers there (health,
-    dashboard login, the admin-only route taking that secret and refusing others), the simulators
+    the dashboard's login and its events page, the admin-only route taking that secret and refusing
+    others), the simulators
     post their own signed webhooks to it (a text sent through the Verity simulator becomes a GHL
     contact), and Ctrl-C stops everything: exit 0, no traceback, the port closed."""
     command = demo_runner([], tmp_path, clean_env(COLUMNS="160"))
@@ -181,8 +182,16 @@ def test_demo_stays_up_for_a_visitor_until_ctrl_c(
     assert "End state matches the expected one" in command.output  # the day came first
 
     assert httpx.get(f"{service}/healthz", timeout=10).json() == {"status": "ok"}
-    login = httpx.get(f"{service}/admin/login", timeout=10)
-    assert login.status_code < 500, login.text  # the dashboard is the service's own (SPEC §8.2)
+    # The dashboard (SPEC §8.2) takes the printed secret, and shows the day's events.
+    assert httpx.get(f"{service}/admin/login", timeout=10).status_code == 200
+    refused = httpx.post(f"{service}/admin/login", data={"secret": "nope"}, timeout=10)
+    assert refused.status_code == 401
+    with httpx.Client(base_url=service, timeout=10) as browser:
+        login = browser.post("/admin/login", data={"secret": secret})
+        assert login.status_code == 303, login.text
+        events = browser.get("/admin/events")
+        assert events.status_code == 200
+        assert "ContactCreate" in events.text
     # The service runs with the printed secret as DF_ADMIN_SECRET (SPEC §8.1): the admin-only
     # OAuth start lets it past authentication (OAuth itself is not configured in the demo).
     start = "/leadconnector/oauth/start"
