@@ -21,12 +21,16 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from df_middleware.db.models import ReconcileRun, WebhookEvent
+from df_middleware.db.session import Database
+from df_middleware.db.types import utcnow
 from df_middleware.demo_run import LOCATION, DemoDeliverer
 from df_middleware.simulators.ghl import GhlSimulator
 from df_middleware.simulators.ghl import create_app as create_ghl
@@ -67,17 +71,21 @@ class Service:
     """`df-middleware serve` with its worker, the GHL and Verity simulators, and the deliverer."""
 
     def __init__(
-        self, url: str, ghl: GhlSimulator, verity: VeritySimulator, deliverer: DemoDeliverer
+        self,
+        url: str,
+        database_url: str,
+        ghl: GhlSimulator,
+        verity: VeritySimulator,
+        deliverer: DemoDeliverer,
     ) -> None:
         self.url = url
+        self.database_url = database_url
         self.ghl = ghl
         self.verity = verity
         self.deliverer = deliverer
 
     def deliver(self, send: Callable[[DemoDeliverer], Any]) -> dict[str, Any]:
-        # In a thread of its own: Playwright's sync API keeps an event loop in this one.
-        with ThreadPoolExecutor(1) as thread:
-            answer: httpx.Response = thread.submit(lambda: asyncio.run(send(self.deliverer))).result()
+        answer: httpx.Response = in_thread(lambda: asyncio.run(send(self.deliverer)))
         return dict(answer.json())
 
 
@@ -100,8 +108,9 @@ def service(tmp_path: Path, keys: Keys) -> Iterator[Service]:
                 )
             )
         )
+        database_url = f"sqlite:///{tmp_path / 'browser.db'}"
         env = clean_env(
-            DATABASE_URL=f"sqlite:///{tmp_path / 'browser.db'}",
+            DATABASE_URL=database_url,
             DF_ADMIN_SECRET=SECRET,
             GHL_LOCATION_ID=LOCATION,
             GHL_BASE_URL=ghl_url,
@@ -125,7 +134,7 @@ def service(tmp_path: Path, keys: Keys) -> Iterator[Service]:
             command.wait_for("service.started")
             command.wait_for("Uvicorn running")
             deliverer = DemoDeliverer(url, keys.ed25519_private, "unused", VERITY_SECRET)
-            yield Service(url, ghl_sim, verity_sim, deliverer)
+            yield Service(url, database_url, ghl_sim, verity_sim, deliverer)
         finally:
             if proc.poll() is None:
                 proc.terminate()
@@ -180,6 +189,58 @@ def reload_until(page: Any, condition: Callable[[], bool], what: str) -> None:
 
 def status_text(page: Any) -> str:
     return str(page.inner_text("#event-status")).strip()
+
+
+def in_thread(work: Callable[[], Any]) -> Any:
+    """Run `work` (which may start an event loop) beside Playwright's sync API, which keeps one here."""
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(work).result()
+
+
+def seed_an_hour_for_the_picture(database_url: str) -> None:
+    """For the README's picture only (UPDATE_DOCS_SCREENSHOT=1): an hour of past traffic, some of it
+    failed, and a finished reconcile run, written straight into the service's database, so the
+    overview looks as it does on a working day. No assertion depends on it."""
+
+    async def seed() -> None:
+        db = Database(database_url)
+        now = utcnow()
+        try:
+            async with db.session() as session:
+                for minute in range(3, 60):
+                    for n in range(2 + (minute * 7) % 9):
+                        at = now - timedelta(minutes=minute, seconds=n)
+                        status = "error" if (minute + n) % 23 == 0 else "done"
+                        session.add(
+                            WebhookEvent(
+                                source="aloware" if n % 3 == 0 else "ghl",
+                                event_type="call.completed" if n % 3 == 0 else "ContactUpdate",
+                                entity_type="contact",
+                                entity_id=f"c-day-{minute}-{n}",
+                                payload_json={},
+                                dedupe_key=f"picture:{minute}:{n}",
+                                ordering_key=f"picture:{minute}:{n}",
+                                status=status,
+                                error_message="GHL answered 422" if status == "error" else None,
+                                attempts=1,
+                                received_at=at,
+                                next_attempt_at=at,
+                                processed_at=at + timedelta(seconds=1),
+                            )
+                        )
+                session.add(
+                    ReconcileRun(
+                        job_name="contacts",
+                        started_at=now - timedelta(minutes=42),
+                        finished_at=now - timedelta(minutes=40),
+                        status="success",
+                        totals={"pages": 3, "drifted": 2},
+                    )
+                )
+        finally:
+            await db.dispose()
+
+    asyncio.run(seed())
 
 
 def wait_for_contact(service: Service, phone: str) -> dict[str, Any]:
@@ -278,7 +339,8 @@ def test_an_operator_replays_an_event_and_opts_a_number_out_in_the_browser(
     assert page.locator("svg.chart rect").count() >= 1
     overview = shot(page, "overview")
     if os.environ.get("UPDATE_DOCS_SCREENSHOT") == "1":
-        page.set_viewport_size({"width": 1360, "height": 900})
+        in_thread(lambda: seed_an_hour_for_the_picture(service.database_url))
+        page.reload()
         page.screenshot(path=str(DOCS_SCREENSHOT), full_page=False)
     assert overview.stat().st_size > 0
     page.click("text=Log out")
