@@ -45,6 +45,8 @@ SCHEMA_COMMANDS: dict[str, tuple[list[str], int]] = {
     "events replay": (["events", "replay", SOME_ID], 1),
     "events quarantine": (["events", "quarantine", SOME_ID, "--reason", "r"], 1),
     "events unquarantine": (["events", "unquarantine", SOME_ID], 1),
+    "events mark-done": (["events", "mark-done", SOME_ID], 1),
+    "events replay-matching": (["events", "replay-matching", "--json"], 0),
     "prune": (["prune", "--json"], 0),
     "oauth status": (["oauth", "status", "--json"], 0),
 }

@@ -185,3 +185,55 @@ def events_unquarantine(
 
     wanted = _event_id(event_id)
     _event_action(lambda db: unquarantine_event(db, wanted, actor), f"{event_id} back in the queue")
+
+
+@events_app.command("mark-done")
+def events_mark_done(
+    event_id: Annotated[str, typer.Argument(help="Event id")],
+    actor: Annotated[str, typer.Option(help="Who is resolving it")] = "cli",
+) -> None:
+    """Resolve an event without processing it (`done`, with a sync_log row naming who)."""
+    from df_middleware.queue.operations import mark_done
+
+    wanted = _event_id(event_id)
+    _event_action(lambda db: mark_done(db, wanted, actor), f"{event_id} marked done")
+
+
+@events_app.command("replay-matching")
+def events_replay_matching(
+    kind: Annotated[str | None, typer.Option(help="webhook | texting | broadcast")] = None,
+    source: Annotated[str | None, typer.Option(help="ghl | aloware | operator | texting | broadcast")] = None,
+    status: Annotated[str, typer.Option(help="error (default: the dead letters) | pending | done")] = "error",
+    event_type: Annotated[str | None, typer.Option("--event-type")] = None,
+    entity_id: Annotated[str | None, typer.Option("--entity-id")] = None,
+    since: Annotated[str | None, typer.Option(help="ISO-8601 with time zone")] = None,
+    until: Annotated[str | None, typer.Option(help="ISO-8601 with time zone")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help='Print {"count": N}')] = False,
+) -> None:
+    """Replay every event matching the filters (`POST /api/admin/events/replay`); by default the
+    dead letters. Writes already made are not repeated."""
+    from df_middleware.queue.operations import bulk_replay
+
+    if kind is not None and kind not in {"webhook", "texting", "broadcast"}:
+        fail("--kind must be webhook, texting or broadcast", code=2)
+    since_time, until_time = _parse_time(since, "--since"), _parse_time(until, "--until")
+    try:
+        count = run_on_database(
+            lambda db: bulk_replay(
+                db,
+                kind=kind,
+                source=source,
+                status=status,
+                event_type=event_type,
+                entity_id=entity_id,
+                since=since_time,
+                until=until_time,
+                actor="cli",
+            )
+        )
+    except ValueError as exc:
+        fail(f"refused: {exc}", code=2)
+    if as_json:
+        print_json({"count": count})
+    else:
+        console.print(f"{count} event(s) queued for replay")
