@@ -489,7 +489,8 @@ async def test_scheduler_runs_the_jobs_every_interval_where_configured(
 ) -> None:
     """R-REC-1, R-REC-3, SPEC §14: the three jobs every RECONCILE_INTERVAL (first run one
     interval after start) when GHL and Aloware are configured; only optouts without Aloware;
-    none with RECONCILE_INTERVAL=0. A scheduled run is a real run."""
+    none with RECONCILE_INTERVAL=0. A scheduled run is a real run, on the process's clients when
+    the scheduler is given them (R-PERF-3: one GHL budget per process)."""
     world = sync_world
     jobs = {job.name: job for job in default_jobs(world.settings, world.db)}
     for name in ("reconcile-contacts", "reconcile-lists", "reconcile-optouts"):
@@ -504,7 +505,16 @@ async def test_scheduler_runs_the_jobs_every_interval_where_configured(
     assert not [job for job in default_jobs(make_settings(), world.db) if job.name.startswith("reconcile")]
 
     seed_ghl(world, 2)
-    outcome = await jobs["reconcile-contacts"].run()
+    outcome = await jobs["reconcile-contacts"].run()  # its own clients, opened and closed
     assert isinstance(outcome, dict)
     assert outcome["status"] == "success"
     assert (await latest_runs(world.db))["contacts"]["totals"]["created"] == 2
+
+    # Given the process's clients (the worker's: one GHL rate budget), a run uses them and leaves
+    # them open for the worker.
+    shared = {job.name: job for job in default_jobs(world.settings, world.db, world.connectors)}
+    seed_ghl(world, 1, start=2)
+    outcome = await shared["reconcile-contacts"].run()
+    assert isinstance(outcome, dict)
+    assert outcome["totals"]["created"] == 1
+    assert (await run(world))["status"] == "success"

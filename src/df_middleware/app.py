@@ -55,7 +55,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.connectors = connectors
     if app.state.run_worker:
         worker = Worker(settings, db, connectors=connectors)
-        scheduler = Scheduler(settings, db)
+        scheduler = Scheduler(settings, db, connectors=connectors)
         background = [
             asyncio.create_task(worker.run(stop), name="worker"),
             asyncio.create_task(scheduler.run(stop), name="scheduler"),

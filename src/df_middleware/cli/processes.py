@@ -246,7 +246,7 @@ async def _work(stop: StopRequest, settings: Settings, *, once: bool, agents: li
                     else:
                         console.print(f"processed {processed} events")
                     return
-                scheduler = Scheduler(settings, db)
+                scheduler = Scheduler(settings, db, connectors=connectors)
                 await asyncio.gather(the_worker.run(stopping), scheduler.run(stopping))
             finally:
                 await connectors.aclose()

@@ -59,7 +59,7 @@ class Job:
     first_delay: float = 0.0
 
 
-def default_jobs(settings: Settings, db: Database) -> list[Job]:
+def default_jobs(settings: Settings, db: Database, connectors: Connectors | None = None) -> list[Job]:
     async def prune_old_rows() -> object:
         return await prune(db, settings.retention_days, settings.prune_batch_size)
 
@@ -86,15 +86,17 @@ def default_jobs(settings: Settings, db: Database) -> list[Job]:
         jobs.append(
             Job("alerts", ALERT_INTERVAL_SECONDS, alerter.check, first_delay=ALERT_FIRST_DELAY_SECONDS)
         )
-    jobs.extend(reconcile_jobs(settings, db))
+    jobs.extend(reconcile_jobs(settings, db, connectors))
     return jobs
 
 
-def reconcile_jobs(settings: Settings, db: Database) -> list[Job]:
+def reconcile_jobs(settings: Settings, db: Database, connectors: Connectors | None = None) -> list[Job]:
     """The reconcile jobs (SPEC §7) every RECONCILE_INTERVAL, the first one interval after start,
     where the systems they need are configured: contacts and lists need GHL and Aloware, optouts
-    GHL. Each run opens its own connectors and closes them; a run already live elsewhere (the CLI,
-    the admin API) is left to finish."""
+    GHL. A run uses the process's `connectors` when given, so that it shares the worker's GHL
+    rate budget instead of spending a second one beside it (R-PERF-3: no 429s); otherwise it opens
+    its own and closes them. A run already live elsewhere (the CLI, the admin API) is left to
+    finish."""
     interval = settings.reconcile_interval_seconds
     credentials = settings.ghl_api_key is not None or oauth_configured(settings)
     ghl = settings.ghl_location_id is not None and credentials
@@ -104,13 +106,14 @@ def reconcile_jobs(settings: Settings, db: Database) -> list[Job]:
 
     def runner(job: str) -> Callable[[], Coroutine[Any, Any, object]]:
         async def run() -> object:
-            connectors = Connectors.from_settings(settings, db)
+            clients = connectors if connectors is not None else Connectors.from_settings(settings, db)
             try:
-                row = await run_reconcile(settings, db, connectors, job)
+                row = await run_reconcile(settings, db, clients, job)
             except ReconcileBusy as exc:
                 return str(exc)
             finally:
-                await connectors.aclose()
+                if clients is not connectors:
+                    await clients.aclose()
             return {"status": row["status"], "totals": row["totals"]}
 
         return run
@@ -174,10 +177,11 @@ class Scheduler:
         jobs: list[Job] | None = None,
         *,
         leader_check_seconds: float = LEADER_CHECK_SECONDS,
+        connectors: Connectors | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
-        self.jobs = jobs if jobs is not None else default_jobs(settings, db)
+        self.jobs = jobs if jobs is not None else default_jobs(settings, db, connectors)
         self.leadership = Leadership(db)
         self.leader_check_seconds = leader_check_seconds
         self._stopping = asyncio.Event()
