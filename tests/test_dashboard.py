@@ -28,6 +28,10 @@ from df_middleware.app import create_app
 from df_middleware.config import Settings
 from df_middleware.consent.store import sms_allowed
 from df_middleware.db.models import (
+    AgentDirectory,
+    CallListRegistry,
+    ContactListMembership,
+    ContactMapping,
     GhlOauthToken,
     OptoutEvent,
     OptoutRegistry,
@@ -38,6 +42,7 @@ from df_middleware.db.models import (
 )
 from df_middleware.db.session import Database
 from df_middleware.db.types import utcnow
+from df_middleware.sync.agent_routing import list_name
 
 SECRET = "dashboard-test-secret"
 PHONE = "+19195550142"
@@ -537,8 +542,8 @@ async def test_overview_shows_depth_dead_letters_chart_reconcile_tokens(
     now = utcnow()
     for i in range(6):
         await add_event(db, status="done", received_at=now - timedelta(minutes=i * 7), processed_at=now)
-    for i in range(3):
-        await add_event(db, status="error", source="aloware", received_at=now - timedelta(minutes=i))
+    for _ in range(3):
+        await add_event(db, status="error", source="aloware", received_at=now)
     await add_event(db, status="pending", received_at=now - timedelta(minutes=30))
     async with db.session() as session:
         session.add(
@@ -562,6 +567,7 @@ async def test_overview_shows_depth_dead_letters_chart_reconcile_tokens(
     assert '<svg xmlns="http://www.w3.org/2000/svg"' in html
     assert html.count('class="bar-done"') >= 1
     assert html.count('class="bar-error"') == 1  # all three errors in the newest bucket
+    assert ": 3 error</title>" in html
     assert 'class="rate-line"' in html
     assert "33.3 %" in html  # 3 errors of 9 finished in the hour
     assert "30 min" in html  # the oldest pending event's age
@@ -570,3 +576,131 @@ async def test_overview_shows_depth_dead_letters_chart_reconcile_tokens(
     assert "refresh-failing" in html
     assert "invalid_grant" in html
     assert "never run" in html  # the lists and optouts jobs
+
+
+async def test_sync_log_page_filters_pages_and_masks(operator: Dashboard, db: Database) -> None:
+    """SPEC §8.2, R-SEC-4: the sync log newest first with the admin API's filters, "Older →"
+    paging, messages masked, each row linked to its event."""
+    event_id = uuid.uuid4()
+    now = utcnow()
+    async with db.session() as session:
+        for i in range(55):
+            session.add(
+                SyncLog(
+                    direction="ghl_to_aloware" if i % 2 else "aloware_to_ghl",
+                    entity_type="contact",
+                    entity_id=f"c-{i}",
+                    source_id=f"c-{i}",
+                    status="error" if i == 3 else "success",
+                    message=f"wrote {PHONE} (row {i})",
+                    correlation_id=str(event_id) if i < 2 else None,
+                    started_at=now - timedelta(seconds=i),
+                )
+            )
+    page = await operator.http.get("/admin/sync-log")
+    assert page.status_code == 200
+    assert page.text.count("(row ") == 50
+    assert "(row 0)" in page.text
+    assert "(row 50)" not in page.text
+    assert PHONE not in page.text
+    older = re.search(r'class="older" href="([^"]+)"', page.text)
+    assert older
+    rest = await operator.http.get(older.group(1).replace("&amp;", "&"))
+    assert sorted(int(n) for n in re.findall(r"\(row (\d+)\)", rest.text)) == list(range(50, 55))
+    by_event = await operator.http.get("/admin/sync-log", params={"correlation_id": str(event_id)})
+    assert sorted(re.findall(r"\(row (\d+)\)", by_event.text)) == ["0", "1"]
+    assert f'href="/admin/events/{event_id}"' in by_event.text
+    failed = await operator.http.get(
+        "/admin/sync-log", params={"status": "error", "direction": "ghl_to_aloware"}
+    )
+    assert re.findall(r"\(row (\d+)\)", failed.text) == ["3"]
+    refused = await operator.http.get("/admin/sync-log", params={"status": "maybe"})
+    assert refused.status_code == 422
+
+
+async def test_mappings_page_searches_by_any_key_masked(operator: Dashboard, db: Database) -> None:
+    """SPEC §8.2, R-ID-1, R-SEC-4: mappings found by a phone in any format, an email, a GHL or an
+    Aloware id; phones and emails masked; a number that is not a phone is 422."""
+    async with db.session() as session:
+        session.add(
+            ContactMapping(
+                ghl_contact_id="ghl-ann",
+                aloware_contact_id="alo-ann",
+                phone_number=PHONE,
+                email=EMAIL,
+                sync_direction="ghl_to_aloware",
+            )
+        )
+        session.add(
+            ContactMapping(
+                ghl_contact_id="ghl-bo", aloware_contact_id="alo-bo", sync_direction="aloware_to_ghl"
+            )
+        )
+    for search in (
+        {"phone": "(919) 555-0142"},
+        {"email": EMAIL.upper()},
+        {"ghl_id": "ghl-ann"},
+        {"aloware_id": "alo-ann"},
+    ):
+        page = await operator.http.get("/admin/mappings", params=search)
+        assert page.status_code == 200, search
+        assert "ghl-ann" in page.text, search
+        assert "ghl-bo" not in page.text, search
+        assert PHONE not in page.text
+        assert EMAIL not in page.text
+    everyone = await operator.http.get("/admin/mappings")
+    assert "ghl-ann" in everyone.text
+    assert "ghl-bo" in everyone.text
+    assert (await operator.http.get("/admin/mappings", params={"phone": "call me"})).status_code == 422
+
+
+async def test_agents_page_shows_directory_lists_and_blocked_lists(
+    dashboard_factory: Callable[..., Dashboard], db: Database
+) -> None:
+    """SPEC §8.2, R-AG-3: the directory (emails masked), every active agent's lists with members
+    and blocked contacts, the blocked lists named; the rebuild button needs Aloware configured
+    and the CSRF token, and says why it did not start."""
+    async with db.session() as session:
+        session.add(
+            AgentDirectory(
+                agent_key="ANN",
+                display_name="Ann Agent",
+                ghl_owner_email="ann.agent@example.com",
+                is_active=True,
+            )
+        )
+        session.add(AgentDirectory(agent_key="OLD", display_name="Gone Agent", is_active=False))
+        session.add(
+            CallListRegistry(
+                agent_key="ANN",
+                list_key="HOT",
+                aloware_list_id="list-77",
+                aloware_list_name=list_name("ANN", "HOT"),
+            )
+        )
+        for n, status in enumerate(["member", "member", "blocked"]):
+            session.add(
+                ContactListMembership(contact_id=f"c-{n}", agent_key="ANN", list_key="HOT", status=status)
+            )
+        session.add(
+            ContactListMembership(contact_id="c-9", agent_key="ANN", list_key="WARM", status="blocked")
+        )
+    board = dashboard_factory(agent_list_keys="HOT,WARM")
+    try:
+        await board.login()
+        page = await board.http.get("/admin/agents")
+        assert page.status_code == 200
+        html = page.text
+        assert "Ann Agent" in html
+        assert "Gone Agent" in html
+        assert "ann.agent@example.com" not in html
+        assert re.search(rf"{list_name('ANN', 'HOT')}</td>.*?list-77.*?>2<.*?>1<", html, re.DOTALL)
+        blocked = f"{list_name('ANN', 'HOT')}, {list_name('ANN', 'WARM')}"
+        assert f"Blocked lists (contacts wait for Aloware to have them): {blocked}" in html
+        token = csrf_of(html)
+        assert (await board.http.post("/admin/lists/rebuild")).status_code == 403
+        refused = await board.http.post("/admin/lists/rebuild", data={"csrf_token": token})
+        assert "Aloware is not configured" in flash_of((await board.follow(refused)).text)[0]
+    finally:
+        await board.http.aclose()
+        await board.app.state.db.dispose()

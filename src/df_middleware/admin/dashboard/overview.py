@@ -8,7 +8,7 @@ Every query uses an index, so the page stays fast with a million stored events:
 - the hour: twelve 5-minute ranges of `received_at` (`<table>_received_at_idx`), counted by
   status: the events *received* in each bucket and how those ended so far. (Counting by
   `processed_at` would need an index there that the tables do not have.)
-- reconcile: the newest row per job (`reconcile_runs_job_name_idx`), tokens: a handful of rows.
+- reconcile: the newest row per job (`reconcile_runs_job_name_idx`); tokens: a handful of rows.
 """
 
 from __future__ import annotations
@@ -25,17 +25,16 @@ from sqlalchemy import func, select
 from df_middleware.admin.dashboard.render import page
 from df_middleware.admin.dashboard.session import AdminSession, require_session
 from df_middleware.config import Settings
-from df_middleware.db.models import GhlOauthToken, ReconcileRun, WebhookEvent
+from df_middleware.db.models import GhlOauthToken, WebhookEvent
 from df_middleware.db.session import Database
 from df_middleware.db.types import utcnow
 from df_middleware.queue.event_tables import EVENT_TABLES
 from df_middleware.queue.operations import QueueStats, queue_stats
 from df_middleware.sync.list_operations import lists_status
+from df_middleware.sync.reconcile_runs import RECONCILE_JOBS, latest_runs
 
 BUCKET = timedelta(minutes=5)
 BUCKETS = 12
-#: The reconcile jobs of SPEC §7, shown even before their first run.
-RECONCILE_JOBS = ("contacts", "lists", "optouts")
 
 
 @dataclass(frozen=True)
@@ -120,31 +119,11 @@ async def _last_hour(db: Database, now: datetime) -> list[Bucket]:
 
 
 async def _reconcile_runs(db: Database) -> list[dict[str, Any]]:
-    """The newest run of each job (known jobs first, then any other name recorded)."""
-    runs: list[dict[str, Any]] = []
-    async with db.session() as session:
-        names = list(RECONCILE_JOBS)
-        for name in await session.scalars(select(ReconcileRun.job_name).distinct()):
-            if name not in names:
-                names.append(name)
-        for name in names:
-            row = await session.scalar(
-                select(ReconcileRun)
-                .where(ReconcileRun.job_name == name)
-                .order_by(ReconcileRun.started_at.desc())
-                .limit(1)
-            )
-            runs.append(
-                {
-                    "job": name,
-                    "status": row.status if row else None,
-                    "started_at": row.started_at if row else None,
-                    "finished_at": row.finished_at if row else None,
-                    "totals": row.totals if row else None,
-                    "error_message": row.error_message if row else None,
-                }
-            )
-    return runs
+    """The newest run of each job (`sync/reconcile_runs.latest_runs`, the API's and the CLI's),
+    every job listed: one that never ran says so."""
+    latest = await latest_runs(db)
+    never = {"status": None, "started_at": None, "finished_at": None, "totals": None, "error_message": None}
+    return [latest.get(job) or {"job_name": job, **never} for job in RECONCILE_JOBS]
 
 
 async def _tokens(db: Database, now: datetime) -> list[dict[str, Any]]:
