@@ -3,6 +3,9 @@ the three simulators behind it (`sync_world`), both database engines."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
@@ -15,6 +18,7 @@ from pydantic import SecretStr
 from sqlalchemy import select
 
 from df_middleware.app import create_app
+from df_middleware.config import Settings
 from df_middleware.consent.store import sms_allowed
 from df_middleware.db.models import AgentDirectory, ContactMapping, OptoutEvent, SyncLog
 from df_middleware.db.session import Database
@@ -29,6 +33,7 @@ from tests.event_factory import (
 )
 from tests.servers import serve_app
 from tests.sync_world import SyncWorld
+from tests.worker_processes import worker_env
 
 SECRET = "admin-api-secret-Zq9"
 BEARER = {"Authorization": f"Bearer {SECRET}"}
@@ -443,3 +448,38 @@ async def test_reconcile_start_runs_and_repair(
     assert missing.status_code == 404
     bad = await admin.post("/api/admin/mappings/repair", json={"ghl_contact_id": "../etc"})
     assert bad.status_code == 422
+
+
+def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "df_middleware.cli", *args],
+        env=worker_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+async def test_cli_twins_answer_as_the_api_does(admin: httpx.AsyncClient, sync_world: SyncWorld) -> None:
+    """SPEC §8.1, §8.3: each admin action has a CLI twin calling the same function — `mappings
+    repair` then `mappings search --json` show what `GET /api/admin/mappings` shows, and `events
+    replay-matching --json` counts as `POST /api/admin/events/replay` does."""
+    contact = sync_world.ghl.sim.create_contact(
+        sync_world.settings.ghl_location_id, {"firstName": "Cli", "phone": "+19195550191"}
+    ).contact
+    repaired = _cli(sync_world.settings, "mappings", "repair", contact["id"], "--json")
+    assert repaired.returncode == 0, repaired.stderr
+    assert json.loads(repaired.stdout)["aloware_contact_id"]
+    searched = _cli(sync_world.settings, "mappings", "search", "--phone", "919-555-0191", "--json")
+    assert searched.returncode == 0, searched.stderr
+    api = (await admin.get("/api/admin/mappings", params={"phone": "9195550191"})).json()
+    assert json.loads(searched.stdout) == api
+    assert len(api["items"]) == 1
+
+    await insert_event(sync_world.db, "webhook", status="error", source="aloware")
+    replayed = _cli(sync_world.settings, "events", "replay-matching", "--source", "aloware", "--json")
+    assert replayed.returncode == 0, replayed.stderr
+    assert json.loads(replayed.stdout) == {"count": 1}
+    again = await admin.post("/api/admin/events/replay", json={"source": "aloware", "status": "error"})
+    assert again.json() == {"count": 0}

@@ -57,6 +57,7 @@ EXISTING_DATABASE_COMMANDS: dict[str, list[str]] = {
     "optout check": ["optout", "check", "+19195550100", "--json"],
     "optout add": ["optout", "add", "+19195550100", "--reason", "complaint"],
     "optout remove": ["optout", "remove", "+19195550100", "--channel", "voice"],
+    "mappings search": ["mappings", "search", "--json"],
 }
 
 

@@ -25,6 +25,7 @@ from df_middleware.cli.agents import agents_app
 from df_middleware.cli.configuration import config_app
 from df_middleware.cli.events import events_app
 from df_middleware.cli.lists import lists_app
+from df_middleware.cli.mappings import mappings_app
 from df_middleware.cli.oauth import oauth_app
 from df_middleware.cli.optout import optout_app
 from df_middleware.cli.reconcile import reconcile_app
@@ -42,6 +43,7 @@ app.add_typer(optout_app, name="optout")
 app.add_typer(lists_app, name="lists")
 app.add_typer(agents_app, name="agents")
 app.add_typer(reconcile_app, name="reconcile")
+app.add_typer(mappings_app, name="mappings")
 app.add_typer(simulate_app, name="simulate")
 # The top-level commands, in the order `--help` lists them (before the groups above).
 app.command()(processes.serve)
