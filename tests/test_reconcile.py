@@ -40,8 +40,14 @@ from tests.worker_processes import worker_env
 CLI = [sys.executable, "-m", "df_middleware.cli", "reconcile"]
 
 
+#: Seeded contacts are dated this far back: older than the cursor's settling time, as contacts
+#: that changed before the last run are.
+SEEDED_AGE_MS = 10 * 60 * 1000
+
+
 def seed_ghl(world: SyncWorld, count: int, *, start: int = 0) -> list[dict[str, Any]]:
-    """`count` GHL contacts straight into the simulator (no webhooks: as if they were missed)."""
+    """`count` GHL contacts straight into the simulator (no webhooks: as if they were missed),
+    last changed ten minutes ago."""
     made = []
     for i in range(start, start + count):
         write = world.ghl.sim.create_contact(
@@ -53,8 +59,17 @@ def seed_ghl(world: SyncWorld, count: int, *, start: int = 0) -> list[dict[str, 
                 "phone": f"+1415555{i:04d}",
             },
         )
-        made.append(write.contact)
+        made.append(aged(world, write.contact))
     return made
+
+
+def aged(world: SyncWorld, contact: dict[str, Any]) -> dict[str, Any]:
+    """The simulator's contact, dated SEEDED_AGE_MS back; returns it as GHL now shows it."""
+    stored = world.ghl.sim.contacts[contact["id"]]
+    stored.added_ms -= SEEDED_AGE_MS
+    stored.updated_ms -= SEEDED_AGE_MS
+    shown: dict[str, Any] = stored.as_ghl()
+    return shown
 
 
 def aloware_writes(world: SyncWorld) -> int:
@@ -97,7 +112,8 @@ async def test_missing_aloware_contacts_are_created_then_unchanged_ones_cost_not
     nothing, one GHL call per page."""
     world = sync_world
     contacts = seed_ghl(world, 3)
-    world.ghl.sim.create_contact(LOCATION, {"firstName": "NoPhone", "email": "nophone@example.com"})
+    no_phone = world.ghl.sim.create_contact(LOCATION, {"firstName": "NoPhone", "email": "np@example.com"})
+    aged(world, no_phone.contact)
 
     first = await run(world)
     assert first["status"] == "success", first
@@ -138,7 +154,8 @@ async def test_missing_aloware_contacts_are_created_then_unchanged_ones_cost_not
 
 async def test_drifted_contact_is_repaired_in_aloware(sync_world: SyncWorld) -> None:
     """R-REC-1: a GHL change whose webhook never came is found by the next run (changed since
-    the cursor) and written to Aloware through the contact sync; the others are not touched."""
+    the cursor) and written to Aloware through the contact sync; the others are not touched. A
+    contact changed within the settling time stays after the cursor and is read again, free."""
     world = sync_world
     contacts = seed_ghl(world, 3)
     assert (await run(world))["status"] == "success"
@@ -160,6 +177,13 @@ async def test_drifted_contact_is_repaired_in_aloware(sync_world: SyncWorld) -> 
             select(func.count()).select_from(SyncLog).where(SyncLog.correlation_id == row["id"])
         )
     assert logged == 1
+
+    # Changed a moment ago, so the cursor stayed before it (GHL's index may not show every such
+    # change yet): the next run reads it again, and finds it in step.
+    again = await run(world)
+    assert again["totals"]["scanned"] == 1
+    assert again["totals"]["drifted"] == 0
+    assert aloware_writes(world) == writes + 1
 
 
 class PageWatch:

@@ -5,12 +5,17 @@ without events), so every `RECONCILE_INTERVAL` the GHL contacts changed since th
 paged through and compared with what we last synced:
 
 - **The cursor** is `sync_state` (`ghl_to_aloware`, `contact`): the `dateUpdated` and id of the
-  last contact of the last completed page. A run asks `POST /contacts/search` for contacts with
+  last (settled) contact of the last completed page. A run asks `POST /contacts/search` for contacts with
   `dateUpdated` ≥ the cursor, sorted by `dateUpdated` ascending (GHL breaks ties by id), 100 a
   page, continuing with `searchAfter` = [cursor time, cursor id], so it starts right after the
   last contact it finished. The cursor is committed after every page, in a transaction of its
   own, with the run's totals: a crash (kill -9 included) resumes from the last completed page.
   `--full` starts from the oldest contact instead (and moves the cursor as it goes).
+- **Settling.** GHL's search is an index that catches up with writes a moment later: a contact
+  changed a second before a page was read may be missing from it while a later-changed one is
+  already there. So the cursor never moves past contacts changed within `SETTLE_SECONDS` of the
+  page's search; they are scanned now and again by the next run (costing nothing when unchanged:
+  see drift below), and a late-indexed contact among them is not skipped for good.
 - **Drift** is decided without a call: a contact whose profile has the mapping's
   `last_synced_fingerprint` (the fingerprint the contact sync stores, `contacts.profile_fingerprint`)
   is unchanged and costs nothing. So a full run over unchanged contacts costs one GHL call per
@@ -32,7 +37,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import insert, select, update
@@ -72,6 +77,8 @@ PAGE_SIZE = MAX_PAGE_LIMIT  # 100, GHL's largest search page
 SORT = ({"field": "dateUpdated", "direction": "asc"},)
 #: The event type a reconciled contact is synced as: the native webhook that carries a whole contact.
 AS_EVENT = "ContactUpdate"
+#: The cursor stays behind contacts changed this recently before a page was read (see Settling).
+SETTLE_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -126,6 +133,17 @@ async def save_page(
             .where(ReconcileRun.id == run_id, ReconcileRun.status == RUNNING)
             .values(totals={**totals.as_dict(), "owner": _owner(), "heartbeat_at": now.isoformat()})
         )
+
+
+def settled_cursor(contacts: Sequence[Contact], searched_at: datetime) -> Cursor | None:
+    """Where the cursor may move after this page: its last contact changed at least
+    SETTLE_SECONDS before the search (None: none was, the cursor stays)."""
+    limit = searched_at - timedelta(seconds=SETTLE_SECONDS)
+    for contact in reversed(contacts):
+        changed = parse_iso8601(contact.date_updated)
+        if changed is not None and changed <= limit:
+            return Cursor(changed, contact.id)
+    return None
 
 
 def contact_event(ghl: GhlClient, contact: Contact, *, fresh: bool = False) -> ClaimedEvent:
@@ -300,6 +318,7 @@ async def reconcile_contacts(
     correlation = str(run_id)
     pages = 0
     while True:
+        searched_at = utcnow()
         page = await ghl.search_contacts(
             filters=filters, sort=SORT, page_limit=PAGE_SIZE, search_after=search_after
         )
@@ -309,10 +328,7 @@ async def reconcile_contacts(
             break
         await _reconcile_page(ctx, ghl, page.contacts, totals, correlation)
         pages += 1
-        last = page.contacts[-1]
-        moved = parse_iso8601(last.date_updated)
-        next_cursor = Cursor(moved, last.id) if moved is not None else None
-        await save_page(db, run_id, next_cursor, totals)
+        await save_page(db, run_id, settled_cursor(page.contacts, searched_at), totals)
         if progress is not None:
             progress.advance(len(page.contacts))
             progress.note(f"page {pages}: {totals.scanned} scanned, {totals.drifted} drifted")
