@@ -162,6 +162,12 @@ def browser_page(service: Service) -> Iterator[Any]:
         try:
             context = browser.new_context(base_url=service.url, viewport={"width": 1360, "height": 900})
             page = context.new_page()
+            # Every message the browser logs (a CSP refusal, a failed load), for the test to check.
+            page.console_errors = []
+            page.on(
+                "console",
+                lambda message: page.console_errors.append(message.text) if message.type == "error" else None,
+            )
             yield page
         finally:
             browser.close()
@@ -347,3 +353,7 @@ def test_an_operator_replays_an_event_and_opts_a_number_out_in_the_browser(
     page.wait_for_url(re.compile(r"/admin/login$"))
     page.goto("/admin")
     assert page.url.endswith("/admin/login")
+    # Nothing on any page was refused by the Content-Security-Policy or failed to load (no CDN);
+    # the one error logged is the wrong secret's 401.
+    assert [m for m in page.console_errors if "status of 401" not in m] == []
+    assert len(page.console_errors) == 1
