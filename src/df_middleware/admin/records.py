@@ -48,6 +48,8 @@ def _bounded(name: str, value: str | None) -> str | None:
     if value is None:
         return None
     value = value.strip()
+    if "\x00" in value:  # PostgreSQL cannot compare text holding a NUL: a 500, not a search
+        raise ValueError(f"{name} contains a NUL character")
     if len(value) > MAX_SEARCH_CHARS:
         raise ValueError(f"{name} is longer than {MAX_SEARCH_CHARS} characters")
     return value or None

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import HTTPException, Query, Request
+from pydantic import AfterValidator
 
 from df_middleware.config import Settings
 from df_middleware.connectors.suite import Connectors
@@ -28,7 +29,21 @@ API_ACTOR = "admin-api"
 MAX_ID_CHARS = 200
 MAX_CURSOR_CHARS = 400
 
-IdQuery = Annotated[str | None, Query(max_length=MAX_ID_CHARS)]
+#: Control characters no id, filter or reason holds (tab, newline and carriage return aside).
+_CONTROL = frozenset(chr(c) for c in range(32) if chr(c) not in "\t\n\r") | {"\x7f"}
+
+
+def no_control_characters(value: str | None) -> str | None:
+    """Refuse text with a control character (422). Why: PostgreSQL cannot store or even compare a
+    NUL in text, so a `\\x00` in a filter or a reason reached the database as a 500 (R-SEC-3)."""
+    if value is not None and not _CONTROL.isdisjoint(value):
+        raise ValueError("contains a control character")
+    return value
+
+
+#: Free text from a query or a body: no control character (see `no_control_characters`).
+Printable = AfterValidator(no_control_characters)
+IdQuery = Annotated[str | None, Query(max_length=MAX_ID_CHARS), Printable]
 CursorQuery = Annotated[
     str | None, Query(max_length=MAX_CURSOR_CHARS, description="`next_cursor` of the previous page")
 ]

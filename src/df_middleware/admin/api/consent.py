@@ -19,6 +19,7 @@ from df_middleware.admin.api.common import (
     API_ACTOR,
     CursorQuery,
     LimitQuery,
+    Printable,
     RevealQuery,
     db_of,
     phone_or_422,
@@ -37,7 +38,9 @@ PhonePath = Annotated[str, Path(max_length=64, description="The number, in any c
 class OptOutIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     phone: str = Field(min_length=1, max_length=64, description="The number, in any common format")
-    reason: str = Field(min_length=1, max_length=MAX_REASON_CHARS, description="Why (kept in the history)")
+    reason: Annotated[str, Printable] = Field(
+        min_length=1, max_length=MAX_REASON_CHARS, description="Why (kept in the history)"
+    )
     channel: Channel = "sms"
 
 
@@ -97,7 +100,7 @@ def consent_router() -> APIRouter:
     async def remove(
         request: Request,
         phone: PhonePath,
-        reason: Annotated[str, Query(min_length=1, max_length=MAX_REASON_CHARS)] = "manual opt-in",
+        reason: Annotated[str, Query(min_length=1, max_length=MAX_REASON_CHARS), Printable] = "manual opt-in",
         channel: Channel = "sms",
     ) -> dict[str, Any]:
         """Only after the person consented again (R-OPT-5): the number may be texted (sms) or

@@ -19,6 +19,7 @@ from df_middleware.admin.api.common import (
     CursorQuery,
     IdQuery,
     LimitQuery,
+    Printable,
     RevealQuery,
     TimeQuery,
     aware,
@@ -63,7 +64,7 @@ class EventPageOut(BaseModel):
 
 class QuarantineIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    reason: str = Field("quarantined from the admin API", min_length=1, max_length=500)
+    reason: Annotated[str, Printable] = Field("quarantined from the admin API", min_length=1, max_length=500)
 
 
 class ReplayIn(BaseModel):
@@ -80,10 +81,10 @@ class BulkReplayIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     kind: Kind | None = None
-    source: str | None = Field(None, max_length=MAX_ID_CHARS)
+    source: Annotated[str | None, Printable] = Field(None, max_length=MAX_ID_CHARS)
     status: Literal["pending", "done", "error"] | None = None
-    event_type: str | None = Field(None, max_length=MAX_ID_CHARS)
-    entity_id: str | None = Field(None, max_length=MAX_ID_CHARS)
+    event_type: Annotated[str | None, Printable] = Field(None, max_length=MAX_ID_CHARS)
+    entity_id: Annotated[str | None, Printable] = Field(None, max_length=MAX_ID_CHARS)
     since: datetime | None = None
     until: datetime | None = None
 

@@ -13,6 +13,7 @@ from df_middleware.admin.api.common import (
     CursorQuery,
     IdQuery,
     LimitQuery,
+    Printable,
     RevealQuery,
     TimeQuery,
     aware,
@@ -36,7 +37,9 @@ def operations_router() -> APIRouter:
         entity_type: IdQuery = None,
         entity_id: IdQuery = None,
         status: Literal["success", "error", "skipped"] | None = None,
-        event_id: Annotated[str | None, Query(max_length=64, description="Rows of one event")] = None,
+        event_id: Annotated[
+            str | None, Query(max_length=64, description="Rows of one event"), Printable
+        ] = None,
         since: TimeQuery = None,
         until: TimeQuery = None,
         cursor: CursorQuery = None,
@@ -65,7 +68,7 @@ def operations_router() -> APIRouter:
     async def mappings(
         request: Request,
         phone: Annotated[str | None, Query(max_length=64)] = None,
-        email: Annotated[str | None, Query(max_length=320)] = None,
+        email: Annotated[str | None, Query(max_length=320), Printable] = None,
         ghl_id: IdQuery = None,
         aloware_id: IdQuery = None,
         limit: LimitQuery = 50,

@@ -1,0 +1,79 @@
+"""Findings of the outside test of the admin API, its CLI twins and the reconcile jobs (issue 13,
+break13a): each test failed before its fix, over real HTTP against the served app, both engines."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack
+
+import httpx
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import func, select
+
+from df_middleware.app import create_app
+from df_middleware.db.models import OptoutEvent, OptoutRegistry
+from df_middleware.db.session import Database
+from tests.event_factory import event_state, insert_event
+from tests.servers import serve_app
+from tests.sync_world import SyncWorld
+
+SECRET = "break13a-admin-secret"
+BEARER = {"Authorization": f"Bearer {SECRET}"}
+
+
+@pytest.fixture
+def admin_service(sync_world: SyncWorld) -> Iterator[str]:
+    settings = sync_world.settings.model_copy(update={"df_admin_secret": SecretStr(SECRET)})
+    with ExitStack() as stack:
+        yield stack.enter_context(serve_app(create_app(settings, run_worker=False)))
+
+
+@pytest.fixture
+async def admin(admin_service: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=admin_service, headers=BEARER, timeout=30) as client:
+        yield client
+
+
+#: Every admin input that reaches a SQL parameter as free text (filters, bodies, reasons).
+NUL_REQUESTS: list[tuple[str, str, dict[str, str] | None, dict[str, object] | None]] = [
+    ("GET", "/api/admin/events", {"source": "ghl\x00"}, None),
+    ("GET", "/api/admin/events", {"event_type": "\x00"}, None),
+    ("GET", "/api/admin/events", {"entity_id": "a\x00b"}, None),
+    ("GET", "/api/admin/sync-log", {"entity_id": "\x00"}, None),
+    ("GET", "/api/admin/sync-log", {"direction": "\x00"}, None),
+    ("GET", "/api/admin/sync-log", {"event_id": "\x00"}, None),
+    ("GET", "/api/admin/mappings", {"email": "a\x00@example.com"}, None),
+    ("GET", "/api/admin/mappings", {"ghl_id": "\x00"}, None),
+    ("GET", "/api/admin/mappings", {"aloware_id": "\x00"}, None),
+    ("POST", "/api/admin/events/replay", None, {"source": "\x00"}),
+    ("POST", "/api/admin/events/replay", None, {"entity_id": "\x00"}),
+    ("POST", "/api/admin/optouts", None, {"phone": "+19195550170", "reason": "spam\x00"}),
+    ("DELETE", "/api/admin/optouts/+19195550170", {"reason": "ok\x00"}, None),
+]
+
+
+async def test_a_nul_character_in_a_filter_or_reason_is_422_never_500(
+    admin: httpx.AsyncClient, db: Database
+) -> None:
+    """R-SEC-3, SPEC §8.1: malformed input gets a 4xx, never a 500. PostgreSQL can neither store
+    nor compare text holding a NUL: every admin filter, bulk-replay body and opt-out reason with
+    a `\\x00` was a 500 there (asyncpg: invalid byte sequence for encoding "UTF8": 0x00). Now it is
+    a 422 on both engines, and nothing is recorded."""
+    for method, path, params, body in NUL_REQUESTS:
+        response = await admin.request(method, path, params=params, json=body)
+        assert response.status_code == 422, (method, path, params, body, response.text)
+    event_id = await insert_event(db, "webhook", status="error")
+    quarantine = await admin.post(f"/api/admin/events/{event_id}/quarantine", json={"reason": "x\x00"})
+    assert quarantine.status_code == 422, quarantine.text
+    assert (await event_state(db, event_id)).status == "error"
+    async with db.session() as session:
+        assert await session.scalar(select(func.count()).select_from(OptoutRegistry)) == 0
+        assert await session.scalar(select(func.count()).select_from(OptoutEvent)) == 0
+    # The same routes still answer ordinary values (tab and newline are text, not junk).
+    assert (await admin.get("/api/admin/events", params={"source": "ghl"})).status_code == 200
+    assert (await admin.get("/api/admin/mappings", params={"email": "a@example.com"})).status_code == 200
+    body = {"phone": "+19195550170", "reason": "asked\tby phone"}
+    added = await admin.post("/api/admin/optouts", json=body)
+    assert added.status_code == 200, added.text
+    assert added.json()["status"] == "opted_out"
