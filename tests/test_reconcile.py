@@ -385,6 +385,8 @@ async def test_kill_9_after_the_first_page_resumes_from_that_page(
     world.ghl.faults()
     killed = await list_reconcile_runs(world.db)
     assert [r["status"] for r in killed] == ["running"]
+    assert killed[0]["totals"]["created"] == 100  # a running row shows its progress
+    assert killed[0]["totals"]["api_calls"] >= 201  # page 1's search and its Aloware calls
 
     before = len(searches(world))
     done = subprocess.run(
@@ -408,6 +410,7 @@ async def test_kill_9_after_the_first_page_resumes_from_that_page(
     runs = await list_reconcile_runs(world.db)
     assert [(r["id"], r["status"]) for r in runs] == [(row["id"], "success"), (killed[0]["id"], "error")]
     assert runs[1]["error_message"] == INTERRUPTED
+    assert runs[1]["totals"]["created"] == 100
     rows = await mapped(world.db)
     assert set(rows) == {c["id"] for c in contacts}
     for contact in contacts:

@@ -55,8 +55,6 @@ __all__ = [
 ]
 
 log = get_logger(__name__)
-#: The systems whose calls `api_calls` counts.
-COUNTED_SYSTEMS = ("ghl", "aloware")
 
 
 async def run_reconcile(
@@ -77,8 +75,8 @@ async def run_reconcile(
     if job not in RECONCILE_JOBS:
         raise ValueError(f"unknown reconcile job {job!r}: one of {', '.join(RECONCILE_JOBS)}")
     run_id = await start_run(db, job)
-    totals = Totals()
     tally: Counter[str] = Counter()
+    totals = Totals(calls=tally)
     token = CALL_TALLY.set(tally)
     status, message = ERROR, "the run stopped before it finished"
     log.info("reconcile started", job=job, run_id=str(run_id), full=full)
@@ -103,7 +101,6 @@ async def run_reconcile(
         log.warning("reconcile failed", job=job, run_id=str(run_id), error=message)
     finally:
         CALL_TALLY.reset(token)
-        totals.api_calls = sum(tally[system] for system in COUNTED_SYSTEMS)
         row = await asyncio.shield(finish_run(db, run_id, status, totals, message or None))
         log.info("reconcile finished", job=job, run_id=str(run_id), status=status, **totals.as_dict())
     return row

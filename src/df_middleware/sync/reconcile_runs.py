@@ -25,8 +25,9 @@ import hashlib
 import os
 import socket
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -50,6 +51,10 @@ LEASE_SECONDS = 300.0
 INTERRUPTED = "interrupted: the process running it stopped before the run finished"
 #: Longest error text kept on a run row.
 MAX_ERROR_TEXT = 1000
+#: R-REC-2's totals, in the order a run row shows them.
+TOTALS = ("scanned", "drifted", "repaired", "created", "skipped", "errors", "api_calls")
+#: The systems whose calls `api_calls` counts.
+COUNTED_SYSTEMS = ("ghl", "aloware")
 
 
 class ReconcileProgress(Protocol):
@@ -90,9 +95,17 @@ class Totals:
     skipped: int = 0
     errors: int = 0
     api_calls: int = 0
+    #: The run's calls so far, by system (`connectors.http.CALL_TALLY`): a running row shows them.
+    calls: Counter[str] | None = field(default=None, repr=False, compare=False)
+
+    def count_calls(self) -> None:
+        """`api_calls` from the tally: the calls to GHL and Aloware made so far."""
+        if self.calls is not None:
+            self.api_calls = sum(self.calls[system] for system in COUNTED_SYSTEMS)
 
     def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+        self.count_calls()
+        return {name: getattr(self, name) for name in TOTALS}
 
 
 def run_row(row: ReconcileRun) -> dict[str, Any]:
@@ -161,7 +174,7 @@ async def start_run(db: Database, job: str) -> uuid.UUID:
         for row in running:
             owner = (row.totals or {}).get("owner") if isinstance(row.totals, dict) else None
             if _process_gone(owner) or _lease_expired(row, now):
-                totals = {k: v for k, v in (row.totals or {}).items() if k in Totals.__dataclass_fields__}
+                totals = {k: v for k, v in (row.totals or {}).items() if k in TOTALS}
                 row.status, row.finished_at, row.error_message = ERROR, now, INTERRUPTED
                 row.totals = {**Totals().as_dict(), **totals}
                 log.warning("reconcile run interrupted earlier", job=job, run_id=str(row.id))
