@@ -545,3 +545,29 @@ async def test_scheduler_runs_the_jobs_every_interval_where_configured(
     assert isinstance(outcome, dict)
     assert outcome["totals"]["created"] == 1
     assert (await run(world))["status"] == "success"
+
+
+async def test_a_contact_refused_for_good_is_counted_and_the_run_goes_on(sync_world: SyncWorld) -> None:
+    """R-REC-2: Aloware refusing one contact (422: a 6,000-character city) is an `errors` of the
+    run, logged in sync_log under the run's id; the other contacts are still created and the run
+    ends `error` saying how many failed."""
+    world = sync_world
+    contacts = seed_ghl(world, 3)
+    world.ghl.sim.update_contact(LOCATION, contacts[1]["id"], {"city": "x" * 6000})
+    aged(world, contacts[1])
+    row = await run(world)
+    assert row["status"] == "error"
+    assert "1 contact(s) could not be synced" in (row["error_message"] or "")
+    assert row["totals"]["errors"] == 1
+    assert row["totals"]["created"] == 2
+    assert world.aloware.sim.contact_by_phone(contacts[1]["phone"]) is None
+    for contact in (contacts[0], contacts[2]):
+        assert world.aloware.sim.contact_by_phone(contact["phone"]) is not None
+    async with world.db.session() as session:
+        failed = list(
+            await session.scalars(
+                select(SyncLog).where(SyncLog.correlation_id == row["id"], SyncLog.status == "error")
+            )
+        )
+    assert [f.entity_id for f in failed] == [contacts[1]["id"]]
+    assert "422" in (failed[0].error_message or "")

@@ -338,7 +338,9 @@ async def reconcile_contacts(
     await save_page(db, run_id, None, totals, succeeded=True)
     log.info("reconcile contacts finished", pages=pages, **totals.as_dict())
     if totals.errors:
-        return f"{totals.errors} contacts could not be synced (their sync_log rows: correlation id {run_id})"
+        return (
+            f"{totals.errors} contact(s) could not be synced (their sync_log rows: correlation id {run_id})"
+        )
     return None
 
 
