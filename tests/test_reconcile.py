@@ -571,3 +571,19 @@ async def test_a_contact_refused_for_good_is_counted_and_the_run_goes_on(sync_wo
         )
     assert [f.entity_id for f in failed] == [contacts[1]["id"]]
     assert "422" in (failed[0].error_message or "")
+
+
+def test_the_cli_without_ghl_or_aloware_is_one_line_and_creates_nothing(tmp_path: Path) -> None:
+    """SPEC §8.3: `reconcile contacts` on a machine where GHL and Aloware are not configured says
+    which settings are missing in one line, exits 2, and creates no database."""
+    keep = {"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV", "PYTHONPATH"}
+    env = {k: v for k, v in os.environ.items() if k in keep}
+    done = subprocess.run(
+        [*CLI, "contacts"], cwd=tmp_path, env=env, capture_output=True, timeout=60, check=False
+    )
+    assert done.returncode == 2
+    assert done.stderr.decode().strip().splitlines() == [
+        "df-middleware: reconcile contacts needs GHL_LOCATION_ID (with GHL_API_KEY or OAuth) and "
+        "ALOWARE_API_TOKEN"
+    ]
+    assert list(tmp_path.iterdir()) == []

@@ -4,7 +4,8 @@ the foreground, to its end.
 The job is `sync.reconcile.run_reconcile`, the function the scheduler and the admin API call. On
 a terminal it draws a rich progress bar; otherwise (a cron job, a pipe, `--json`) it logs progress
 lines (R-REC-4). It prints the run's totals (`--json`: the `reconcile_runs` row) and exits 0 when
-the run's status is `success`, 1 otherwise; 2 when the job cannot start (another run of it is live).
+the run's status is `success`, 1 otherwise; 2 when the job cannot start (a system it needs is not
+configured, or another run of it is live).
 """
 
 from __future__ import annotations
@@ -79,6 +80,14 @@ class LogProgress:
 
 
 def _run(job: str, full: bool, as_json: bool) -> None:
+    settings = load_settings()
+    missing = []
+    if settings.ghl_location_id is None:
+        missing.append("GHL_LOCATION_ID (with GHL_API_KEY or OAuth)")
+    if job != "optouts" and settings.aloware_api_token is None:
+        missing.append("ALOWARE_API_TOKEN")
+    if missing:  # an operator's mistake: one line, nothing created or recorded
+        fail(f"reconcile {job} needs {' and '.join(missing)}", code=2)
     row = run_on_database(
         lambda db: _reconcile(db, job, full=full, show_bar=console.is_terminal and not as_json)
     )
