@@ -3,6 +3,8 @@ break13a): each test failed before its fix, over real HTTP against the served ap
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
 
@@ -12,11 +14,12 @@ from pydantic import SecretStr
 from sqlalchemy import func, select
 
 from df_middleware.app import create_app
-from df_middleware.db.models import OptoutEvent, OptoutRegistry
+from df_middleware.db.models import OptoutEvent, OptoutRegistry, SyncLog
 from df_middleware.db.session import Database
 from tests.event_factory import event_state, insert_event
 from tests.servers import serve_app
 from tests.sync_world import SyncWorld
+from tests.worker_processes import worker_env
 
 SECRET = "break13a-admin-secret"
 BEARER = {"Authorization": f"Bearer {SECRET}"}
@@ -77,3 +80,49 @@ async def test_a_nul_character_in_a_filter_or_reason_is_422_never_500(
     added = await admin.post("/api/admin/optouts", json=body)
     assert added.status_code == 200, added.text
     assert added.json()["status"] == "opted_out"
+
+
+async def test_an_event_detail_masks_its_number_in_the_entity_sync_log_and_effects(
+    admin: httpx.AsyncClient, db: Database, sync_world: SyncWorld
+) -> None:
+    """R-SEC-4, SPEC §8.1: `GET /api/admin/events/{id}` shows the payload "with PII masked unless
+    `?reveal=true`". The event list masked `entity_id`, but the detail showed the full number in
+    `entity_id` (a manual opt-out's `consent.decided` event, every texting event) and in its
+    sync_log rows ("+19195550171 opted out of SMS …") and effect keys; `events show` (its CLI
+    twin) did the same. Now all are masked, and `?reveal=true` / `--reveal` shows them."""
+    number = "+19195550171"
+    decided = await admin.post("/api/admin/optouts", json={"phone": number, "reason": "asked"})
+    assert decided.status_code == 200, decided.text
+    listed = (await admin.get("/api/admin/events", params={"event_type": "consent.decided"})).json()
+    (event_id,) = [item["id"] for item in listed["items"]]
+    async with db.session() as session:
+        session.add(
+            SyncLog(
+                direction="operator_to_ghl",
+                entity_type="contact",
+                entity_id=number,
+                source_id=number,
+                target_id=None,
+                status="success",
+                correlation_id=event_id,
+                message=f"{number} opted out of SMS (manual)",
+            )
+        )
+    masked = await admin.get(f"/api/admin/events/{event_id}")
+    assert masked.status_code == 200, masked.text
+    assert "9195550171" not in masked.text, masked.text
+    assert masked.json()["sync_log"][0]["message"].endswith("opted out of SMS (manual)")
+    revealed = await admin.get(f"/api/admin/events/{event_id}", params={"reveal": "true"})
+    assert revealed.json()["entity_id"] == number
+    assert revealed.json()["sync_log"][0]["entity_id"] == number
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "df_middleware.cli", "events", "show", event_id],
+        env=worker_env(sync_world.settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "9195550171" not in shown.stdout, shown.stdout

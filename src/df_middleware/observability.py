@@ -131,14 +131,34 @@ _EVENT_PHONE_COLUMNS = ("ordering_key", "from_number", "to_number", "dedupe_key"
 
 
 def mask_event_detail(detail: Mapping[str, Any]) -> dict[str, Any]:
-    """An event as shown to an operator (CLI, admin API): payload and phone-bearing columns masked."""
+    """An event as shown to an operator (CLI, admin API): payload and phone-bearing columns masked,
+    and so are its sync_log rows and effects (a texting event's entity id, its log messages and
+    its effect keys carry the number: "+1919… opted out of SMS")."""
     masked = dict(detail)
     if "payload" in masked:
         masked["payload"] = mask_payload(masked["payload"])
-    for column in _EVENT_PHONE_COLUMNS:
+    for column in (*_EVENT_PHONE_COLUMNS, "entity_id", "error_message", "conversation_id"):
         if isinstance(masked.get(column), str):
             masked[column] = mask_text(masked[column])
+    for rows in ("sync_log", "effects", "quarantine"):
+        if isinstance(masked.get(rows), list | dict):
+            masked[rows] = _mask_rows(masked[rows])
     return masked
+
+
+#: The columns of an event's sync_log rows, effects and quarantine that may quote a number.
+_EVENT_ROW_TEXT = ("entity_id", "source_id", "target_id", "message", "error_message", "effect_key", "reason")
+
+
+def _mask_rows(value: Any) -> Any:
+    """The text columns of sync_log rows, effects or a quarantine record through `mask_text`."""
+    if isinstance(value, list):
+        return [_mask_rows(v) for v in value]
+    if isinstance(value, dict):
+        return {
+            k: mask_text(v) if isinstance(v, str) and k in _EVENT_ROW_TEXT else v for k, v in value.items()
+        }
+    return value
 
 
 def _bound_processor(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> Mapping[str, Any]:
