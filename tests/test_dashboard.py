@@ -155,7 +155,10 @@ async def test_every_page_and_action_without_a_session_goes_to_the_login(
     for path in [
         f"/admin/events/{event_id}/replay",
         f"/admin/events/{event_id}/quarantine",
+        f"/admin/events/{event_id}/unquarantine",
+        f"/admin/events/{event_id}/mark-done",
         "/admin/optouts/opt-out",
+        "/admin/optouts/opt-in",
         "/admin/lists/rebuild",
     ]:
         response = await dashboard.http.post(path, data={"phone": PHONE, "reason": "x"})
