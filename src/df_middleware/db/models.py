@@ -83,6 +83,10 @@ def _queue_table_args(table: str) -> tuple[Any, ...]:
             postgresql_where=active,
             sqlite_where=active,
         ),
+        # Serve the dashboard's and admin API's event list filtered by status or by event type
+        # (compared without case), newest first, and the overview's count of queued statuses.
+        Index(f"{table}_status_received_idx", "status", "received_at", "id"),
+        Index(f"{table}_event_type_idx", text("lower(event_type)"), "received_at", "id"),
     )
 
 
@@ -117,6 +121,8 @@ class WebhookEvent(QueueColumns, Base):
         *_queue_table_args("webhook_events"),
         Index("webhook_events_source_status_idx", "source", "status"),
         Index("webhook_events_entity_idx", "entity_type", "entity_id"),
+        # Serves the overview's queue depth by status and source (queued statuses only).
+        Index("webhook_events_status_source_idx", "status", "source"),
     )
 
 
@@ -250,6 +256,8 @@ class ContactMapping(Base):
         Index("contact_mappings_aloware_contact_id_idx", "aloware_contact_id"),
         Index("contact_mappings_phone_idx", "phone_number"),
         Index("contact_mappings_email_idx", "email"),
+        # Serves the mappings list, most recently updated first.
+        Index("contact_mappings_updated_at_idx", "updated_at", "id"),
     )
 
 
@@ -313,6 +321,7 @@ class OptoutRegistry(_ConsentColumns, Base):
     __table_args__ = (
         Index("optout_registry_phone_number_unique", "phone_number", unique=True),
         Index("optout_registry_status_idx", "status"),
+        Index("optout_registry_last_event_idx", "last_event_at", "id"),  # the list's order (admin, dashboard)
     )
 
 
@@ -323,6 +332,7 @@ class DncRegistry(_ConsentColumns, Base):
     __table_args__ = (
         Index("dnc_registry_phone_number_unique", "phone_number", unique=True),
         Index("dnc_registry_status_idx", "status"),
+        Index("dnc_registry_last_event_idx", "last_event_at", "id"),  # the list's order (admin, dashboard)
     )
 
 
