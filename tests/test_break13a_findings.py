@@ -3,8 +3,11 @@ break13a): each test failed before its fix, over real HTTP against the served ap
 
 from __future__ import annotations
 
+import base64
+import json
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
 
@@ -126,3 +129,38 @@ async def test_an_event_detail_masks_its_number_in_the_entity_sync_log_and_effec
     )
     assert shown.returncode == 0, shown.stderr
     assert "9195550171" not in shown.stdout, shown.stdout
+
+
+def _cursor(*position: object) -> str:
+    """A cursor as `queue.operations.encode_cursor` writes one, holding whatever it is given."""
+    return base64.urlsafe_b64encode(json.dumps(list(position)).encode()).decode().rstrip("=")
+
+
+async def test_a_forged_cursor_or_an_out_of_range_time_is_422_never_500(admin: httpx.AsyncClient) -> None:
+    """R-SEC-3, SPEC §8.1 (cursor pagination; since/until): a cursor is the client's to send
+    back, so it may be forged. One holding a time at the calendar's edge (year 1 at +14:00, year
+    9999 at -14:00: valid ISO-8601 that UTC cannot hold) or a number for the id was a 500 on both
+    engines (OverflowError / AttributeError), and so were `since`/`until` at those edges, on the
+    lists and in the bulk replay body. Now each is a 422."""
+    some_id = str(uuid.uuid4())
+    cursors = [
+        _cursor("0001-01-01T00:00:00+14:00", some_id),
+        _cursor("9999-12-31T23:59:59-14:00", some_id),
+        _cursor("2026-11-25T10:00:00+00:00", 5),
+    ]
+    for path in ("/api/admin/events", "/api/admin/sync-log", "/api/admin/optouts"):
+        for cursor in cursors:
+            response = await admin.get(path, params={"cursor": cursor})
+            assert response.status_code == 422, (path, cursor, response.text)
+    edges = [{"since": "0001-01-01T00:00:00+14:00"}, {"until": "9999-12-31T23:59:59-14:00"}]
+    for path in ("/api/admin/events", "/api/admin/sync-log"):
+        for params in edges:
+            response = await admin.get(path, params=params)
+            assert response.status_code == 422, (path, params, response.text)
+    for body in edges:
+        response = await admin.post("/api/admin/events/replay", json=body)
+        assert response.status_code == 422, (body, response.text)
+    # A time inside the range still answers.
+    assert (
+        await admin.get("/api/admin/events", params={"since": "0001-01-02T00:00:00+00:00"})
+    ).status_code == 200

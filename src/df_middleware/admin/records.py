@@ -12,7 +12,7 @@ searched by is normalised first (R-ID-1), so every formatting of a number finds 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, or_, select
@@ -120,6 +120,10 @@ async def list_sync_log(
     for bound in (since, until):
         if bound is not None and bound.tzinfo is None:
             raise ValueError("since/until need a time zone")
+        try:  # 0001-01-01T00:00+14:00 parses, but is before the first moment UTC can hold
+            _ = bound.astimezone(UTC) if bound is not None else None
+        except OverflowError:
+            raise ValueError("since/until out of range") from None
     conditions: list[ColumnElement[bool]] = _after(SyncLog.started_at, SyncLog.id, cursor)
     for name, column, value in (
         ("direction", SyncLog.direction, direction),

@@ -28,7 +28,7 @@ import json
 import uuid
 from collections.abc import Collection
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -166,7 +166,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         received_at, event_id = json.loads(raw)
         position = (datetime.fromisoformat(received_at), uuid.UUID(event_id))
-    except (binascii.Error, ValueError, TypeError) as exc:
+        position[0].astimezone(UTC)  # a forged time may lie outside what UTC can hold
+    except (binascii.Error, ValueError, TypeError, AttributeError, OverflowError) as exc:
         raise ValueError("invalid cursor") from exc
     if position[0].tzinfo is None:
         raise ValueError("invalid cursor")

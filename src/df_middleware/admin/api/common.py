@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import HTTPException, Query, Request
@@ -74,6 +74,11 @@ def aware(value: datetime | None, name: str) -> datetime | None:
     """A time from the query, refused without a time zone (a naive time means nothing here)."""
     if value is not None and value.tzinfo is None:
         raise HTTPException(422, f"{name}: give a time zone, e.g. 2026-11-25T10:00:00Z")
+    if value is not None:
+        try:  # 0001-01-01T00:00+14:00 parses, but is before the first moment UTC can hold
+            value.astimezone(UTC)
+        except OverflowError:
+            raise HTTPException(422, f"{name}: out of range") from None
     return value
 
 
