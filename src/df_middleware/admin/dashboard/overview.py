@@ -4,10 +4,11 @@ last reconcile run per job, OAuth token health and blocked lists.
 
 Every query uses an index, so the page stays fast with a million stored events:
 - depth: the events still queued (pending, processing, error, quarantined) per table, source and
-  status, through `<table>_status_idx`; done events are counted only for the last hour;
-- the hour: twelve 5-minute ranges of `received_at` (`<table>_received_at_idx`), counted by
-  status: the events *received* in each bucket and how those ended so far. (Counting by
-  `processed_at` would need an index there that the tables do not have.)
+  status, index-only through `webhook_events_status_source_idx` and `<table>_status_received_idx`
+  (migration 0009); done events are counted only for the last hour;
+- the hour: one range of `received_at` per table (`<table>_received_at_idx`), split into twelve
+  5-minute buckets counted by status: the events *received* in each bucket and how those ended
+  so far. (Counting by `processed_at` would need an index there that the tables do not have.)
 - reconcile: the newest row per job (`reconcile_runs_job_name_idx`); tokens: a handful of rows.
 """
 
@@ -20,7 +21,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from markupsafe import Markup
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 
 from df_middleware.admin.dashboard.render import page
 from df_middleware.admin.dashboard.session import AdminSession, require_session
@@ -115,15 +116,22 @@ async def _last_hour(db: Database, now: datetime) -> list[Bucket]:
     async with db.session() as session:
         for event_table in EVENT_TABLES:
             t = event_table.table
-            for i, start in enumerate(starts):
-                rows = await session.execute(
-                    select(t.c.status, func.count())
-                    .where(t.c.received_at >= start, t.c.received_at < start + BUCKET)
-                    .group_by(t.c.status)
+            # One range read of the hour per table (not one per bucket: 36 → 3 round trips); the
+            # bucket is picked by comparisons, which both engines evaluate alike.
+            bucket = case(*((t.c.received_at < start + BUCKET, i) for i, start in enumerate(starts)))
+            received = (
+                select(bucket.label("bucket"), t.c.status)
+                .where(t.c.received_at >= starts[0], t.c.received_at < end)
+                .subquery()
+            )
+            rows = await session.execute(
+                select(received.c.bucket, received.c.status, func.count()).group_by(
+                    received.c.bucket, received.c.status
                 )
-                for status, count in rows:
-                    key = status if status in ("done", "error") else "open"
-                    counts[i][key] += count
+            )
+            for i, status, count in rows:
+                key = status if status in ("done", "error") else "open"
+                counts[i][key] += count
     return [Bucket(start=s, **c) for s, c in zip(starts, counts, strict=True)]
 
 
