@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
+from pathlib import Path
 
 import httpx
 import pytest
@@ -164,3 +166,52 @@ async def test_a_forged_cursor_or_an_out_of_range_time_is_422_never_500(admin: h
     assert (
         await admin.get("/api/admin/events", params={"since": "0001-01-02T00:00:00+00:00"})
     ).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["events", "replay-matching", "--since", "0001-01-01T00:00:00+14:00"],
+        ["events", "list", "--until", "9999-12-31T23:59:59-14:00"],
+        ["events", "list", "--cursor", "eyJ4Ijo1fQ", "--json"],
+        ["events", "list", "--cursor", _cursor("0001-01-01T00:00:00+14:00", str(uuid.UUID(int=0)))],
+    ],
+)
+def test_cli_twins_refuse_a_bad_cursor_or_time_in_one_line(tmp_path: Path, args: list[str]) -> None:
+    """SPEC §8.3, R-SEC-3 (the CLI twins of `GET /api/admin/events` and `POST …/events/replay`, in
+    an empty directory): a `--cursor` that is not one the command printed, or a `--since`/`--until`
+    at the calendar's edge, ended in a traceback and exit 1 (ValueError: invalid cursor; the
+    database's OverflowError), after creating and migrating `./df-middleware.db`. Now: one line
+    naming the option, exit 2 (a usage error), and nothing created."""
+    done = subprocess.run(
+        [sys.executable, "-m", "df_middleware.cli", *args],
+        cwd=tmp_path,
+        env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "╭" not in done.stderr, done.stderr
+    assert done.stderr.strip().startswith("df-middleware: --"), done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_events_list_refuses_an_unknown_status_in_one_line(tmp_path: Path) -> None:
+    """SPEC §8.3 (`events list`, twin of `GET /api/admin/events?status=`, which answers 422): an
+    unknown `--status` was a traceback (exit 1); now one line and exit 2."""
+    done = subprocess.run(
+        [sys.executable, "-m", "df_middleware.cli", "events", "list", "--status", "bogus"],
+        cwd=tmp_path,
+        env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "╭" not in done.stderr, done.stderr
+    assert "status must be one of" in done.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
@@ -28,6 +28,10 @@ def _parse_time(value: str | None, option: str) -> datetime | None:
         fail(f"{option}: not an ISO-8601 time: {value}", code=2)
     if parsed.tzinfo is None:
         fail(f"{option}: give a time zone, e.g. 2026-11-25T10:00:00Z", code=2)
+    try:  # 0001-01-01T00:00+14:00 parses, but is before the first moment UTC can hold
+        parsed.astimezone(UTC)
+    except OverflowError:
+        fail(f"{option}: out of range: {value}", code=2)
     return parsed
 
 
@@ -54,25 +58,33 @@ def events_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print the admin API's JSON object.")] = False,
 ) -> None:
     """List stored events, newest first."""
-    from df_middleware.queue.operations import list_events
+    from df_middleware.queue.operations import decode_cursor, list_events
 
     if kind is not None and kind not in {"webhook", "texting", "broadcast"}:
         fail("--kind must be webhook, texting or broadcast", code=2)
     since_time, until_time = _parse_time(since, "--since"), _parse_time(until, "--until")
-    page = run_on_database(
-        lambda db: list_events(
-            db,
-            kind=kind,
-            source=source,
-            status=status,
-            event_type=event_type,
-            entity_id=entity_id,
-            since=since_time,
-            until=until_time,
-            cursor=cursor,
-            limit=limit,
+    if cursor is not None:
+        try:
+            decode_cursor(cursor)
+        except ValueError:
+            fail(f"--cursor: not a next_cursor this command printed: {cursor}", code=2)
+    try:
+        page = run_on_database(
+            lambda db: list_events(
+                db,
+                kind=kind,
+                source=source,
+                status=status,
+                event_type=event_type,
+                entity_id=entity_id,
+                since=since_time,
+                until=until_time,
+                cursor=cursor,
+                limit=limit,
+            )
         )
-    )
+    except ValueError as exc:  # a filter the service refuses (an unknown --status)
+        fail(f"refused: {exc}", code=2)
     if as_json:
         print_json({"items": page.items, "next_cursor": page.next_cursor})
         return
