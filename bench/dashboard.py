@@ -173,6 +173,7 @@ def discover(client: httpx.Client) -> dict[str, str]:
         "events": "/admin/events",
         "events_status_error": "/admin/events?status=error",
         "events_source_aloware": "/admin/events?source=aloware",
+        "events_event_type": "/admin/events?event_type=contactupdate",
         "events_page_2": second,
         "events_page_10": path,
         "event_detail": f"/admin/events/{event_id.group(1)}",
@@ -309,7 +310,8 @@ def explain_sqlite(path: str, queries: list[dict[str, Any]]) -> list[dict[str, A
                     "sql": _one_line(query["sql"])[:160],
                     "execution_ms": round(elapsed, 2),
                     "seq_scans": full,
-                    "temp_sort": any("TEMP B-TREE" in line for line in plan),
+                    # A whole result sorted (not the "RIGHT PART" of an order an index began).
+                    "temp_sort": any(line.strip() == "USE TEMP B-TREE FOR ORDER BY" for line in plan),
                     "plan": plan,
                 }
             )
