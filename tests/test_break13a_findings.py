@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -19,9 +20,10 @@ from pydantic import SecretStr
 from sqlalchemy import func, select
 
 from df_middleware.app import create_app
-from df_middleware.db.models import OptoutEvent, OptoutRegistry, SyncLog
+from df_middleware.db.models import OptoutEvent, OptoutRegistry, ReconcileRun, SyncLog
 from df_middleware.db.session import Database
-from tests.event_factory import event_state, insert_event
+from df_middleware.db.types import utcnow
+from tests.event_factory import event_state, insert_event, wait_until
 from tests.servers import serve_app
 from tests.sync_world import SyncWorld
 from tests.worker_processes import worker_env
@@ -215,3 +217,52 @@ def test_cli_events_list_refuses_an_unknown_status_in_one_line(tmp_path: Path) -
     assert "Traceback" not in done.stderr, done.stderr
     assert "╭" not in done.stderr, done.stderr
     assert "status must be one of" in done.stderr
+
+
+async def test_a_run_left_by_a_killed_process_does_not_block_an_api_start(
+    admin: httpx.AsyncClient, db: Database
+) -> None:
+    """SPEC §8.1 (`POST /api/admin/reconcile/{job}`: 409 only while the job runs), R-REC-2 (a row
+    never stays `running` after its process is gone). After `df-middleware reconcile` was killed
+    with -9, its row stays `running` with a fresh heartbeat; the CLI's next run retires it at once
+    (its owner's pid is gone), but the API answered 409 "already running" for up to the lease
+    (5 min), judging by the heartbeat alone. Now the API applies the same test as the job: the
+    start is accepted, the old row ends `error: interrupted`, the new run succeeds. A row whose
+    owner is alive and beating still gets 409."""
+    finished_process = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished_process.wait()
+
+    def running_row(pid: int) -> ReconcileRun:
+        now = utcnow()  # each row the newest when it is added
+        return ReconcileRun(
+            id=uuid.uuid4(),
+            job_name="optouts",
+            started_at=now,
+            status="running",
+            totals={"scanned": 0, "owner": f"{socket.gethostname()}:{pid}", "heartbeat_at": now.isoformat()},
+        )
+
+    alive = running_row(os.getpid())  # this test's process: alive, and not the server's
+    async with db.session() as session:
+        session.add(alive)
+    busy = await admin.post("/api/admin/reconcile/optouts")
+    assert busy.status_code == 409, busy.text
+    async with db.session() as session:
+        (await session.get(ReconcileRun, alive.id)).status = "error"  # type: ignore[union-attr]
+
+    left = running_row(finished_process.pid)
+    async with db.session() as session:
+        session.add(left)
+    started = await admin.post("/api/admin/reconcile/optouts")
+    assert started.status_code == 202, started.text
+
+    async def finished() -> bool:
+        runs = (await admin.get("/api/admin/reconcile/runs", params={"job": "optouts"})).json()["items"]
+        return runs[0]["id"] != str(left.id) and runs[0]["status"] != "running"
+
+    await wait_until(finished, timeout=60)
+    runs = (await admin.get("/api/admin/reconcile/runs", params={"job": "optouts"})).json()["items"]
+    assert runs[0]["status"] == "success", runs[0]
+    old = next(run for run in runs if run["id"] == str(left.id))
+    assert old["status"] == "error"
+    assert old["error_message"].startswith("interrupted")

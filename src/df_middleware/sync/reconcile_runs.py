@@ -151,6 +151,20 @@ def _lease_expired(row: ReconcileRun, now: datetime) -> bool:
     return last is None or now - last > timedelta(seconds=LEASE_SECONDS)
 
 
+def run_is_live(run: dict[str, Any], now: datetime | None = None) -> bool:
+    """Whether a run (as `run_row` shows it) is live, the test `start_run` applies: `running`, its
+    owner not a process of this host that is gone, and its heartbeat within the lease. A row a
+    killed process left is not live (the next start retires it), so it must not block a start."""
+    if run.get("status") != RUNNING:
+        return False
+    given = run.get("totals")
+    totals: dict[str, Any] = given if isinstance(given, dict) else {}
+    if _process_gone(totals.get("owner")):
+        return False
+    last = parse_iso8601(totals.get("heartbeat_at")) or parse_iso8601(run.get("started_at"))
+    return last is not None and (now or utcnow()) - last <= timedelta(seconds=LEASE_SECONDS)
+
+
 def _job_lock_key(job: str) -> int:
     return int.from_bytes(
         hashlib.sha256(f"df-middleware:reconcile:{job}".encode()).digest()[:8], "big", signed=True

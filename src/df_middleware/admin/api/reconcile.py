@@ -4,12 +4,12 @@ job, read the runs, repair one contact now. The same functions as `df-middleware
 
 A job runs in the background of this process (`jobs.py`): 202 at once, then its `reconcile_runs`
 row tells the progress (its totals are refreshed while it runs) and the outcome. A job that is
-already running — here, or live in another process (its row beats within the lease) — is 409.
+already running — here, or live in another process (its owner alive, its row beating within the
+lease: `reconcile_runs.run_is_live`) — is 409; a row a killed process left does not block a start.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Request
@@ -18,14 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from df_middleware.admin.api.common import MAX_ID_CHARS, LimitQuery, connectors_of, db_of, settings_of
 from df_middleware.admin.api.jobs import AdminJobs, JobAlreadyRunning
-from df_middleware.db.types import utcnow
 from df_middleware.sync.reconcile import (
     ReconcileNotConfigured,
     list_reconcile_runs,
     repair_contact,
     run_reconcile,
 )
-from df_middleware.sync.reconcile_runs import LEASE_SECONDS, RUNNING
+from df_middleware.sync.reconcile_runs import run_is_live
 
 Job = Literal["contacts", "lists", "optouts"]
 
@@ -40,19 +39,6 @@ class RepairIn(BaseModel):
     ghl_contact_id: str = Field(min_length=1, max_length=MAX_ID_CHARS, pattern=r"^[A-Za-z0-9_-]+$")
 
 
-def _live(run: dict[str, Any]) -> bool:
-    """A `running` row whose process beat within the lease (an abandoned row is retired by the
-    next start, so it must not block one)."""
-    if run["status"] != RUNNING:
-        return False
-    beat = (run.get("totals") or {}).get("heartbeat_at") or run["started_at"]
-    try:
-        at = datetime.fromisoformat(beat)
-    except (TypeError, ValueError):
-        return False
-    return utcnow() - at < timedelta(seconds=LEASE_SECONDS)
-
-
 def reconcile_router() -> APIRouter:
     router = APIRouter()
 
@@ -65,7 +51,7 @@ def reconcile_router() -> APIRouter:
         full = body.full if body else False
         settings, db, connectors = settings_of(request), db_of(request), connectors_of(request)
         latest = await list_reconcile_runs(db, job=job, limit=1)
-        if latest and _live(latest[0]):
+        if latest and run_is_live(latest[0]):
             raise HTTPException(409, f"reconcile {job} is already running (run {latest[0]['id']})")
         jobs: AdminJobs = request.app.state.admin_jobs
         try:
