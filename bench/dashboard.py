@@ -174,6 +174,9 @@ def discover(client: httpx.Client) -> dict[str, str]:
         "events_status_error": "/admin/events?status=error",
         "events_source_aloware": "/admin/events?source=aloware",
         "events_event_type": "/admin/events?event_type=contactupdate",
+        # "What happened to this lead?": one contact's events and sync log rows, by its id alone.
+        "events_entity": "/admin/events?entity_id=c4242",
+        "sync_log_entity": "/admin/sync-log?entity_id=c4242",
         "events_page_2": second,
         "events_page_10": path,
         "event_detail": f"/admin/events/{event_id.group(1)}",

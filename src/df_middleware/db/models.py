@@ -123,6 +123,8 @@ class WebhookEvent(QueueColumns, Base):
         Index("webhook_events_entity_idx", "entity_type", "entity_id"),
         # Serves the overview's queue depth by status and source (queued statuses only).
         Index("webhook_events_status_source_idx", "status", "source"),
+        # The events list filtered by entity id alone, newest first (migration 0010).
+        Index("webhook_events_entity_id_received_idx", "entity_id", "received_at", "id"),
     )
 
 
@@ -184,6 +186,8 @@ class SyncLog(Base):
         Index("sync_log_direction_idx", "direction"),
         Index("sync_log_started_at_idx", "started_at"),
         Index("sync_log_correlation_idx", "correlation_id"),
+        # The sync log filtered by entity id alone, newest first (migration 0010).
+        Index("sync_log_entity_id_started_idx", "entity_id", "started_at", "id"),
     )
 
 
