@@ -266,3 +266,42 @@ async def test_a_run_left_by_a_killed_process_does_not_block_an_api_start(
     old = next(run for run in runs if run["id"] == str(left.id))
     assert old["status"] == "error"
     assert old["error_message"].startswith("interrupted")
+
+
+async def test_the_admin_secret_and_a_body_limit_come_before_the_body_is_read(
+    admin_service: str, admin: httpx.AsyncClient
+) -> None:
+    """R-SEC-1 (nothing that can write is open), R-SEC-3 (bodies size-limited before reading;
+    malformed input 4xx). FastAPI reads and parses a route's JSON body before its dependencies
+    run, so without the secret `POST /api/admin/optouts` answered a malformed body with 422 and
+    its JSON error details, and took in and parsed a body of any size (100 MB: parsed, then 401).
+    Now the secret is checked first (401 whatever the body), and an admin body over 64 KiB is 413,
+    declared or chunked; ordinary bodies work as before."""
+    async with httpx.AsyncClient(base_url=admin_service, timeout=60) as anonymous:
+        malformed = await anonymous.post(
+            "/api/admin/optouts", content=b"[[[", headers={"content-type": "application/json"}
+        )
+        assert malformed.status_code == 401, malformed.text
+        huge = b'{"phone": "+19195550172", "reason": "' + b"a" * 5_000_000 + b'"}'
+        refused = await anonymous.post(
+            "/api/admin/optouts", content=huge, headers={"content-type": "application/json"}
+        )
+        assert refused.status_code == 401, refused.text
+
+    too_big = b'{"phone": "+19195550172", "reason": "' + b"a" * 100_000 + b'"}'
+    declared = await admin.post(
+        "/api/admin/optouts", content=too_big, headers={"content-type": "application/json"}
+    )
+    assert declared.status_code == 413, declared.text
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(too_big), 8192):
+            yield too_big[start : start + 8192]
+
+    chunked = await admin.post(
+        "/api/admin/optouts", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert chunked.status_code == 413, chunked.text
+    assert (await admin.get("/api/admin/optouts/+19195550172")).json()["status"] == "none"
+    ordinary = await admin.post("/api/admin/optouts", json={"phone": "+19195550172", "reason": "asked"})
+    assert ordinary.status_code == 200, ordinary.text

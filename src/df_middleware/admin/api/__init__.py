@@ -13,6 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
+from df_middleware.admin.api.common import MAX_ADMIN_BODY_BYTES
 from df_middleware.admin.api.consent import consent_router
 from df_middleware.admin.api.directory import directory_router
 from df_middleware.admin.api.events import events_router
@@ -26,6 +27,7 @@ ADMIN_API_PREFIX = "/api/admin"
 #: Answers any admin operation may give besides its own (documented for clients and the fuzzer).
 ADMIN_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"description": "The body is not JSON"},
+    413: {"description": f"The body is larger than {MAX_ADMIN_BODY_BYTES} bytes"},
     401: {"description": "The admin secret is missing or wrong"},
     404: {"description": "No such event, number or agent"},
     409: {"description": "The action does not fit the current state (e.g. the event is being processed)"},

@@ -9,13 +9,16 @@ the service functions check before they write (see `queue/operations.py`).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import HTTPException, Query, Request
+from fastapi import HTTPException, Query, Request, Response
+from fastapi.routing import APIRoute
 from pydantic import AfterValidator
+from starlette.types import Message
 
+from df_middleware.admin.auth import require_admin
 from df_middleware.config import Settings
 from df_middleware.connectors.suite import Connectors
 from df_middleware.consent.manual import e164_or_refuse
@@ -28,6 +31,8 @@ API_ACTOR = "admin-api"
 #: Bounds of what the query may carry (ids, types, cursors are short; R-SEC-3).
 MAX_ID_CHARS = 200
 MAX_CURSOR_CHARS = 400
+#: The largest admin request body: an agent, a reason, a filter set are far smaller (R-SEC-3).
+MAX_ADMIN_BODY_BYTES = 65_536
 
 #: Control characters no id, filter or reason holds (tab, newline and carriage return aside).
 _CONTROL = frozenset(chr(c) for c in range(32) if chr(c) not in "\t\n\r") | {"\x7f"}
@@ -103,3 +108,35 @@ def service_errors() -> Iterator[None]:
         raise HTTPException(409, str(exc)) from None
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from None
+
+
+class AdminRoute(APIRoute):
+    """An admin route: the secret, then the body's size, checked on the headers before a byte of
+    the body is read. Why: FastAPI reads and parses a route's JSON body before it runs its
+    dependencies, so `require_admin` alone let anyone make the service take in and parse a body
+    of any size (and answer its JSON errors) before the 401 (R-SEC-1, R-SEC-3)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def guarded(request: Request) -> Response:
+            await require_admin(request)
+            declared = request.headers.get("content-length")
+            if declared is not None and not declared.isdigit():
+                raise HTTPException(400, "Content-Length is not a number")
+            if declared is not None and int(declared) > MAX_ADMIN_BODY_BYTES:
+                raise HTTPException(413, f"body larger than {MAX_ADMIN_BODY_BYTES} bytes")
+            receive, taken = request.receive, 0
+
+            async def bounded() -> Message:  # a chunked body declares no length
+                nonlocal taken
+                message = await receive()
+                taken += len(message.get("body", b""))
+                if taken > MAX_ADMIN_BODY_BYTES:
+                    raise HTTPException(413, f"body larger than {MAX_ADMIN_BODY_BYTES} bytes")
+                return message
+
+            request._receive = bounded  # Starlette reads the body through it
+            return await handler(request)
+
+        return guarded

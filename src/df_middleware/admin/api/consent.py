@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from df_middleware.admin.api.common import (
     API_ACTOR,
+    AdminRoute,
     CursorQuery,
     LimitQuery,
     Printable,
@@ -59,7 +60,7 @@ def _decision(outcome: Any, phone: str, channel: str) -> dict[str, Any]:
 
 
 def consent_router() -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(route_class=AdminRoute)
 
     @router.get("/optouts", summary="The opt-out registry, most recent decision first")
     async def optouts(

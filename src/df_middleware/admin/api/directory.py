@@ -11,7 +11,7 @@ from fastapi import APIRouter, HTTPException, Path, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from df_middleware.admin.api.common import connectors_of, db_of, settings_of
+from df_middleware.admin.api.common import AdminRoute, connectors_of, db_of, settings_of
 from df_middleware.admin.api.jobs import AdminJobs, JobAlreadyRunning
 from df_middleware.agents.agents_file import AGENT_KEY_PATTERN, AgentsFileError, AgentSpec, list_name_clash
 from df_middleware.agents.directory import all_agents, apply_agents_file, load_agents_file, upsert_agent
@@ -57,7 +57,7 @@ def _spec(body: AgentIn, agent_key: str | None = None) -> AgentSpec:
 
 
 def directory_router() -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(route_class=AdminRoute)
 
     @router.get("/agents", summary="The agent directory, inactive agents included")
     async def agents(request: Request) -> list[dict[str, Any]]:

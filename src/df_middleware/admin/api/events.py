@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from df_middleware.admin.api.common import (
     API_ACTOR,
     MAX_ID_CHARS,
+    AdminRoute,
     CursorQuery,
     IdQuery,
     LimitQuery,
@@ -104,7 +105,7 @@ def _masked_summary(item: dict[str, Any], reveal: bool) -> dict[str, Any]:
 
 
 def events_router() -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(route_class=AdminRoute)
 
     @router.get("/events", response_model=EventPageOut, summary="Stored events, newest first")
     async def events(

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 
 from df_middleware.admin.api.common import (
+    AdminRoute,
     CursorQuery,
     IdQuery,
     LimitQuery,
@@ -28,7 +29,7 @@ from df_middleware.connectors.checkup import check_connections
 
 
 def operations_router() -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(route_class=AdminRoute)
 
     @router.get("/sync-log", summary="The audit trail, newest first")
     async def sync_log(

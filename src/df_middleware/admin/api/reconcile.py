@@ -16,7 +16,14 @@ from fastapi import APIRouter, HTTPException, Path, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from df_middleware.admin.api.common import MAX_ID_CHARS, LimitQuery, connectors_of, db_of, settings_of
+from df_middleware.admin.api.common import (
+    MAX_ID_CHARS,
+    AdminRoute,
+    LimitQuery,
+    connectors_of,
+    db_of,
+    settings_of,
+)
 from df_middleware.admin.api.jobs import AdminJobs, JobAlreadyRunning
 from df_middleware.sync.reconcile import (
     ReconcileNotConfigured,
@@ -40,7 +47,7 @@ class RepairIn(BaseModel):
 
 
 def reconcile_router() -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(route_class=AdminRoute)
 
     @router.post("/reconcile/{job}", status_code=202, summary="Start a reconcile job (in the background)")
     async def reconcile(
