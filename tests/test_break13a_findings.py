@@ -305,3 +305,20 @@ async def test_the_admin_secret_and_a_body_limit_come_before_the_body_is_read(
     assert (await admin.get("/api/admin/optouts/+19195550172")).json()["status"] == "none"
     ordinary = await admin.post("/api/admin/optouts", json={"phone": "+19195550172", "reason": "asked"})
     assert ordinary.status_code == 200, ordinary.text
+
+
+async def test_a_non_ascii_admin_secret_can_be_presented(sync_world: SyncWorld) -> None:
+    """SPEC §8.1 (auth: `Authorization: Bearer <DF_ADMIN_SECRET>` or `X-DF-ADMIN-SECRET`), R-SEC-2.
+    Clients send header bytes as UTF-8 and Starlette decodes them as latin-1, so a secret with
+    any non-ASCII character ("pässwörd") never matched: every admin request was 401 although the
+    dashboard login (a form field, decoded as UTF-8) accepted the same secret. Now both headers
+    match it (sent as UTF-8); a wrong one is still 401."""
+    secret = "pässwörd-ünïcode-13a"
+    settings = sync_world.settings.model_copy(update={"df_admin_secret": SecretStr(secret)})
+    with serve_app(create_app(settings, run_worker=False)) as base_url:
+        async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+            for name, value in (("Authorization", f"Bearer {secret}"), ("X-DF-ADMIN-SECRET", secret)):
+                answer = await client.get("/api/admin/agents", headers={name: value.encode()})
+                assert answer.status_code == 200, (name, answer.text)
+            wrong = await client.get("/api/admin/agents", headers={"X-DF-ADMIN-SECRET": "pässwörd".encode()})
+            assert wrong.status_code == 401

@@ -20,11 +20,20 @@ _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="df-middleware admin"'}
 
 def presented_admin_secret(request: Request) -> str | None:
     """The secret a request presents, from `Authorization: Bearer` or `X-DF-ADMIN-SECRET`."""
-    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    scheme, _, credentials = _utf8(request.headers.get("authorization", "")).partition(" ")
     if scheme.lower() == "bearer" and credentials.strip():
         return credentials.strip()
-    header = request.headers.get(ADMIN_HEADER, "").strip()
+    header = _utf8(request.headers.get(ADMIN_HEADER, "")).strip()
     return header or None
+
+
+def _utf8(header: str) -> str:
+    """A header as its sender wrote it. Starlette decodes header bytes as latin-1, clients send
+    UTF-8: without this a DF_ADMIN_SECRET with any non-ASCII character could never match."""
+    try:
+        return header.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return header
 
 
 def admin_secret_matches(settings: Settings, presented: str | None) -> bool:
