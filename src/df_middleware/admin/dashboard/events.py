@@ -49,11 +49,22 @@ def parse_time(raw: str | None, name: str) -> datetime | None:
         moment = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
     except ValueError:
         raise ValueError(f"{name}: not a time, e.g. 2026-11-25T10:00 (UTC)") from None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        # A time at the edge of the calendar with an offset (0001-01-01T00:00+14:00) has no UTC
+        # instant: the database layer would raise OverflowError, a 500 (break13b finding 1).
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{name}: out of range (years 1 to 9999 in UTC)") from None
 
 
 def text_filter(raw: str | None, name: str) -> str | None:
+    """A filter's text, None when blank; ValueError when too long or holding a NUL (PostgreSQL
+    can neither store nor compare one: a 500 there, break13b finding 2)."""
     value = (raw or "").strip()
+    if "\x00" in value:
+        raise ValueError(f"{name} contains a NUL character")
     if len(value) > MAX_FILTER_CHARS:
         raise ValueError(f"{name} is longer than {MAX_FILTER_CHARS} characters")
     return value or None
