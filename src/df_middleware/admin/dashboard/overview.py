@@ -29,6 +29,7 @@ from df_middleware.config import Settings
 from df_middleware.db.models import GhlOauthToken
 from df_middleware.db.session import Database
 from df_middleware.db.types import utcnow
+from df_middleware.observability import mask_text
 from df_middleware.queue.event_tables import EVENT_TABLES
 from df_middleware.sync.list_operations import lists_status
 from df_middleware.sync.reconcile_runs import RECONCILE_JOBS, latest_runs
@@ -140,7 +141,11 @@ async def _reconcile_runs(db: Database) -> list[dict[str, Any]]:
     every job listed: one that never ran says so."""
     latest = await latest_runs(db)
     never = {"status": None, "started_at": None, "finished_at": None, "totals": None, "error_message": None}
-    return [latest.get(job) or {"job_name": job, **never} for job in RECONCILE_JOBS]
+    runs = [dict(latest.get(job) or {"job_name": job, **never}) for job in RECONCILE_JOBS]
+    for run in runs:  # a remote error can name the contact it was about (R-SEC-4, break13b)
+        if isinstance(run.get("error_message"), str):
+            run["error_message"] = mask_text(run["error_message"])
+    return runs
 
 
 async def _tokens(db: Database, now: datetime) -> list[dict[str, Any]]:
@@ -165,7 +170,7 @@ async def _tokens(db: Database, now: datetime) -> list[dict[str, Any]]:
                 "expires_at": row.expires_at,
                 "health": health,
                 "refresh_failed_at": row.refresh_failed_at,
-                "refresh_error": row.refresh_error,
+                "refresh_error": mask_text(row.refresh_error) if row.refresh_error else None,
             }
         )
     return tokens
