@@ -8,6 +8,7 @@ uvicorn sees the client (a proxy's address, its forwarded headers).
 
 from __future__ import annotations
 
+import signal
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -294,3 +295,51 @@ async def test_a_cookie_copied_before_logout_no_longer_opens_the_dashboard(
     replayed = await operator.http.get("/admin/events")
     assert replayed.status_code == 303, "a logged-out session still opens the dashboard"
     assert replayed.headers["location"] == "/admin/login"
+
+
+# --- the demo ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_demos_started_at_the_same_moment_each_come_up_on_their_own_port(tmp_path: Path) -> None:
+    """R-RUN-5 ("on a free port when 8000 is taken"): the demo probed its port, then bound it
+    seconds later, after the day's simulators had started. Three demos started together (a
+    visitor opening terminals, a CI matrix) all found 8000 free; the later ones then crashed on
+    the bind (`OSError: Address already in use`, a traceback, exit 1), or, when their fallback
+    port (free "a moment ago") had been taken meanwhile, posted the day's webhooks to another
+    demo's service (401: signature does not match). Now the service's socket is bound where it
+    is served, falling back to a port the system gives at that bind: every demo plays its day,
+    stays up on its own port, and stops with exit 0."""
+    commands = []
+    for i in range(3):
+        workdir = tmp_path / f"demo{i}"
+        workdir.mkdir()  # an empty directory, as a visitor's
+        proc = subprocess.Popen(
+            [*CLI, "demo"],
+            cwd=workdir,
+            env=clean_env(COLUMNS="160"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        commands.append(RunningCommand(proc))
+    try:
+        urls = []
+        for command in commands:
+            line = command.wait_for("Dashboard:", 180)
+            urls.append(line.split("Dashboard:", 1)[1].strip())
+        assert len(set(urls)) == 3, urls
+        for command in commands:
+            assert "End state matches the expected one" in command.output, command.output[-3000:]
+            secret = command.wait_for("Admin secret:").split(":", 1)[1].strip()
+            assert (
+                httpx.post(f"{urls[commands.index(command)]}/login", data={"secret": secret}).status_code
+                == 303
+            )
+    finally:
+        for command in commands:
+            if command.proc.poll() is None:
+                command.proc.send_signal(signal.SIGINT)
+        codes = [command.finish(60) for command in commands]
+    for command, code in zip(commands, codes, strict=True):
+        assert code == 0, command.output[-3000:]
+        assert "Traceback" not in command.output, command.output[-3000:]

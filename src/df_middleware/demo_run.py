@@ -61,7 +61,7 @@ from df_middleware.simulators.aloware import AlowareSimulator
 from df_middleware.simulators.aloware import create_app as create_aloware
 from df_middleware.simulators.ghl import GhlSimulator
 from df_middleware.simulators.ghl import create_app as create_ghl
-from df_middleware.simulators.serving import free_port, serve_app, serve_config
+from df_middleware.simulators.serving import serve_app, serve_config
 from df_middleware.simulators.verity import VeritySimulator
 from df_middleware.simulators.verity import create_app as create_verity
 from df_middleware.sync.agent_field import AgentField
@@ -217,15 +217,17 @@ class DemoWorld:
 
 
 def service_port(preferred: int) -> tuple[int, bool]:
-    """`preferred` when it is free on 127.0.0.1, else a port the system picks; and whether
-    `preferred` was taken. Probed with the options `serve_config` binds with (SO_REUSEADDR), so a
-    port only in TIME_WAIT counts as free and one a process listens on does not."""
+    """`preferred` when it is free on 127.0.0.1, else 0 (the system picks one when the service
+    binds); and whether `preferred` was taken. Probed with the options `serve_config` binds with
+    (SO_REUSEADDR), so a port only in TIME_WAIT counts as free and one a process listens on does
+    not. Only a first guess: another demo may take it before the bind (`demo_world` then falls
+    back to 0), and a port "free a moment ago" is never handed out (break13b finding 6)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", preferred))
         except OSError:
-            return free_port(), True
+            return 0, True
     return preferred, False
 
 
@@ -297,9 +299,19 @@ async def demo_world(
         )
         service = create_service(settings, run_worker=False)
         # The service as `serve` runs it: its own protocol and limits (http_server).
-        service_url = stack.enter_context(
-            serve_config(server_config(service, settings, host="127.0.0.1", port=bind_port))
-        )
+        try:
+            service_url = stack.enter_context(
+                serve_config(server_config(service, settings, host="127.0.0.1", port=bind_port))
+            )
+        except (OSError, RuntimeError):
+            if not bind_port:
+                raise
+            # Taken since the probe (another demo starting at the same moment): the system's pick,
+            # bound at once, so no one can take it in between (break13b finding 6).
+            service_url = stack.enter_context(
+                serve_config(server_config(service, settings, host="127.0.0.1", port=0))
+            )
+            port_taken = True
         sims.verity.webhook_url = f"{service_url}/api/webhooks/texting"
         db = Database(database_url)
         connectors = Connectors.from_settings(settings, db)

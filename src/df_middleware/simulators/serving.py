@@ -48,6 +48,9 @@ def serve_config(config: uvicorn.Config) -> Iterator[str]:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((config.host, config.port))
+        # Listen at once: two SO_REUSEADDR sockets bound to one port before either listens may
+        # both listen on Linux, and then share its connections (two demos started together).
+        sock.listen(config.backlog)
         bound: int = sock.getsockname()[1]
         server = uvicorn.Server(config)
         thread = threading.Thread(
