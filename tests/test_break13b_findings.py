@@ -184,6 +184,33 @@ def test_an_untrusted_client_cannot_spoof_its_address_past_the_login_limit(tmp_p
     assert codes[10] == 429, codes
 
 
+async def test_the_optouts_page_masks_a_number_or_an_email_inside_a_reason(
+    operator: Dashboard,  # noqa: F811
+    db: Database,
+) -> None:
+    """R-SEC-4, SPEC §8.2: an opt-out reason is free text (an operator's note, a complaint's
+    words) and can name another person's number or email. The opt-outs list and a number's history
+    printed it as stored, while their own phone column was masked. Now the reasons are masked too
+    (the words around stay readable)."""
+    token = await operator.csrf("/admin/optouts")
+    done = await operator.http.post(
+        "/admin/optouts/opt-out",
+        data={
+            "csrf_token": token,
+            "phone": "+19195550177",
+            "channel": "sms",
+            "reason": "caller +1 919 555 0142 / jane.doe@example.com asked",
+        },
+    )
+    assert done.status_code == 303, done.text[:500]
+    for path in ("/admin/optouts", "/admin/optouts?phone=%2B19195550177"):
+        page = await operator.http.get(path)
+        assert page.status_code == 200, page.text[:500]
+        assert "asked" in page.text  # the reason is shown
+        assert "919 555 0142" not in page.text, path
+        assert "jane.doe@example.com" not in page.text, path
+
+
 # --- things that held (kept as regression tests) ----------------------------------------------------
 
 

@@ -21,10 +21,17 @@ from df_middleware.admin.dashboard.session import AdminSession, checked_form, re
 from df_middleware.admin.records import CONSENT_STATUSES, list_optouts
 from df_middleware.consent.decisions import Channel, Status
 from df_middleware.consent.manual import MAX_REASON_CHARS, consent_report
-from df_middleware.observability import mask_phone
+from df_middleware.observability import mask_phone, mask_text
 from df_middleware.queue.operator_events import decide_and_tell
 
 CHANNELS = ("sms", "voice")
+
+
+def _reason_masked(row: dict[str, Any]) -> dict[str, Any]:
+    """A row with its free-text reason masked: it can name someone's number or email (R-SEC-4,
+    break13b finding 7)."""
+    reason = row.get("reason")
+    return {**row, "reason": mask_text(reason)} if isinstance(reason, str) else row
 
 
 def optouts_router() -> APIRouter:
@@ -52,10 +59,14 @@ def optouts_router() -> APIRouter:
                 channel=channel,
                 cursor=text_filter(query.get("cursor"), "cursor"),
             )
-            items, next_cursor = result.items, result.next_cursor
+            items, next_cursor = [_reason_masked(item) for item in result.items], result.next_cursor
             if phone is not None:
                 report = await consent_report(request.app.state.db, phone)
                 report["phone_number"] = mask_phone(phone)
+                report["history"] = [_reason_masked(entry) for entry in report["history"]]
+                for channel in CHANNELS:
+                    if report.get(channel):
+                        report[channel] = _reason_masked(report[channel])
         except ValueError as exc:
             error = str(exc)
         return page(
