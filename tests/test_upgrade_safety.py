@@ -13,9 +13,11 @@ on both engines:
   membership, remembered conversation and earlier text, an opt-out and its history, a voice DNC,
   an echo guard, an earlier call's effect and sync log, a reconcile run and its cursor, another
   location's OAuth token, an install state, an earlier broadcast's record, a quarantined event;
-  and in each event table a processed event and events still queued. After the upgrade to head
-  every row is still there, each column written at R holds what was written, the columns added
-  since hold their documented defaults, and the schema equals the models (no drift).
+  and in each event table a processed event and events still queued (one of them claimed by a
+  worker of the old version that was stopped for the upgrade, its lease run out since). After the
+  upgrade to head every row is still there, each column written at R holds what was written, the
+  columns added since hold their documented defaults, tables added since are empty, and the schema
+  equals the models (no drift).
 - **The queue drains with today's code.** The queued events, stored as an earlier version's ingest
   stored them, are processed by the real worker and the production handler registry against the
   GHL, Aloware and Verity simulators over real HTTP. Each ends `done`, and its effect exists in the
@@ -23,8 +25,11 @@ on both engines:
   contact's conversation; the inbound Verity text in that same conversation; the GHL
   `ContactCreate` as one Aloware contact, placed on its agent's existing dialer list (the list id
   read from `call_list_registry`, the agent from `agent_directory`); the broadcast as one GHL
-  record. The rows written at R are what the handlers use: no second GHL contact for the mapped
-  person, no second conversation, no new Aloware list.
+  record. The rows written at R are what the handlers use: GHL is never asked to find or create
+  the mapped contact or its conversation, Aloware never for the agent's list.
+
+A migration that loses or rewrites data, or leaves a schema today's code cannot run on, fails here
+for each revision it upgrades from.
 """
 
 from __future__ import annotations
@@ -128,14 +133,21 @@ def _call_disposed_body(world: SyncWorld, contact_id: int, call_id: int, at: str
     }
 
 
-def _event(row: dict[str, Any], *, status: str, processed_at: datetime | None = None) -> dict[str, Any]:
-    """A stored event row as ingest wrote it, with every column of the table given a value."""
+def _event(
+    row: dict[str, Any],
+    *,
+    status: str,
+    processed_at: datetime | None = None,
+    lease: tuple[str, datetime] | None = None,
+) -> dict[str, Any]:
+    """A stored event row as ingest (and, for one already tried, a worker) left it, every column of
+    the table given a value. `lease`: the worker that held it and until when."""
     row = {**row, "status": status}
     row.update(
         error_message="quarantined by the operator: bad data" if status == "quarantined" else None,
         processed_at=processed_at,
-        locked_until=None,
-        locked_by=None,
+        locked_by=lease[0] if lease else None,
+        locked_until=lease[1] if lease else None,
     )
     if status != "pending":
         row["attempts"] = 1
@@ -185,7 +197,8 @@ def make_world_before(world: SyncWorld) -> Before:
         LOCATION, dana["id"], {"body": f"Outbound call disposed\n{note_marker(OLD_CALL_ID)}"}
     )
 
-    # The events: one of each table processed before the upgrade, the rest queued.
+    # The events: one of each table processed before the upgrade, the rest queued (one of them
+    # held by a worker of the old version when it was stopped).
     old_call = {
         "event": "Call Disposed",
         "body": _call_disposed_body(world, dana_aloware["id"], OLD_CALL_ID, "2026-11-30T16:30:00Z"),
@@ -277,9 +290,11 @@ def make_world_before(world: SyncWorld) -> Before:
         status="done",
         processed_at=earlier,
     )
+    # Being processed when the service was stopped for the upgrade: its lease has run out since.
     new_broadcast_row = _event(
         stored(classify_broadcast, broadcast_event(NEW_BROADCAST_ID, "bcev_UPG0002"), queued_at),
-        status="pending",
+        status="processing",
+        lease=("worker-before-upgrade", queued_at + timedelta(seconds=30)),
     )
 
     def row_id() -> uuid.UUID:
