@@ -700,3 +700,29 @@ def test_contact_changes_and_agent_sms_are_posted_signed(
     assert outbound["messageId"] == sms.json()["messageId"]
     assert len({p["webhookId"] for _, p in by_type.values() if "webhookId" in p}) == 3
     assert [d["status_code"] for d in deliveries] == [200] * 5
+
+
+async def test_fault_plan_latency_spreads_between_base_and_jitter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SPEC §9 (simulators), issue 14: `latency_jitter_ms` spreads each request's latency uniformly
+    over [latency_ms, latency_ms + latency_jitter_ms] (the soak's 100-250 ms), reproducibly by seed."""
+    import asyncio
+
+    from df_middleware.simulators.common import FaultInjector, FaultPlan
+
+    waited: list[float] = []
+
+    async def record(seconds: float) -> None:
+        waited.append(seconds)
+
+    monkeypatch.setattr(asyncio, "sleep", record)
+    injector = FaultInjector(FaultPlan(latency_ms=100, latency_jitter_ms=150, seed=5))
+    for _ in range(200):
+        assert await injector.apply() == (None, None)
+    first = list(waited)
+    assert all(0.1 <= w <= 0.25 for w in first)
+    assert max(first) - min(first) > 0.1  # spread over the range, not one value
+    waited.clear()
+    injector.set_plan(FaultPlan(latency_ms=100, latency_jitter_ms=150, seed=5))
+    for _ in range(200):
+        await injector.apply()
+    assert waited == first

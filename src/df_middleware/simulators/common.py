@@ -45,6 +45,11 @@ class FaultPlan(BaseModel):
     """Faults to inject into ordinary (non-control) requests. Rates are fractions in [0, 1]."""
 
     latency_ms: float = Field(0.0, ge=0, description="Added to every request before it is answered.")
+    latency_jitter_ms: float = Field(
+        0.0,
+        ge=0,
+        description="Up to this much more latency, drawn uniformly per request (a real API's spread).",
+    )
     error_rate: float = Field(0.0, ge=0, le=1, description="Share of requests answered `error_status`.")
     error_status: int = Field(503, ge=500, le=599)
     rate_limit_rate: float = Field(0.0, ge=0, le=1, description="Share of requests answered 429.")
@@ -132,8 +137,11 @@ class FaultInjector:
     async def apply(self) -> tuple[str | None, Response | None]:
         """Sleep the configured latency, then maybe return a faulty response (and its name)."""
         plan = self.plan
-        if plan.latency_ms:
-            await asyncio.sleep(plan.latency_ms / 1000)
+        latency_ms = plan.latency_ms + (
+            self._rng.uniform(0, plan.latency_jitter_ms) if plan.latency_jitter_ms else 0
+        )
+        if latency_ms:
+            await asyncio.sleep(latency_ms / 1000)
         draw = self._rng.random()
         if draw < plan.timeout_rate:
             await asyncio.sleep(plan.timeout_seconds)
