@@ -79,15 +79,44 @@ def percentile(values: list[float], share: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(share * len(ordered)))], 1)
 
 
+def rss_trend(samples: list[float]) -> float | None:
+    """Growth over a process's life: the mean RSS of its last quarter of samples minus that of
+    its first quarter (after the first minute's warm-up); None for a life under two minutes."""
+    samples = samples[int(60 / SAMPLE_SECONDS) :]
+    if len(samples) < 24:
+        return None
+    quarter = len(samples) // 4
+    return round(statistics.fmean(samples[-quarter:]) - statistics.fmean(samples[:quarter]), 1)
+
+
 class Soak:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.rng = random.Random(args.seed)
-        self.phase = "start"
+        self._phase = "start"
+        #: (wall-clock time, phase) at every change, to place the simulators' requests in phases.
+        self.timeline: list[tuple[float, str]] = [(time.time(), "start")]
         self.fault_log: list[dict[str, Any]] = []
         self.depth_series: list[dict[str, Any]] = []
         self.rss_series: dict[str, list[float]] = defaultdict(list)
         self.started = time.monotonic()
+
+    @property
+    def phase(self) -> str:
+        return self._phase
+
+    @phase.setter
+    def phase(self, value: str) -> None:
+        self._phase = value
+        self.timeline.append((time.time(), value))
+
+    def phase_at(self, moment: float) -> str:
+        current = "start"
+        for at, phase in self.timeline:
+            if at > moment:
+                break
+            current = phase
+        return current
 
     def now(self) -> float:
         return round(time.monotonic() - self.started, 1)
@@ -364,7 +393,7 @@ class Soak:
             for proc in self.processes:
                 rss = proc.sample_rss()
                 if rss is not None:
-                    self.rss_series[proc.name].append(round(rss, 1))
+                    self.rss_series[f"{proc.name}#{proc.starts}"].append(round(rss, 1))
             await asyncio.sleep(SAMPLE_SECONDS)
 
     async def settle(self, deliverer: Deliverer, sims: Simulators) -> bool:
@@ -410,7 +439,9 @@ class Soak:
         failures: Counter[str] = Counter()
         for d in deliveries:
             failures.update(d.failures)
-        limiter_429 = sum(1 for r in ghl_log if r.status == 429 and r.fault is None)
+        limiter_429: Counter[str] = Counter(
+            self.phase_at(r.at) for r in ghl_log if r.status == 429 and r.fault is None
+        )
         injected = Counter(r.fault for r in ghl_log if r.fault)
         unacked = [d for d in deliveries if not d.acked]
         depths = [s["queued"] for s in self.depth_series if s["queued"] is not None]
@@ -471,14 +502,19 @@ class Soak:
                     "starts": proc.starts,
                     "at_ready": proc.rss_at_start,
                     "before_stop": proc.rss_at_end,
-                    "max": max(self.rss_series.get(proc.name) or [0.0]),
+                    "max": max(
+                        (v for k, vs in self.rss_series.items() if k.startswith(f"{proc.name}#") for v in vs),
+                        default=None,
+                    ),
+                    "trend_mb": rss_trend(self.rss_series.get(f"{proc.name}#{proc.starts}") or []),
                 }
                 for proc in self.processes
             },
             "ghl": {
                 "requests": len(ghl_log),
                 "budget_used": round(len(ghl_log) / (stream_seconds * 10), 3) if stream_seconds else None,
-                "rate_limited_429": limiter_429,
+                "rate_limited_429": sum(limiter_429.values()),
+                "rate_limited_429_by_phase": dict(limiter_429),
                 "injected_faults": dict(injected),
                 "seconds": round(stream_seconds, 1),
             },

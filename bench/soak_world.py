@@ -228,6 +228,8 @@ def service_env(database_url: str, sims: Simulators, keys: Secrets, workdir: Pat
             "RETRY_BASE_SECONDS": "2",
             "RETRY_MAX_SECONDS": "60",
             "RECONCILE_INTERVAL": "0",
+            # Two workers share the location's GHL budget: each takes half (docs/operations.md).
+            "GHL_RATE_LIMIT_PROCESSES": "2",
         }
     )
     return env

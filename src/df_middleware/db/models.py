@@ -295,6 +295,9 @@ class MessageMapping(Base):
     updated_at: Mapped[datetime] = _updated()
     status: Mapped[str | None] = mapped_column(Text)  # R-DM-5
     status_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # R-DM-5
+    #: Why an agent's text was refused (`opted_out`…): told to GHL again when a retry finds the
+    #: refusal recorded but GHL not told (migration 0011).
+    error_code: Mapped[str | None] = mapped_column(Text)
     __table_args__ = (
         Index("message_mappings_texting_message_id_unique", "texting_message_id", unique=True),
         Index("message_mappings_ghl_message_id_unique", "ghl_message_id", unique=True),
@@ -441,6 +444,10 @@ class ContactAgentState(Base):
     stage_list_key: Mapped[str | None] = mapped_column(Text)
     stage_name: Mapped[str | None] = mapped_column(Text)
     stage_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: Time (and receipt) of the newest GHL contact event whose owner and tags placed the contact:
+    #: an older event arriving later (a resend) changes no list (migration 0011).
+    signals_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    signals_received_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     #: The Aloware sequence the contact was last enrolled in by us (R-AG-6), None when none.
     aloware_sequence_id: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _created()
