@@ -68,7 +68,7 @@ from df_middleware.sync.agent_routing import (
     resolve_agent,
     stage_placement,
 )
-from df_middleware.sync.identity import ContactMappings
+from df_middleware.sync.identity import ContactMappings, is_covered
 from df_middleware.sync.list_registry import CallListRegistryStore
 from df_middleware.sync.registry import HandlerContext, SyncLogEntry
 
@@ -85,6 +85,15 @@ class StageChange:
     at: datetime | None
 
 
+@dataclass(frozen=True)
+class SignalsTime:
+    """When a contact event's owner and tags were true: its time (never after its receipt) and
+    its receipt, which orders two events of the same time (R-Q-4)."""
+
+    at: datetime
+    received_at: datetime | None
+
+
 @dataclass
 class _Snapshot:
     """The contact's list state as read before planning: the check SQLite's write makes."""
@@ -94,6 +103,16 @@ class _Snapshot:
     stage_at: datetime | None
     updated_at: datetime | None
     memberships: dict[Membership, str] = field(default_factory=dict)
+    signals_at: datetime | None = None
+    signals_received_at: datetime | None = None
+
+    def older_signals(self, signals: SignalsTime | None) -> bool:
+        """Whether an event's owner and tags are older than those the lists were last placed by:
+        a late resend of an old event (GHL resends under a new `webhookId`) must not move the
+        contact back off a list it joined since (found by the soak, issue 14)."""
+        return signals is not None and is_covered(
+            signals.at, signals.received_at, self.signals_at, self.signals_received_at
+        )
 
 
 @dataclass
@@ -142,6 +161,8 @@ def _snapshot(state: ContactAgentState, memberships: dict[Membership, str]) -> _
         stage_at=state.stage_at,
         updated_at=state.updated_at,
         memberships=memberships,
+        signals_at=state.signals_at,
+        signals_received_at=state.signals_received_at,
     )
 
 
@@ -193,9 +214,11 @@ class ContactLists:
         aloware_contact_id: str | None,
         stage: StageChange | None = None,
         retry_blocked: bool = False,
+        signals: SignalsTime | None = None,
     ) -> ListOutcome:
         """Apply the contact's desired lists; `retry_blocked` (rebuild) plans blocked memberships
-        as joins again."""
+        as joins again. `signals`: when the event's owner and tags were true; an event older than
+        those applied last changes nothing (`_Snapshot.older_signals`)."""
         blocked_because = await dialer_block(
             self.db, phone, sms_opt_out_counts=self.settings.optout_removes_from_dialer
         )
@@ -207,6 +230,8 @@ class ContactLists:
             async with self.db.session() as session:
                 state = await _state_row(session, contact_id, agent_key, lock=True)
                 snapshot = _snapshot(state, await _memberships(session, contact_id))
+                if snapshot.older_signals(signals):
+                    return _stale_signals(snapshot, agent_key)
                 outcome, placement = await self._work(
                     snapshot,
                     agent_key,
@@ -217,12 +242,14 @@ class ContactLists:
                     phone,
                     retry_blocked,
                 )
-                await self._write(session, contact_id, state, outcome, placement, stage)
+                await self._write(session, contact_id, state, outcome, placement, stage, signals)
                 return outcome
         async with _contact_lock(contact_id):
             async with self.db.session() as session:
                 state = await _state_row(session, contact_id, agent_key, lock=False)
                 snapshot = _snapshot(state, await _memberships(session, contact_id))
+            if snapshot.older_signals(signals):
+                return _stale_signals(snapshot, agent_key)
             outcome, placement = await self._work(
                 snapshot, agent_key, tags, blocked_because, aloware_contact_id, stage, phone, retry_blocked
             )
@@ -235,7 +262,7 @@ class ContactLists:
                     snapshot.memberships,
                 )
                 if not moved:
-                    await self._write(session, contact_id, state, outcome, placement, stage)
+                    await self._write(session, contact_id, state, outcome, placement, stage, signals)
             if moved:
                 if outcome.aloware_calls and aloware_contact_id is not None:
                     # Another process applied this contact's lists meanwhile (SQLite has no row lock
@@ -331,6 +358,7 @@ class ContactLists:
         outcome: ListOutcome,
         placement: str | None,
         stage: StageChange | None,
+        signals: SignalsTime | None = None,
     ) -> None:
         plan = outcome.plan
         gone = set(plan.drop)
@@ -368,6 +396,8 @@ class ContactLists:
             state.stage_list_key = placement
             state.stage_name = stage.stage_name or state.stage_name
             state.stage_at = stage.at or state.stage_at
+        if signals is not None:
+            state.signals_at, state.signals_received_at = signals.at, signals.received_at
         state.updated_at = now
 
 
@@ -383,6 +413,17 @@ async def forget_memberships(db: Database, contact_id: str) -> None:
         await session.execute(
             delete(ContactListMembership).where(ContactListMembership.contact_id == contact_id)
         )
+
+
+def _stale_signals(snapshot: _Snapshot, agent_key: str) -> ListOutcome:
+    """The outcome of an event older than the signals applied: no call, no change."""
+    applied = snapshot.signals_at.isoformat() if snapshot.signals_at else "?"
+    return ListOutcome(
+        agent_key=snapshot.agent_key or agent_key,
+        previous_agent=snapshot.agent_key,
+        plan=ListPlan(desired=frozenset()),
+        note=f"stale: the lists follow a newer event of the contact ({applied}); nothing changed",
+    )
 
 
 def _older(at: datetime | None, than: datetime | None) -> bool:
@@ -422,11 +463,13 @@ async def sync_contact_lists(
     whole: bool = True,
     stage: StageChange | None = None,
     retry_blocked: bool = False,
+    signals_time: SignalsTime | None = None,
 ) -> SyncLogEntry | None:
     """R-AG-1…R-AG-4 for one GHL contact: resolve its agent, compute its lists and apply the
     difference. `contact` is the event's own contact (native and workflow contact events; `whole`
     False for workflow ones, which carry only what their workflow sends); what it does not say is
-    read from GHL (opportunity events: everything).
+    read from GHL (opportunity events: everything). `signals_time`: when `contact` was true (its
+    event's time); an event older than the one the lists follow changes nothing.
 
     None (no row, no call) when the agent directory has no active agent: a deployment that does
     not route leads to agents keeps its dialer lists by hand, and they are left alone."""
@@ -493,6 +536,7 @@ async def sync_contact_lists(
         aloware_contact_id=aloware_id,
         stage=stage,
         retry_blocked=retry_blocked,
+        signals=signals_time,
     )
     message = f"agent {agent_key}: {_describe(outcome)}"
     status = "success" if outcome.aloware_calls else "skipped"

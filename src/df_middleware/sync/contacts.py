@@ -42,7 +42,7 @@ from df_middleware.connectors.http import RemoteNotFound
 from df_middleware.db.types import utcnow
 from df_middleware.errors import RetryableError
 from df_middleware.phones import normalize_email, normalize_phone
-from df_middleware.sync.call_lists import forget_memberships, sync_contact_lists
+from df_middleware.sync.call_lists import SignalsTime, forget_memberships, sync_contact_lists
 from df_middleware.sync.echoes import UNCARRIED_FIELDS, EchoGuard
 from df_middleware.sync.effects import EffectLedger, fingerprint, skipped, success
 from df_middleware.sync.identity import (
@@ -284,6 +284,18 @@ def ghl_event_time(event: ClaimedEvent) -> datetime | None:
     )
 
 
+def signals_time(event: ClaimedEvent) -> SignalsTime | None:
+    """When a GHL contact event's owner and tags were true, for ordering list placements: its
+    time, never later than its receipt (a fast clock must not make every later event look old);
+    None when the event has no time (then it is never stale)."""
+    at = ghl_event_time(event)
+    if at is None:
+        return None
+    if event.received_at is not None and at > event.received_at:
+        at = event.received_at
+    return SignalsTime(at=at, received_at=event.received_at)
+
+
 def _describe(changes: Profile) -> str:
     return ", ".join(sorted(changes))
 
@@ -313,7 +325,11 @@ async def handle_ghl_contact_upsert(ctx: HandlerContext, event: ClaimedEvent) ->
     contact's lists stay as they are."""
     result = await sync_ghl_contact(ctx, event)
     lists = await sync_contact_lists(
-        ctx, event.entity_id or "", contact=event.payload, whole=is_native(event)
+        ctx,
+        event.entity_id or "",
+        contact=event.payload,
+        whole=is_native(event),
+        signals_time=signals_time(event),
     )
     if lists is not None:
         result.entries.append(lists)
@@ -538,7 +554,11 @@ async def handle_ghl_contact_tags(ctx: HandlerContext, event: ClaimedEvent) -> H
     """
     ctx.direction = GHL_TO_ALOWARE
     entry = await sync_contact_lists(
-        ctx, event.entity_id or "", contact=event.payload, whole=is_native(event)
+        ctx,
+        event.entity_id or "",
+        contact=event.payload,
+        whole=is_native(event),
+        signals_time=signals_time(event),
     )
     return HandlerResult(entries=[entry]) if entry is not None else skipped(event, GHL_TO_ALOWARE, NO_AGENTS)
 
