@@ -713,7 +713,9 @@ class Stream:
         """A STOP and a START (in either order) whose webhooks arrive in the reverse order."""
         first, second = self.rng.sample([(STOP_SPELLINGS, True), (START_SPELLINGS, False)], 2)
         texts = []
-        for offset, (spellings, opt_out) in ((0.0, first), (1.0, second)):
+        # Verity dates a text when it received it, before it posts the webhook (the service never
+        # lets a time later than the receipt count: a fast clock must not win every later STOP).
+        for offset, (spellings, opt_out) in ((-2.0, first), (-1.0, second)):
             timestamp = iso_now(offset)
             message_id, webhook = self._text_webhook(person, self.rng.choice(spellings), timestamp)
             texts.append((message_id, webhook, timestamp, opt_out))
@@ -747,12 +749,16 @@ class Stream:
             updates = []
             sent = 0
             total = broadcast.recipients
-            for index in range(self.rng.randint(3, 8)):
+            count = self.rng.randint(3, 8)
+            for index in range(count):
                 sent = min(total, sent + self.rng.randint(1, total // 4 or 1))
-                updates.append(self._analytics(broadcast, "analytics_updated", index, sent, total))
+                # The numbers as they were a few seconds ago, a second apart (never in the future).
+                updates.append(
+                    self._analytics(broadcast, "analytics_updated", index, sent, total, offset=index - count)
+                )
             late = updates.pop(self.rng.randrange(len(updates))) if self.rng.random() < 0.3 else None
             await asyncio.gather(*(self._send(Webhook("broadcast", u)) for u in updates))
-            final = self._analytics(broadcast, "broadcast_completed", 99, total - 3, total)
+            final = self._analytics(broadcast, "broadcast_completed", 99, total - 3, total, offset=0)
             if await self._send(Webhook("broadcast", final)):
                 broadcast.final = final["analytics"]
             if late is not None:
@@ -765,7 +771,7 @@ class Stream:
             broadcast.busy = False
 
     def _analytics(
-        self, broadcast: Broadcast, event_type: str, index: int, sent: int, total: int
+        self, broadcast: Broadcast, event_type: str, index: int, sent: int, total: int, *, offset: float
     ) -> dict[str, Any]:
         delivered = int(sent * 0.95)
         failed = sent - delivered
@@ -773,7 +779,7 @@ class Stream:
             "broadcastId": broadcast.broadcast_id,
             "eventType": event_type,
             "eventId": f"bcev_{broadcast.broadcast_id}_{index:02d}",
-            "timestamp": iso_now(index),
+            "timestamp": iso_now(offset),
             "analytics": {
                 "broadcastName": broadcast.name,
                 "channel": "SMS",
