@@ -9,6 +9,14 @@ text with no body or an invalid number; else sends once through Verity (effect
 so the receipts (`texting.py`) find it. A refusal is final: a replay never sends a text the agent
 saw fail.
 
+A refusal is recorded (mapping `failed`, with its error code) before GHL is told, so that it is
+final whatever GHL answers. Telling GHL can then fail (a GHL outage): the event is retried, finds
+the refusal recorded, and must still tell GHL, or the agent's message stays `pending` in GHL
+forever (found by the soak, issue 14). So a retry (or a replay) that finds a refusal with its
+error code sets the GHL message `failed` again with the same error (`REFUSAL_ERRORS`: an
+idempotent PUT) and still sends nothing. A refusal recorded before the code was kept
+(migration 0011) has no code to tell: it is skipped as before.
+
 A send whose outcome is unknown (no answer: killed mid-send, a timeout after the request left) is
 never repeated: the GHL message is set `failed` (`send_unconfirmed`) and the event dead-lettered;
 Verity's own `message.sent` for the same number and text, arriving later, shows it went out and
@@ -58,6 +66,17 @@ CLOCK_SKEW = timedelta(minutes=5)
 OPTED_OUT_ERROR = ProviderError(
     code="opted_out", type=PROVIDER_ERROR_TYPE, message="Recipient has opted out of SMS"
 )
+INVALID_PHONE_ERROR = ProviderError(
+    code="invalid_phone", type=PROVIDER_ERROR_TYPE, message="Recipient phone number is not valid"
+)
+EMPTY_MESSAGE_ERROR = ProviderError(
+    code="empty_message", type=PROVIDER_ERROR_TYPE, message="Message has no text"
+)
+#: The refusals of an agent's text, by the error code recorded with the refused mapping: a retry
+#: tells GHL the same error again from the code alone.
+REFUSAL_ERRORS: dict[str, ProviderError] = {
+    error.code: error for error in (OPTED_OUT_ERROR, INVALID_PHONE_ERROR, EMPTY_MESSAGE_ERROR)
+}
 
 SendFailure = Literal["not_sent", "unknown"]
 
@@ -106,10 +125,17 @@ async def handle_provider_outbound(ctx: HandlerContext, event: ClaimedEvent) -> 
     if existing is not None and existing.texting_message_id is not None:
         return skipped(event, ctx.direction, f"already sent as texting message {existing.texting_message_id}")
     if existing is not None and existing.status == "failed":
-        # Refused before (opted out, invalid number, no text) and shown failed to the agent: a
-        # refusal is final. A replay after the person texted START must not send an old text the
-        # agent saw fail; the agent writes again if they still want to (R-OPT-4, R-IDEM-1).
-        return skipped(event, ctx.direction, REFUSED_BEFORE)
+        # Refused before (opted out, invalid number, no text): a refusal is final. A replay after
+        # the person texted START must not send an old text the agent saw fail; the agent writes
+        # again if they still want to (R-OPT-4, R-IDEM-1). But the refusal is recorded before GHL
+        # is told, and telling GHL may have failed (the reason this event is being retried): with
+        # the refusal's code recorded, GHL is told again (the same PUT, idempotent), never the text
+        # sent. Without a code (refused before migration 0011) there is nothing to tell: skipped.
+        error = REFUSAL_ERRORS.get(existing.error_code or "")
+        if error is None:
+            return skipped(event, ctx.direction, REFUSED_BEFORE)
+        shown = await _tell_refusal(ghl, ghl_message_id, error)
+        return skipped(event, ctx.direction, f"{REFUSED_BEFORE}; {shown}")
     phone = normalize_phone(payload.get("phone"), ctx.settings.default_phone_region)
     contact_id = _text(payload.get("contactId"))
     conversation_id = _text(payload.get("conversationId"))
@@ -126,29 +152,17 @@ async def handle_provider_outbound(ctx: HandlerContext, event: ClaimedEvent) -> 
             conversation_id=conversation_id,
             ghl_contact_id=contact_id,
             to_number=phone,
+            error_code=error.code,
         )
-        shown = f"GHL message set failed ({error.code})"
-        if ghl is not None:
-            try:
-                await ghl.update_message_status(ghl_message_id, "failed", error=error)
-            except RemoteNotFound:
-                shown = f"GHL no longer knows message {ghl_message_id}"
+        shown = await _tell_refusal(ghl, ghl_message_id, error)
         return skipped(event, ctx.direction, f"not sent: {reason}; {shown}")
 
     if phone is None:
-        return await refuse(
-            ProviderError(
-                code="invalid_phone", type=PROVIDER_ERROR_TYPE, message="Recipient phone number is not valid"
-            ),
-            "invalid phone number",
-        )
+        return await refuse(INVALID_PHONE_ERROR, "invalid phone number")
     if not await sms_allowed(ctx.db, phone):  # at send time, every send (R-OPT-4)
         return await refuse(OPTED_OUT_ERROR, "recipient opted out of SMS (R-OPT-4)")
     if not body:
-        return await refuse(
-            ProviderError(code="empty_message", type=PROVIDER_ERROR_TYPE, message="Message has no text"),
-            "empty message",
-        )
+        return await refuse(EMPTY_MESSAGE_ERROR, "empty message")
     verity = ctx.connectors.verity if ctx.connectors is not None else None
     if verity is None:
         if ghl is not None:
@@ -194,6 +208,19 @@ async def handle_provider_outbound(ctx: HandlerContext, event: ClaimedEvent) -> 
     message = "SMS sent through Verity" if not outcome.already_done else "SMS already sent (recorded effect)"
     entry = success(event, ctx.direction, message, target_id=texting_message_id)
     return HandlerResult(entries=[entry], effects=list(ledger.performed))
+
+
+async def _tell_refusal(ghl: GhlClient | None, ghl_message_id: str, error: ProviderError) -> str:
+    """Set the refused agent's GHL message `failed` with the refusal's error (a PUT: told again on
+    a retry, same result); what the agent was shown, for the sync_log. A GHL failure raises (the
+    event is retried, and the retry tells again); a message GHL no longer knows is no failure."""
+    if ghl is None:
+        return "GHL not configured: message status not set"
+    try:
+        await ghl.update_message_status(ghl_message_id, "failed", error=error)
+    except RemoteNotFound:
+        return f"GHL no longer knows message {ghl_message_id}"
+    return f"GHL message set failed ({error.code})"
 
 
 async def _send(

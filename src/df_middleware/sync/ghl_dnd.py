@@ -23,7 +23,11 @@ Per channel, before anything else: our own DND write (`optout.tell_ghl_sms_dnd` 
 STOP/START, `dnc.tell_ghl_call_dnd` after an Aloware DNC) comes back as a `ContactDndUpdate` and is
 recognised as an echo (one echo entity a channel, `echoes.dnd_entity`): the decision we already
 recorded, never a new one. Then a channel re-stating the consent in force is no decision either
-(`already_in_force`): every webhook re-states both channels when only one changed.
+(`already_in_force`): every webhook re-states both channels when only one changed — unless the
+decision in force is this very event's own (same status, source and time): an earlier run of the
+event recorded it and then failed in a follow-up (the dialer lists, the sequences: an Aloware
+fault). The retry must still do the follow-ups, or the contact stays off (or on) its lists forever
+(found by the soak, issue 14); they are idempotent (lists are applied as differences).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from df_middleware.consent.decisions import OPTED_IN, OPTED_OUT, Channel, ConsentChange, Status, decision_time
-from df_middleware.consent.store import ConsentStore
+from df_middleware.consent.store import ConsentStore, is_in_force
 from df_middleware.phones import normalize_phone
 from df_middleware.sync.call_lists import back_on_the_dialer
 from df_middleware.sync.echoes import EchoGuard, dnd_entity
@@ -92,11 +96,9 @@ def dnd_status(payload: Mapping[str, object], channel: DndChannelSpec = SMS) -> 
     return status.strip().lower()
 
 
-async def already_in_force(
-    ctx: HandlerContext, phone: str, stated: Status, channel: Channel = "sms"
-) -> str | None:
-    """Why the webhook's DND for `channel` is no change (the consent in force already says it),
-    else None.
+async def already_in_force(ctx: HandlerContext, change: ConsentChange) -> str | None:
+    """Why the webhook's DND `change` is no change (the consent in force already says it), else
+    None.
 
     Every `ContactDndUpdate` carries the contact's whole `dndSettings`, so it re-states one
     channel's DND when the other changed: a GHL user toggling Call DND, or the echo of our own
@@ -104,10 +106,17 @@ async def already_in_force(
     texting STOP (or an Aloware DNC) into a GHL-sourced opt-out that a GHL toggle could then lift
     (R-OPT-5), and add a history row nobody made. No decision in force means opted in (nobody
     opted the number out), so an `inactive` DND lifts nothing.
+
+    Not so when the decision in force is `change` itself (`is_in_force`: same status, source and
+    time): an earlier run of this event recorded it and then failed in a follow-up (R-AG-2: the
+    dialer lists). That is no re-statement: None, so the retry goes on and does the follow-ups.
     """
-    current = await ConsentStore(ctx.db).state(channel, phone)
+    channel: Channel = change.channel
+    current = await ConsentStore(ctx.db).state(channel, change.phone)
+    if is_in_force(current, change):
+        return None
     in_force = current.status if current is not None else OPTED_IN
-    if in_force != stated:
+    if in_force != change.status:
         return None
     by = f"by {current.source}" if current is not None else "(no opt-out recorded)"
     return f"consent unchanged: {'SMS' if channel == 'sms' else 'voice'} already {in_force} {by}"
@@ -118,7 +127,8 @@ async def _decide_channel(
 ) -> list[SyncLogEntry]:
     """One channel of the webhook: echo, no phone, already in force → one skipped row; else the
     decision's row, and the dialer lists after an opt-out in force (voice always, SMS with
-    OPTOUT_REMOVES_FROM_DIALER)."""
+    OPTOUT_REMOVES_FROM_DIALER). A retry of an event whose decision an earlier run recorded
+    (`outcome.holds`) does the follow-ups again: that run may have failed in them."""
     contact_id = event.entity_id or ""
     echoes = EchoGuard(ctx.db, ctx.settings.echo_ttl_seconds)
     if await echoes.is_echo("ghl", dnd_entity(contact_id, channel.echo), {f"dnd_{channel.echo}": status}):
@@ -127,9 +137,6 @@ async def _decide_channel(
     if phone is None:
         return skipped(event, INTERNAL, f"{channel.label}: {NO_PHONE}").entries
     stated = DND_STATUS[status]
-    unchanged = await already_in_force(ctx, phone, stated, channel.consent)
-    if unchanged is not None:
-        return skipped(event, INTERNAL, f"{channel.label}: {unchanged}").entries
     change = ConsentChange(
         channel=channel.consent,
         phone=phone,
@@ -139,6 +146,9 @@ async def _decide_channel(
         received_at=event.received_at,
         reason=DND_REASON,
     )
+    unchanged = await already_in_force(ctx, change)
+    if unchanged is not None:
+        return skipped(event, INTERNAL, f"{channel.label}: {unchanged}").entries
     outcome, entry = await record_consent(ctx, event, change)
     entries = [entry]
     if outcome.holds(change) and stated == OPTED_OUT:

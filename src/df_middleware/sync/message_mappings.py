@@ -44,6 +44,9 @@ class MessageView:
     conversation_id: str | None
     ghl_contact_id: str | None
     status: str | None
+    #: Why an agent's text was refused (`opted_out`, `invalid_phone`, `empty_message`), recorded
+    #: with the refusal so a retry can tell GHL again when telling it failed (migration 0011).
+    error_code: str | None = None
 
     @classmethod
     def of(cls, row: MessageMapping) -> MessageView:
@@ -53,6 +56,7 @@ class MessageView:
             conversation_id=row.conversation_id,
             ghl_contact_id=row.ghl_contact_id,
             status=row.status,
+            error_code=row.error_code,
         )
 
 
@@ -92,10 +96,12 @@ class MessageMappings:
         from_number: str | None = None,
         to_number: str | None = None,
         force_status: bool = False,
+        error_code: str | None = None,
     ) -> None:
         """Create or complete the message's row, found by texting id then GHL id; known values
         are never replaced by None, and the status only moves forward (unless `force_status`: a
-        fresh send after an earlier refusal starts the message's life again)."""
+        fresh send after an earlier refusal starts the message's life again). `error_code`: why an
+        agent's text was refused, set only when given (a retry tells GHL again from it)."""
         try:
             async with self.db.session() as session:
                 row: MessageMapping | None = None
@@ -117,6 +123,7 @@ class MessageMappings:
                     "ghl_contact_id": ghl_contact_id,
                     "from_number": from_number,
                     "to_number": to_number,
+                    "error_code": error_code,
                 }
                 for name, value in values.items():
                     if value is not None:
