@@ -66,6 +66,8 @@ from df_middleware.db.migrate import upgrade
 
 TABLES = ("webhook_events", "texting_webhook_events", "broadcast_webhook_events")
 SAMPLE_SECONDS = 5.0
+#: GHL's rate window (100 requests / 10 s per location).
+GHL_WINDOW_SECONDS = 10.0
 
 
 def progress(message: str) -> None:
@@ -229,7 +231,9 @@ class Soak:
             await faults
             self.phase = "drain"
             progress("stream over; draining")
+            drain_started = time.monotonic()
             settled = await self.settle(deliverer, sims)
+            self.drain_seconds = round(time.monotonic() - drain_started, 1)
             stream_seconds = time.monotonic() - stream_started
             verdict = judge(people, broadcasts, sims)
             self.write_oracle(people)
@@ -359,6 +363,9 @@ class Soak:
                 record["process"] = victim.name
                 victim.start()
                 await victim.wait_ready()
+                # The killed worker's last calls still count in GHL's window, which the new process
+                # cannot know of: the phase lasts one window more (429s there are the kill's).
+                await asyncio.sleep(GHL_WINDOW_SECONDS)
             elif action == "server_restart":
                 victim = servers[1]
                 record["process"] = victim.name
@@ -468,6 +475,7 @@ class Soak:
                 "dead_letters": len(dead),
                 "unacknowledged": len(unacked),
                 "settled": settled,
+                "drain_seconds": self.drain_seconds,
                 "stream_errors": len(stream.errors),
             },
             "webhooks": {
