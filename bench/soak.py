@@ -24,7 +24,8 @@ A benchmark, not a test (tests/test_soak.py runs a two-minute version). One run:
 
 Progress goes to stderr; the report is one JSON line on stdout (see docs/benchmarks.md, "Soak").
 Exit status 0 when the verdict is clean: nothing lost, no duplicated effect, no SMS to an opted-out
-number, no mismatch, no dead letter, every webhook acknowledged; 1 otherwise.
+number, no mismatch, no dead letter other than a send held for the operator (R-IDEM-2), every
+webhook acknowledged; 1 otherwise.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from private_postgres import PrivateCluster
 from soak_stream import Broadcast, Deliverer, Person, Stream, make_population, stored_identity
-from soak_verdict import judge, lost
+from soak_verdict import judge, lost, unexplained_dead_letters
 from soak_world import (
     Secrets,
     ServiceProcess,
@@ -473,6 +474,7 @@ class Soak:
                 "sms_to_opted_out": verdict["sms_to_opted_out"],
                 "mismatches": verdict["mismatches"],
                 "dead_letters": len(dead),
+                "dead_letters_unexplained": len(unexplained_dead_letters(dead)),
                 "unacknowledged": len(unacked),
                 "settled": settled,
                 "drain_seconds": self.drain_seconds,

@@ -13,6 +13,12 @@ Counted:
 - **SMS to opted-out**: Verity sends of an agent text that was refused by the oracle's consent
   model, and HELP replies the oracle did not expect (a HELP to an opted-out number is never
   answered);
+- **held for the operator** (not a mismatch): an SMS whose send to Verity got no answer (a timeout
+  or an answer lost after Verity did the work, as the simulator's request log shows) may or may not
+  have gone out, and the service never sends it again (R-IDEM-2). An agent text like that must end
+  either sent once and delivered (Verity had it: its receipts confirm it late) or `failed` with
+  `send_unconfirmed` and its event dead-lettered for an operator to check; a HELP reply like that
+  is sent once or not at all. Any other outcome, and any second send, is still counted;
 - **mismatches**: every other difference between what a person must have in GHL, Aloware and
   Verity and what they have (profile, tags, SMS DND, notes, messages and their status, lists),
   and between each broadcast's final numbers and its GHL record.
@@ -25,6 +31,9 @@ from typing import Any
 
 from soak_stream import Broadcast, Person
 from soak_world import HELP_REPLY, Simulators
+
+from df_middleware.simulators.verity import SEND_MESSAGE_PATH
+from df_middleware.sync.agent_sends import UNCONFIRMED_ERROR
 
 BROADCAST_OBJECT = "custom_objects.broadcasts"
 
@@ -50,6 +59,7 @@ def expected_lists(person: Person) -> set[str]:
 
 class Verdict:
     def __init__(self) -> None:
+        self.held: Counter[str] = Counter()
         self.duplicates: Counter[str] = Counter()
         self.mismatches: Counter[str] = Counter()
         self.sms_to_opted_out = 0
@@ -99,6 +109,17 @@ def judge(people: list[Person], broadcasts: list[Broadcast], sims: Simulators) -
         elif sent.get("body") == HELP_REPLY:
             help_replies[str(sent["to"])] += 1
 
+    # Sends whose outcome the service could not know: Verity's request log has the truth.
+    unanswered: set[str] = set()
+    unanswered_help: set[str] = set()
+    for request in sims.request_log("verity"):
+        if request.path != SEND_MESSAGE_PATH or request.fault not in ("timeout", "lost_response"):
+            continue
+        body = request.json() or {}
+        if body.get("correlationId"):
+            unanswered.add(str(body["correlationId"]))
+        elif body.get("body") == HELP_REPLY:
+            unanswered_help.add(str(body.get("to")))
     known_phones = {p.phone for p in people if p.played}
     for phone in contacts_by_phone.keys() - known_phones:
         v.mismatch("unknown GHL contact", phone)
@@ -148,6 +169,7 @@ def judge(people: list[Person], broadcasts: list[Broadcast], sims: Simulators) -
         "sms_to_opted_out": v.sms_to_opted_out,
         "mismatches": sum(v.mismatches.values()),
         "mismatches_by_kind": dict(v.mismatches),
+        "held_for_operator": dict(v.held),
         "examples": v.examples,
         "verity_sends": len(verity["sent_messages"]),
         "ghl_contacts": sum(len(c) for c in contacts_by_phone.values()),
@@ -164,6 +186,8 @@ def _judge_person(
     lists_of: dict[int, list[str]],
     sends_by_correlation: dict[str, list[dict[str, Any]]],
     help_replies: Counter[str],
+    unanswered: set[str],
+    unanswered_help: set[str],
 ) -> None:
     who = f"{person.phone} ({person.kind})"
     contacts = contacts_by_phone.get(person.phone, [])
@@ -229,7 +253,16 @@ def _judge_person(
             if isinstance(message.get("error"), dict)
             else ""
         )
-        if send.allowed:
+        if send.allowed and send.message_id in unanswered and not verity_sends:
+            if message.get("status") == "failed" and error == "send_unconfirmed":
+                v.held["agent text held (send unconfirmed)"] += 1
+            else:
+                v.mismatch(
+                    "unconfirmed agent text", f"{who} {send.message_id}: {message.get('status')}/{error}"
+                )
+        elif send.allowed:
+            if send.message_id in unanswered:
+                v.held["agent text confirmed late"] += 1
             if len(verity_sends) != 1:
                 v.mismatch(
                     "agent text not sent", f"{who} {send.message_id}: {len(verity_sends)} Verity sends"
@@ -254,7 +287,10 @@ def _judge_person(
     replies = help_replies.get(person.phone, 0)
     v.duplicate("HELP reply", replies, who)
     if person.help_reply and replies == 0:
-        v.mismatch("HELP reply missing", who)
+        if person.phone in unanswered_help:
+            v.held["HELP reply held (send unconfirmed)"] += 1
+        else:
+            v.mismatch("HELP reply missing", who)
     if not person.help_reply and replies:
         v.sms_to_opted_out += replies
         v.examples.append(f"HELP reply not expected (opted out?): {who}")
@@ -279,6 +315,12 @@ def _judge_person(
     lists = set(lists_of.get(aloware_contact["id"], []))
     if lists != expected_lists(person):
         v.mismatch("Aloware lists", f"{who}: {sorted(lists)} want {sorted(expected_lists(person))}")
+
+
+def unexplained_dead_letters(dead: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Dead letters other than agent texts held because Verity never confirmed the send (those are
+    the service saying "check Verity before replaying", R-IDEM-2, and are judged above)."""
+    return [d for d in dead if UNCONFIRMED_ERROR not in d["reason"]]
 
 
 def lost(deliveries: list[Any], stored: set[str]) -> tuple[int, list[str]]:
