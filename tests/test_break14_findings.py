@@ -1,0 +1,285 @@
+"""Outside tests of issue 14's soak and its fixes (break14): product bugs of the shape the soak
+found — a handler records something, a remote follow-up fails, and the retry sees the record and
+does the wrong thing — proven with the real ingest, the real worker and the simulators over HTTP,
+faults on the first attempt and the retry forced by making it due now (tests/test_soak_findings.py
+has the pattern). Both databases (`sync_world`).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+
+from df_middleware.consent.store import ConsentStore
+from df_middleware.db.models import AgentDirectory, WebhookEvent
+from df_middleware.db.types import utcnow
+from df_middleware.simulators.ghl import contact_webhook
+from df_middleware.sync.agent_field import AgentField
+from df_middleware.sync.list_registry import CallListRegistryStore
+from tests.sync_world import CONVERSATION_PROVIDER, LOCATION, SyncWorld
+
+PHONE = "+19195550173"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_caches() -> None:
+    AgentField.forget()
+    CallListRegistryStore.forget()
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+
+async def statuses(world: SyncWorld, event_type: str) -> list[str]:
+    async with world.db.session() as session:
+        return sorted(
+            await session.scalars(select(WebhookEvent.status).where(WebhookEvent.event_type == event_type))
+        )
+
+
+async def retry_now(world: SyncWorld, event_type: str) -> int:
+    """Make the pending (retry-scheduled) events of `event_type` due now and run the worker."""
+    async with world.db.session() as session:
+        await session.execute(
+            update(WebhookEvent)
+            .where(WebhookEvent.event_type == event_type, WebhookEvent.status == "pending")
+            .values(next_attempt_at=utcnow())
+        )
+    return await world.process()
+
+
+def agent_send(world: SyncWorld, text: str = "Still interested?") -> dict[str, Any]:
+    """An agent texts a GHL contact from GHL: the simulator records the message `pending` and
+    builds the `ProviderOutboundMessage` our provider's delivery URL receives."""
+    contact = world.ghl.sim.create_contact(LOCATION, {"phone": PHONE, "firstName": "Ann"}).contact
+    _, payload = world.ghl.sim.send_sms_as_user(
+        LOCATION, contact["id"], text, conversation_provider_id=CONVERSATION_PROVIDER
+    )
+    return dict(payload)
+
+
+def verity_sends(world: SyncWorld, correlation_id: str) -> list[dict[str, Any]]:
+    return [m for m in world.verity.sim.sent_messages if m.get("correlationId") == correlation_id]
+
+
+# --- finding 1: an unconfirmed send whose GHL "failed" could not be written is sent again --------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "break14 finding 1 (product, sync/agent_sends.py _send/_hold_unconfirmed): a Verity send "
+        "with no answer (504 after the work was done) must never be repeated, but when setting the "
+        "GHL message failed then fails with a 503 (GHL outage) that GHL error escapes the ledger's "
+        "write(), write_not_made() judges *it* (503: not made) and the send intent is dropped, so "
+        "the retry sends the agent's text a second time"
+    ),
+)
+async def test_an_unconfirmed_send_is_not_repeated_when_ghl_was_down_at_that_moment(
+    sync_world: SyncWorld,
+) -> None:
+    """R-IDEM-2, R-REL-1, R-REL-3 (break14 finding 1): an agent texts a person; Verity sends the
+    text but its answer is lost (504 after the work was done) while GHL is down (503). The
+    send's outcome is unknown, so it must never be repeated: whatever the retries do, Verity has
+    sent the agent's text exactly once."""
+    world = sync_world
+    payload = agent_send(world)
+    message_id = str(payload["messageId"])
+
+    world.verity.faults(lost_response_rate=1.0)
+    world.ghl.faults(error_rate=1.0)
+    await world.deliver_provider_message(payload)
+    await world.process()
+    assert len(verity_sends(world, message_id)) == 1  # it went out; nobody was told
+
+    world.verity.faults()
+    world.ghl.faults()
+    await retry_now(world, "ProviderOutboundMessage")
+    await retry_now(world, "ProviderOutboundMessage")
+    assert len(verity_sends(world, message_id)) == 1
+
+
+# --- finding 2: a sequence step that failed is skipped on retry as "stale" ----------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "break14 finding 2 (product, sync/contacts.py handle_aloware_contact): the contact sync "
+        "marks the Aloware watermark applied before the sequence step runs; when the step fails "
+        "(Aloware 503) the retry's contact sync answers STALE (its own watermark: a replay is "
+        "'covered'), and handle_aloware_contact skips apply_sequence for a STALE result, so the "
+        "contact is never enrolled"
+    ),
+)
+async def test_a_sequence_enrolment_that_failed_is_made_on_retry(sync_world: SyncWorld) -> None:
+    """R-AG-6, R-IDEM-2, R-REL-3 (break14 finding 2): an Aloware contact is created with list
+    status Hot (ENABLE_ALOWARE_SEQUENCES, Hot → a sequence). The first attempt creates the GHL
+    contact, then Aloware answers 503 to the sequence calls, so the event is retried. The retry
+    must enrol the contact in Hot's sequence."""
+    world = sync_world
+    sim = world.aloware.sim
+    hot = sim.add_sequence("Hot leads")["id"]
+    world.settings = world.settings.model_copy(
+        update={"enable_aloware_sequences": True, "aloware_status_to_sequence": f"Hot={hot}"}
+    )
+    contact = sim.add_contact(PHONE, first_name="Dana", last_name="Reyes", email="dana@example.com")
+    sim.update_contact(int(contact["id"]), aloware_list_status="Hot")
+    body = sim.webhook_contact(int(contact["id"]))
+    body["updated_at"] = "2026-11-24T16:00:00Z"
+
+    world.aloware.faults(error_rate=1.0)
+    assert (await world.deliver_aloware("Contact Created", body)).status_code < 300
+    await world.process()
+    assert world.ghl.sim.snapshot()["contacts"]  # the contact step was done …
+    assert sim.enrollments.get(int(contact["id"])) is None  # … the sequence step failed …
+    assert await statuses(world, "Contact Created") == ["pending"]  # … to be retried
+
+    world.aloware.faults()
+    assert await retry_now(world, "Contact Created") == 1
+    assert await statuses(world, "Contact Created") == ["done"]
+    assert sim.enrollments.get(int(contact["id"])) == hot
+
+
+# --- finding 3: with GHL's clock ahead of ours, a resend of an older DND toggle wins -------------
+
+
+def dnd_toggle(contact: dict[str, Any], status: str, stamp: datetime, webhook_id: str) -> dict[str, Any]:
+    """GHL's `ContactDndUpdate` for an SMS DND toggle GHL stamped `stamp`, under `webhook_id`."""
+    dnd = contact_webhook("ContactDndUpdate", contact)
+    dnd["dndSettings"] = {"SMS": {"status": status, "message": "", "code": ""}}
+    dnd["timestamp"] = stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    dnd["webhookId"] = webhook_id
+    return dnd
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "break14 finding 3 (product, consent/decisions.decision_time with sync/ghl_dnd.py): an "
+        "event's time is clamped to its receipt when it is later, so with GHL's clock ahead of "
+        "ours every toggle is stored at its receipt time; a resend of an OLDER toggle (GHL resends "
+        "under a new webhookId with the original timestamp) is then clamped to ITS receipt, later "
+        "than the newer toggle's, and wins: a DND the GHL user turned back on is lifted and the "
+        "agent's next text is sent"
+    ),
+)
+async def test_a_resent_older_dnd_toggle_does_not_lift_a_newer_dnd_when_ghls_clock_is_ahead(
+    sync_world: SyncWorld,
+) -> None:
+    """R-OPT-2, R-OPT-4, R-OPT-5, R-IDEM-1 (break14 finding 3): GHL's clock runs a minute ahead of
+    the service's. A GHL user turns a contact's SMS DND off, then on again a second later; then
+    GHL resends the older "off" webhook (a new webhookId, its original timestamp). The decision
+    in force stays the newer one (opted out, by GHL), and an agent's text to the number is
+    refused, not sent."""
+    world = sync_world
+    contact = world.ghl.sim.create_contact(LOCATION, {"phone": PHONE, "firstName": "Ann"}).contact
+    ahead = datetime.now(UTC) + timedelta(seconds=60)  # GHL's clock: a minute fast
+    off = dnd_toggle(contact, "inactive", ahead, "wh-off-1")
+    on = dnd_toggle(contact, "active", ahead + timedelta(seconds=1), "wh-on-1")
+    for webhook in (off, on):
+        assert (await world.deliver_ghl(webhook)).status_code < 300
+        await world.process()
+    state = await ConsentStore(world.db).state("sms", PHONE)
+    assert state is not None
+    assert (state.status, state.source) == ("opted_out", "ghl")
+
+    resend = {**off, "webhookId": "wh-off-2"}  # GHL resends the older toggle
+    assert (await world.deliver_ghl(resend)).status_code < 300
+    await world.process()
+    state = await ConsentStore(world.db).state("sms", PHONE)
+    assert state is not None
+    assert (state.status, state.source) == ("opted_out", "ghl")
+
+    _, payload = world.ghl.sim.send_sms_as_user(
+        LOCATION, contact["id"], "Are you free?", conversation_provider_id=CONVERSATION_PROVIDER
+    )
+    await world.deliver_provider_message(dict(payload))
+    await world.process()
+    assert verity_sends(world, str(payload["messageId"])) == []
+
+
+def _stamped(payload: dict[str, Any], stamp: datetime) -> dict[str, Any]:
+    return {**payload, "timestamp": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")}
+
+
+def _on_lists(world: SyncWorld) -> set[str]:
+    sim = world.aloware.sim
+    contact = sim.contact_by_phone(PHONE)
+    assert contact is not None
+    return {sim.lists[i]["name"] for i in sim.lists_of(contact["id"])}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "break14 finding 3b (product, sync/contacts.signals_time with call_lists): the same clamp "
+        "defeats today's list-order fix (8e3f59e) when GHL's clock is ahead of ours: both events "
+        "are stored at their receipt, the resend of the older ContactCreate is clamped to its own "
+        "(later) receipt and takes the lead off the HOT list it joined since"
+    ),
+)
+async def test_a_late_resend_moves_no_list_when_ghls_clock_is_ahead(sync_world: SyncWorld) -> None:
+    """R-AG-2, R-IDEM-1 (break14 finding 3b): as tests/test_list_signals_order.py's late resend —
+    created (NEW_LEADS), tagged hot (NEW_LEADS + HOT), the creation resent — but with GHL's clock a
+    minute ahead of the service's. The lead stays on both lists."""
+    world = sync_world
+    async with world.db.session() as session:
+        session.add(AgentDirectory(agent_key="ALICE", display_name="Alice", ghl_owner_id="user-alice"))
+    for key in ("NEW_LEADS", "HOT"):
+        world.aloware.sim.add_list(f"DF_ALICE_{key}")
+    ahead = datetime.now(UTC) + timedelta(seconds=60)
+    write = world.ghl.sim.create_contact(
+        LOCATION, {"firstName": "Lena", "phone": PHONE, "assignedTo": "user-alice"}
+    )
+    created = _stamped(contact_webhook("ContactCreate", write.contact), ahead)
+    await world.deliver_ghl(created)
+    await world.process()
+    assert _on_lists(world) == {"DF_ALICE_NEW_LEADS"}
+
+    tagged = world.ghl.sim.add_tags(LOCATION, write.contact["id"], ["hot"])
+    later = ahead + timedelta(seconds=1)
+    for event in tagged.events:
+        await world.deliver_ghl(_stamped(contact_webhook(event, tagged.contact), later))
+    await world.process()
+    assert _on_lists(world) == {"DF_ALICE_NEW_LEADS", "DF_ALICE_HOT"}
+
+    await world.deliver_ghl({**created, "webhookId": "resent-create-1"})
+    await world.process()
+    assert _on_lists(world) == {"DF_ALICE_NEW_LEADS", "DF_ALICE_HOT"}
+
+
+# --- finding 4: two first placements at once create an agent's list twice ---------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "break14 finding 4 (product, sync/list_registry.CallListRegistryStore.list_id): with "
+        "ALOWARE_CREATE_LISTS, two events placing two different contacts on a list that does not "
+        "exist yet (one worker's batch runs them concurrently; or two workers) both read Aloware's "
+        "lists, find none, and both create it: Aloware ends with two lists of the same name and "
+        "the contacts split between them (nothing serialises the create)"
+    ),
+)
+async def test_two_leads_placed_at_once_make_one_list(sync_world: SyncWorld) -> None:
+    """R-AG-3 (break14 finding 4): Alice has no lists in Aloware yet and ALOWARE_CREATE_LISTS is
+    on. Two new leads of hers arrive together and are processed in one batch: Aloware ends with
+    one list named DF_ALICE_NEW_LEADS, holding both."""
+    world = sync_world
+    world.settings = world.settings.model_copy(update={"aloware_create_lists": True})
+    async with world.db.session() as session:
+        session.add(AgentDirectory(agent_key="ALICE", display_name="Alice", ghl_owner_id="user-alice"))
+    world.aloware.faults(latency_ms=50)  # Aloware's ordinary answer time
+    for index, phone in enumerate(("+19195550174", "+19195550175")):
+        write = world.ghl.sim.create_contact(
+            LOCATION, {"firstName": f"Lead{index}", "phone": phone, "assignedTo": "user-alice"}
+        )
+        assert (await world.deliver_ghl(contact_webhook("ContactCreate", write.contact))).status_code < 300
+    await world.process()
+    named = [found for found in world.aloware.sim.lists.values() if found["name"] == "DF_ALICE_NEW_LEADS"]
+    assert len(named) == 1, [(found["id"], found["contact_ids"]) for found in named]
+    assert len(named[0]["contact_ids"]) == 2
