@@ -1,6 +1,6 @@
 """The soak: the whole product, scaled out, under a steady mixed stream and faults (SPEC §12, §13).
 
-    python bench/soak.py [--minutes 30] [--people 2000] [--rate 4] [--seed 1] [--kill-every 180]
+    python bench/soak.py [--minutes 30] [--people 2000] [--rate 3] [--seed 1] [--kill-every 180]
                          [--outage-seconds 45] [--keep]
 
 A benchmark, not a test (tests/test_soak.py runs a two-minute version). One run:
@@ -559,7 +559,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=30.0, help="How long the stream plays.")
     parser.add_argument("--people", type=int, default=2000, help="Population size.")
-    parser.add_argument("--rate", type=float, default=4.0, help="Steps started per second.")
+    parser.add_argument("--rate", type=float, default=3.0, help="Steps started per second.")
     parser.add_argument("--duplicates", type=float, default=0.2, help="Share of webhooks delivered twice.")
     parser.add_argument(
         "--broadcast-share", type=float, default=0.01, help="Share of steps that are broadcasts."

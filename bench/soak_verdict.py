@@ -133,6 +133,8 @@ def judge(people: list[Person], broadcasts: list[Broadcast], sims: Simulators) -
             lists_of,
             sends_by_correlation,
             help_replies,
+            unanswered,
+            unanswered_help,
         )
     accounted = {s.message_id for p in people for s in p.sends}
     for correlation, sends in sends_by_correlation.items():
