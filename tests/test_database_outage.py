@@ -8,14 +8,8 @@ stores the senders' retries and has lost nothing it acknowledged.
 
 from __future__ import annotations
 
-import glob
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
+import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,96 +24,24 @@ from df_middleware.db.models import WebhookEvent
 from df_middleware.db.session import Database
 from tests.conftest import IN_CI, TEST_SECRETS, Keys
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from private_postgres import PrivateCluster, can_run_private_cluster, pg_bin_dir
+
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
-
-
-def _pg_bin() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
-    return Path(found[-1]).parent if found else None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class PrivateCluster:
-    bin_dir: Path
-    data_dir: Path
-    socket_dir: Path
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-
-    def _as_postgres(self, *args: str) -> None:
-        subprocess.run(["runuser", "-u", "postgres", "--", *args], check=True, capture_output=True)
-
-    def start(self) -> None:
-        options = f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off"
-        log = str(self.data_dir.parent / "server.log")
-        self._as_postgres(
-            str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-o", options, "-l", log, "-w", "start"
-        )
-
-    def stop(self) -> None:
-        self._as_postgres(str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop")
 
 
 @pytest.fixture
 def private_cluster() -> Iterator[PrivateCluster]:
-    bin_dir = _pg_bin()
-    if bin_dir is None or os.geteuid() != 0 or shutil.which("runuser") is None:
-        reason = "needs the PostgreSQL server binaries and root (to run them as user postgres)"
-        if IN_CI and bin_dir is not None:
+    reason = can_run_private_cluster()
+    if reason is not None:
+        if IN_CI and pg_bin_dir() is not None:
             pytest.fail(reason)
         pytest.skip(reason)
-    root = Path(tempfile.mkdtemp(prefix="dfm-pg-"))
-    shutil.chown(root, "postgres")
-    cluster = PrivateCluster(bin_dir, root / "data", root, _free_port())
-    subprocess.run(
-        [
-            "runuser",
-            "-u",
-            "postgres",
-            "--",
-            str(bin_dir / "initdb"),
-            "-D",
-            str(cluster.data_dir),
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-            "--no-sync",
-            "-E",
-            "UTF8",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    cluster.start()
+    cluster = PrivateCluster.create(settings={"fsync": "off"})
     try:
         yield cluster
     finally:
-        subprocess.run(
-            [
-                "runuser",
-                "-u",
-                "postgres",
-                "--",
-                str(bin_dir / "pg_ctl"),
-                "-D",
-                str(cluster.data_dir),
-                "-m",
-                "immediate",
-                "stop",
-            ],
-            capture_output=True,
-        )
-        shutil.rmtree(root, ignore_errors=True)
+        cluster.destroy()
 
 
 def _webhook(n: int, keys: Keys) -> tuple[bytes, dict[str, str]]:
@@ -132,10 +54,10 @@ async def test_outage_answers_503_and_recovers_without_restart(
 ) -> None:
     """R-IN-2, R-REL-2: down → 503 + Retry-After, never 2xx; back → the same process stores the
     retries; nothing acknowledged is lost; nothing is stored twice."""
-    await upgrade(private_cluster.url)
+    await upgrade(private_cluster.url())
     settings = Settings(
         _env_file=None,  # type: ignore[call-arg]
-        database_url=private_cluster.url,
+        database_url=private_cluster.url(),
         ghl_webhook_ed25519_public_key=keys.ed25519_public_pem,
         auto_migrate=False,
         log_format="json",
@@ -176,7 +98,7 @@ async def test_outage_answers_503_and_recovers_without_restart(
         assert (await client.get("/readyz")).status_code == 200
     await app.state.db.dispose()
 
-    db = Database(private_cluster.url)
+    db = Database(private_cluster.url())
     try:
         async with db.session() as session:
             stored = {str(i) for i in await session.scalars(select(WebhookEvent.id))}
