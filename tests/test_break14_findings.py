@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import select, update
 
 from df_middleware.consent.store import ConsentStore
-from df_middleware.db.models import AgentDirectory, WebhookEvent
+from df_middleware.db.models import AgentDirectory, BroadcastRecord, BroadcastWebhookEvent, WebhookEvent
 from df_middleware.db.types import utcnow
 from df_middleware.simulators.ghl import contact_webhook
 from df_middleware.sync.agent_field import AgentField
@@ -283,3 +283,120 @@ async def test_two_leads_placed_at_once_make_one_list(sync_world: SyncWorld) -> 
     named = [found for found in world.aloware.sim.lists.values() if found["name"] == "DF_ALICE_NEW_LEADS"]
     assert len(named) == 1, [(found["id"], found["contact_ids"]) for found in named]
     assert len(named[0]["contact_ids"]) == 2
+
+
+def inbound_text(message_id: str, body: str, stamp: datetime) -> dict[str, Any]:
+    """Verity's `message.received` for a text from PHONE, dated `stamp` by Verity's clock."""
+    return {
+        "eventType": "message.received",
+        "messageId": message_id,
+        "conversationId": f"chat_{PHONE.removeprefix('+')}",
+        "direction": "inbound",
+        "from": PHONE,
+        "to": "+19195550000",
+        "body": body,
+        "timestamp": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "status": "received",
+    }
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "break14 finding 3c (product, consent/decisions.decision_time with sync/texting.py): with "
+        "Verity's clock ahead of ours, both texts' times are clamped to their receipts, so two "
+        "consent texts delivered out of order are ordered by receipt: a START the person sent "
+        "BEFORE their STOP, delivered after it, wins, and the agent's next text is sent"
+    ),
+)
+async def test_a_start_sent_before_a_stop_does_not_win_when_verity_clock_is_ahead(
+    sync_world: SyncWorld,
+) -> None:
+    """R-OPT-2, R-OPT-4 (break14 finding 3c): Verity's clock runs a minute ahead of the service's.
+    A person texts START, then STOP a second later; Verity delivers the STOP first and the START
+    after it (as the soak's `consent_reversed` step does). The STOP is the newer decision: the
+    number stays opted out and an agent's text to it is refused."""
+    world = sync_world
+    contact = world.ghl.sim.create_contact(LOCATION, {"phone": PHONE, "firstName": "Ann"}).contact
+    ahead = datetime.now(UTC) + timedelta(seconds=60)
+    start = inbound_text("tlx_B14START", "START", ahead)
+    stop = inbound_text("tlx_B14STOP", "STOP", ahead + timedelta(seconds=1))
+    for text in (stop, start):  # delivered newest first
+        assert (await world.deliver_texting(text)).status_code < 300
+        await world.process()
+    state = await ConsentStore(world.db).state("sms", PHONE)
+    assert state is not None
+    assert (state.status, state.source) == ("opted_out", "texting")
+
+    _, payload = world.ghl.sim.send_sms_as_user(
+        LOCATION, contact["id"], "Are you free?", conversation_provider_id=CONVERSATION_PROVIDER
+    )
+    await world.deliver_provider_message(dict(payload))
+    await world.process()
+    assert verity_sends(world, str(payload["messageId"])) == []
+
+
+def broadcast_event(event_type: str, event_id: str, stamp: datetime, delivered: int) -> dict[str, Any]:
+    """A Verity broadcast event for `bc_b14`, dated `stamp` by Verity's clock."""
+    return {
+        "broadcastId": "bc_b14",
+        "eventType": event_type,
+        "eventId": event_id,
+        "timestamp": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "analytics": {
+            "broadcastName": "Spring offer",
+            "channel": "SMS",
+            "sentAt": "2026-11-24T20:00:00Z",
+            "recipients": 1200,
+            "sent": 1180,
+            "delivered": delivered,
+            "pending": 20,
+            "failed": 25,
+            "bounced": 5,
+            "optedOut": 6,
+            "responses": 97,
+            "appointmentsSet": 12,
+        },
+    }
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "break14 finding 3d (product, sync/broadcasts.event_time): the same clamp in broadcasts: "
+        "with Verity's clock ahead of ours, an analytics_updated stamped before the completion but "
+        "received after it is clamped to its own (later) receipt, so it is not stale and, once its "
+        "throttle passes, overwrites the broadcast's final numbers"
+    ),
+)
+async def test_a_late_older_snapshot_does_not_overwrite_the_final_numbers_when_verity_clock_is_ahead(
+    sync_world: SyncWorld,
+) -> None:
+    """R-BC-3 (break14 finding 3d): as test_sync_broadcasts' late older event, but with Verity's
+    clock a minute ahead of ours: the completion (stamped +60 s) is written; an analytics_updated
+    stamped +30 s arrives after it. When its throttle has passed, the record still holds the
+    completion's numbers."""
+    world = sync_world
+    ahead = datetime.now(UTC) + timedelta(seconds=60)
+    final = broadcast_event("broadcast_completed", "bcev_b14_final", ahead, 1150)
+    assert (await world.deliver_broadcast(final)).status_code < 300
+    await world.process()
+    late = broadcast_event("analytics_updated", "bcev_b14_late", ahead - timedelta(seconds=30), 800)
+    assert (await world.deliver_broadcast(late)).status_code < 300
+    await world.process()
+
+    # The throttle's interval passes (as test_sync_broadcasts does it): the last write and the
+    # deferred retry move a minute back.
+    async with world.db.session() as session:
+        kept = await session.get(BroadcastRecord, "bc_b14")
+        assert kept is not None
+        assert kept.written_at is not None
+        kept.written_at -= timedelta(seconds=61)
+        await session.execute(
+            update(BroadcastWebhookEvent)
+            .where(BroadcastWebhookEvent.status == "pending")
+            .values(next_attempt_at=utcnow())
+        )
+    await world.process()
+    [record] = [r for r in world.ghl.sim.records.values() if r.properties.get("broadcast_id") == "bc_b14"]
+    assert record.properties["delivered"] == 1150
