@@ -400,3 +400,43 @@ async def test_a_late_older_snapshot_does_not_overwrite_the_final_numbers_when_v
     await world.process()
     [record] = [r for r in world.ghl.sim.records.values() if r.properties.get("broadcast_id") == "bc_b14"]
     assert record.properties["delivered"] == 1150
+
+
+# --- finding 5: an agent text given up on is left pending in GHL when GHL was down then --------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "break14 finding 5 (product, queue/worker._tell_retries_exhausted with "
+        "agent_sends.tell_agent_send_failed): when an agent's text runs out of retries the event "
+        "is dead-lettered first and GHL told afterwards, best effort; when that GHL call fails (GHL "
+        "down too, or the worker killed between the two) nothing ever tells GHL again and the "
+        "agent's message stays 'pending' forever"
+    ),
+)
+async def test_a_given_up_agent_text_is_shown_failed_even_if_ghl_was_down_at_that_moment(
+    sync_world: SyncWorld,
+) -> None:
+    """R-TXT-5, R-TXT-3 (break14 finding 5): Verity refuses every attempt of an agent's text (503)
+    until its retries run out; at that moment GHL is down too. Once GHL is back, the agent's GHL
+    message shows `failed` (not `pending` forever), and nothing was sent."""
+    world = sync_world
+    world.settings = world.settings.model_copy(update={"max_attempts": 2})
+    payload = agent_send(world)
+    message_id = str(payload["messageId"])
+
+    world.verity.faults(error_rate=1.0)
+    await world.deliver_provider_message(payload)
+    await world.process()
+    assert await statuses(world, "ProviderOutboundMessage") == ["pending"]
+    world.ghl.faults(error_rate=1.0)
+    await retry_now(world, "ProviderOutboundMessage")
+    assert await statuses(world, "ProviderOutboundMessage") == ["error"]
+
+    world.verity.faults()
+    world.ghl.faults()
+    await world.process()
+    shown = next(m for m in world.ghl.sim.snapshot()["messages"] if m["id"] == message_id)
+    assert shown["status"] == "failed"
+    assert verity_sends(world, message_id) == []
