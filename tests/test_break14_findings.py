@@ -273,7 +273,7 @@ async def test_two_leads_placed_at_once_make_one_list(sync_world: SyncWorld) -> 
     world.settings = world.settings.model_copy(update={"aloware_create_lists": True})
     async with world.db.session() as session:
         session.add(AgentDirectory(agent_key="ALICE", display_name="Alice", ghl_owner_id="user-alice"))
-    world.aloware.faults(latency_ms=50)  # Aloware's ordinary answer time
+    world.aloware.faults(latency_ms=150)  # Aloware's ordinary answer time (the soak: 100-250 ms)
     for index, phone in enumerate(("+19195550174", "+19195550175")):
         write = world.ghl.sim.create_contact(
             LOCATION, {"firstName": f"Lead{index}", "phone": phone, "assignedTo": "user-alice"}
@@ -440,3 +440,61 @@ async def test_a_given_up_agent_text_is_shown_failed_even_if_ghl_was_down_at_tha
     shown = next(m for m in world.ghl.sim.snapshot()["messages"] if m["id"] == message_id)
     assert shown["status"] == "failed"
     assert verity_sends(world, message_id) == []
+
+
+# --- finding 6: our own DND echo, run again after a crash, becomes a GHL opt-out ----------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "break14 finding 6 (product, sync/echoes.EchoGuard.is_echo with sync/ghl_dnd.py): the echo "
+        "check consumes the fingerprint in its own committed transaction; when the event's outcome "
+        "is not committed (a worker killed right after, R-REL-1) the event runs again, is no echo "
+        "any more, and our own DND write of an earlier STOP is recorded as a GHL opt-out over the "
+        "person's later START"
+    ),
+)
+async def test_our_dnd_echo_run_again_after_a_crash_is_still_no_decision(sync_world: SyncWorld) -> None:
+    """R-OPT-5, R-LOOP-1, R-REL-1, R-IDEM-1 (break14 finding 6): a person texts STOP, then START;
+    the service sets their GHL SMS DND active, then inactive, and GHL sends a ContactDndUpdate for
+    each write (echoes). The worker handling the first echo dies before recording its outcome, so
+    the event is claimed again after its lease. The person's START stays in force: opted in, no
+    GHL-sourced decision recorded."""
+    world = sync_world
+    contact = world.ghl.sim.create_contact(LOCATION, {"phone": PHONE, "firstName": "Ann"}).contact
+    now = datetime.now(UTC)
+    for message_id, body, ago in (("tlx_B14E1", "STOP", 20), ("tlx_B14E2", "START", 10)):
+        assert (
+            await world.deliver_texting(inbound_text(message_id, body, now - timedelta(seconds=ago)))
+        ).status_code < 300
+        await world.process()
+    echoes = []
+    for status, ago in (("active", 15), ("inactive", 5)):  # GHL's webhooks for our two writes
+        echo = dnd_toggle(contact, status, now - timedelta(seconds=ago), f"wh-echo-{status}")
+        assert (await world.deliver_ghl(echo)).status_code < 300
+        echoes.append(echo)
+    await world.process()
+    state = await ConsentStore(world.db).state("sms", PHONE)
+    assert state is not None
+    assert (state.status, state.source) == ("opted_in", "texting")
+
+    # The worker that ran the first echo was killed before its outcome was committed: the row is
+    # still `processing` under an expired lease, and another worker claims it again.
+    async with world.db.session() as session:
+        first = await session.scalar(
+            select(WebhookEvent)
+            .where(WebhookEvent.event_type == "ContactDndUpdate")
+            .order_by(WebhookEvent.received_at)
+            .limit(1)
+        )
+        assert first is not None
+        await session.execute(
+            update(WebhookEvent)
+            .where(WebhookEvent.id == first.id)
+            .values(status="processing", locked_until=utcnow() - timedelta(seconds=1), locked_by="killed")
+        )
+    await world.process()
+    state = await ConsentStore(world.db).state("sms", PHONE)
+    assert state is not None
+    assert (state.status, state.source) == ("opted_in", "texting")
