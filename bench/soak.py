@@ -517,6 +517,12 @@ class Soak:
                         default=None,
                     ),
                     "trend_mb": rss_trend(self.rss_series.get(f"{proc.name}#{proc.starts}") or []),
+                    # Each life's RSS every 5 s, as (first, after 1 min, after 3 min, max, last).
+                    "lives": [
+                        [v[0], v[min(12, len(v) - 1)], v[min(36, len(v) - 1)], max(v), v[-1]]
+                        for n in range(1, proc.starts + 1)
+                        if (v := self.rss_series.get(f"{proc.name}#{n}"))
+                    ],
                 }
                 for proc in self.processes
             },
@@ -532,6 +538,7 @@ class Soak:
                 k: verdict[k]
                 for k in (
                     "mismatches_by_kind",
+                    "held_for_operator",
                     "duplicated_by_kind",
                     "examples",
                     "verity_sends",
@@ -547,7 +554,7 @@ class Soak:
             and v["duplicated_effects"] == 0
             and v["sms_to_opted_out"] == 0
             and v["mismatches"] == 0
-            and not dead
+            and v["dead_letters_unexplained"] == 0
             and not unacked
             and settled
             and not stream.errors
