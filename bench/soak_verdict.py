@@ -179,6 +179,15 @@ def judge(people: list[Person], broadcasts: list[Broadcast], sims: Simulators) -
     }
 
 
+def _compare_profile(
+    v: Verdict, system: str, contact: dict[str, Any], names: tuple[str, str, str], person: Person, who: str
+) -> None:
+    """The person's first name, last name and email as that system names them."""
+    for field_name, want in zip(names, (person.first, person.last, person.email), strict=True):
+        if contact.get(field_name) != want:
+            v.mismatch(f"{system} {field_name}", f"{who}: {contact.get(field_name)!r} want {want!r}")
+
+
 def _judge_person(
     v: Verdict,
     person: Person,
@@ -199,13 +208,7 @@ def _judge_person(
         return
     contact = contacts[0]
     if person.kind != "texter":
-        for field_name, want in (
-            ("firstName", person.first),
-            ("lastName", person.last),
-            ("email", person.email),
-        ):
-            if contact.get(field_name) != want:
-                v.mismatch(f"GHL {field_name}", f"{who}: {contact.get(field_name)!r} want {want!r}")
+        _compare_profile(v, "GHL", contact, ("firstName", "lastName", "email"), person, who)
     if person.timezone is not None and contact.get("timezone") != person.timezone:
         v.mismatch("GHL timezone", f"{who}: {contact.get('timezone')!r} want {person.timezone!r}")
     tags = set(contact.get("tags") or [])
@@ -307,13 +310,7 @@ def _judge_person(
         v.mismatch("Aloware contact missing", who)
         return
     aloware_contact = found[0]
-    for field_name, want in (
-        ("first_name", person.first),
-        ("last_name", person.last),
-        ("email", person.email),
-    ):
-        if aloware_contact.get(field_name) != want:
-            v.mismatch(f"Aloware {field_name}", f"{who}: {aloware_contact.get(field_name)!r} want {want!r}")
+    _compare_profile(v, "Aloware", aloware_contact, ("first_name", "last_name", "email"), person, who)
     lists = set(lists_of.get(aloware_contact["id"], []))
     if lists != expected_lists(person):
         v.mismatch("Aloware lists", f"{who}: {sorted(lists)} want {sorted(expected_lists(person))}")

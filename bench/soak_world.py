@@ -32,6 +32,7 @@ import httpx
 import uvicorn
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from large_bodies import rss_mb
 
 from df_middleware.simulators.aloware import AlowareSimulator
 from df_middleware.simulators.aloware import create_app as create_aloware
@@ -233,17 +234,6 @@ def service_env(database_url: str, sims: Simulators, keys: Secrets, workdir: Pat
         }
     )
     return env
-
-
-def rss_mb(pid: int) -> float | None:
-    """Resident set size of a live process, from /proc (None once it is gone)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
 
 
 @dataclass
