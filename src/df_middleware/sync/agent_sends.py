@@ -191,9 +191,19 @@ async def handle_provider_outbound(ctx: HandlerContext, event: ClaimedEvent) -> 
         # again at the very send (R-OPT-4), and nothing left.
         return await refuse(OPTED_OUT_ERROR, "recipient opted out of SMS (R-OPT-4)")
     except EffectMaybeDone as exc:
-        # An earlier run asked Verity to send and was interrupted (killed, or cancelled at
-        # shutdown) before the answer was recorded: the text may be out. Never sent again.
-        raise await _hold_unconfirmed(ghl, ghl_message_id, "an earlier run was interrupted mid-send") from exc
+        # An earlier run asked Verity to send and got no answer (interrupted, killed, or its
+        # answer lost) before the outcome was recorded: the text may be out. Never sent again;
+        # held for the operator (telling GHL again if an earlier run could not).
+        raise await _hold_unconfirmed(
+            ghl, ghl_message_id, "an earlier run got no answer from Verity"
+        ) from exc
+    except RetryableError as exc:
+        if classify_send_failure(exc) == "not_sent":
+            raise  # certainly not sent (the ledger dropped the intent): retried
+        # Maybe sent. The intent stays in the ledger, so whatever happens next (GHL down while we
+        # tell it, a kill) no run sends this text again (R-IDEM-2, break14 finding 1: telling GHL
+        # used to happen inside the send, and GHL's own 503 was taken for Verity's "not sent").
+        raise await _hold_unconfirmed(ghl, ghl_message_id, str(exc)) from exc
     texting_message_id = outcome.target_id
     await messages.record(
         texting_message_id=texting_message_id,
@@ -226,10 +236,11 @@ async def _tell_refusal(ghl: GhlClient | None, ghl_message_id: str, error: Provi
 async def _send(
     db: Database, verity: VerityClient, ghl: GhlClient | None, phone: str, body: str, ghl_message_id: str
 ) -> str:
-    """One Verity send. A refusal (4xx) sets the GHL message failed with Verity's reason and
-    dead-letters; a failure that certainly did not send is retried by the worker; one that may
-    have sent is never retried automatically (the GHL message is set failed and the event
-    dead-lettered, so an operator checks Verity before replaying: a replay sends again)."""
+    """One Verity send, the ledger's write: nothing else happens inside it, so the ledger judges
+    Verity's failure and no other system's. A refusal (4xx) sets the GHL message failed with
+    Verity's reason and dead-letters; any other failure is raised to the handler, which retries one
+    that certainly did not send and holds one that may have (never sent again automatically: the
+    GHL message is set failed and the event dead-lettered, so an operator checks Verity first)."""
     try:
         sent = await send_sms(db, verity, phone, body, correlation_id=ghl_message_id)
     except RemoteRejected as exc:
@@ -244,10 +255,6 @@ async def _send(
                 ),
             )
         raise
-    except RetryableError as exc:
-        if classify_send_failure(exc) == "not_sent":
-            raise
-        raise await _hold_unconfirmed(ghl, ghl_message_id, str(exc)) from exc
     return sent.message_id
 
 
