@@ -570,8 +570,14 @@ async def handle_aloware_contact(ctx: HandlerContext, event: ClaimedEvent) -> Ha
     (unchanged, echo) — but never for a stale event, whose status is older than the one applied,
     nor for a contact whose GHL side was deleted."""
     result = await sync_aloware_contact(ctx, event)
-    if ctx.settings.enable_aloware_sequences and not any(e.message == STALE for e in result.entries):
-        mapping = await ContactMappings(ctx.db).by_aloware_id(event.entity_id or "")
+    if not ctx.settings.enable_aloware_sequences:
+        return result
+    mapping = await ContactMappings(ctx.db).by_aloware_id(event.entity_id or "")
+    event_at = parse_iso8601(_aloware_body(event).get("updated_at"))
+    # A retry of the event that set the watermark is "stale" to itself, yet its sequence step may
+    # be what failed (break14 finding 2): only another, newer event's watermark makes it stale.
+    own = mapping is not None and mapping.applied_by("aloware", event_at, event.received_at)
+    if own or not any(e.message == STALE for e in result.entries):
         live = mapping is not None and mapping.deleted_at is None
         result.entries.extend(
             await apply_sequence(ctx, event, mapping.ghl_contact_id if live and mapping else None)

@@ -163,6 +163,17 @@ class MappingView:
             disposition_received_at=row.disposition_received_at,
         )
 
+    def applied_by(self, stream: Stream, event_at: datetime | None, received_at: datetime | None) -> bool:
+        """Whether the `stream` watermark is this very event's (same time, same receipt): a retry
+        of the event that applied it, which is "stale" to itself but must finish its own work."""
+        at, received = WATERMARK_COLUMNS[stream]
+        return (
+            event_at is not None
+            and received_at is not None
+            and getattr(self, at) == event_at
+            and getattr(self, received) == received_at
+        )
+
     def is_stale(self, stream: Stream, event_at: datetime | None, received_at: datetime | None) -> bool:
         """Whether a `stream` event of `event_at`, received at `received_at`, is no newer than the
         last one applied (a replay or a late retry of an old change: applying it would write old
