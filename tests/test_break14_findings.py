@@ -7,18 +7,26 @@ has the pattern). Both databases (`sync_world`).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import struct
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import select, update
 
+from df_middleware.app import create_app
+from df_middleware.config import Settings
 from df_middleware.consent.store import ConsentStore
 from df_middleware.db.models import AgentDirectory, BroadcastRecord, BroadcastWebhookEvent, WebhookEvent
 from df_middleware.db.types import utcnow
 from df_middleware.simulators.ghl import contact_webhook
 from df_middleware.sync.agent_field import AgentField
 from df_middleware.sync.list_registry import CallListRegistryStore
+from tests.conftest import TEST_SECRETS, Keys
 from tests.sync_world import CONVERSATION_PROVIDER, LOCATION, SyncWorld
 
 PHONE = "+19195550173"
@@ -498,3 +506,83 @@ async def test_our_dnd_echo_run_again_after_a_crash_is_still_no_decision(sync_wo
     state = await ConsentStore(world.db).state("sms", PHONE)
     assert state is not None
     assert (state.status, state.source) == ("opted_in", "texting")
+
+
+# --- finding 7: a PostgreSQL restart answers webhooks 500, not 503 ---------------------------------
+
+
+def _error_response(sqlstate: str, message: str) -> bytes:
+    fields = b"".join(
+        kind + value.encode() + b"\0"
+        for kind, value in ((b"S", "FATAL"), (b"V", "FATAL"), (b"C", sqlstate), (b"M", message))
+    )
+    body = fields + b"\0"
+    return b"E" + struct.pack("!I", len(body) + 4) + body
+
+
+@contextlib.asynccontextmanager
+async def postgres_shutting_down() -> AsyncIterator[str]:
+    """A PostgreSQL server in the middle of a restart, as the soak's `pg_restart` meets it: every
+    connection is refused at start-up with FATAL 57P03 "the database system is shutting down"
+    (what PostgreSQL answers during a fast shutdown and while starting up). Yields its URL."""
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                length = struct.unpack("!I", await reader.readexactly(4))[0]
+                packet = await reader.readexactly(length - 4)
+                if struct.unpack("!I", packet[:4])[0] in (80877103, 80877104):  # SSL / GSS request
+                    writer.write(b"N")
+                    await writer.drain()
+                    continue
+                writer.write(_error_response("57P03", "the database system is shutting down"))
+                await writer.drain()
+                break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/soak"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "break14 finding 7 (product, db/session.is_unavailable): asyncpg's CannotConnectNowError "
+        "('the database system is shutting down' / 'is starting up', SQLSTATE 57P03) reaches "
+        "ingest as a plain DBAPIError whose text has no 'connection' in it, so it is not taken "
+        "for an unavailable database and the webhook gets an unhandled 500 (the soak's pg_restart: "
+        "11 such 500s in run r2's server logs, counted only as 'retried_answers')"
+    ),
+)
+async def test_a_webhook_during_a_postgres_restart_gets_503_with_retry_after(keys: Keys) -> None:
+    """R-IN-2, R-REL-2, R-SEC-3 (break14 finding 7): while PostgreSQL is shutting down for a
+    restart it refuses connections with 57P03; a webhook arriving then is answered 503 with
+    Retry-After (the sender retries), never a 500."""
+    async with postgres_shutting_down() as url:
+        settings = Settings(
+            _env_file=None,  # type: ignore[call-arg]
+            database_url=url,
+            ghl_webhook_ed25519_public_key=keys.ed25519_public_pem,
+            auto_migrate=False,
+            log_format="json",
+            **TEST_SECRETS,
+        )
+        app = create_app(settings, run_worker=False)
+        body = b'{"type":"ContactUpdate","id":"c-1","webhookId":"wh-b14-1","locationId":"loc_test"}'
+        headers = {"content-type": "application/json", "x-ghl-signature": keys.ed25519_sign(body)}
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                response = await client.post("/api/webhooks/ghl", content=body, headers=headers)
+        finally:
+            await app.state.db.dispose()
+        assert response.status_code == 503, response.text
+        assert "retry-after" in response.headers
