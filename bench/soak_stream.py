@@ -713,8 +713,7 @@ class Stream:
         """A STOP and a START (in either order) whose webhooks arrive in the reverse order."""
         first, second = self.rng.sample([(STOP_SPELLINGS, True), (START_SPELLINGS, False)], 2)
         texts = []
-        # Verity dates a text when it received it, before it posts the webhook (the service never
-        # lets a time later than the receipt count: a fast clock must not win every later STOP).
+        # Verity dates a text when it received it, before it posts the webhook.
         for offset, (spellings, opt_out) in ((-2.0, first), (-1.0, second)):
             timestamp = iso_now(offset)
             message_id, webhook = self._text_webhook(person, self.rng.choice(spellings), timestamp)

@@ -153,12 +153,16 @@ def test_every_formatting_of_a_number_is_one_consent_key(raw: str) -> None:
     assert normalize_phone(raw, "US") == PHONE
 
 
-def test_a_decision_is_never_dated_after_its_receipt() -> None:
-    """R-OPT-2: the event's own time orders decisions, but a time later than the receipt (a fast
-    sender clock, a forged `updated_at`) is the receipt's; a missing time is the receipt's too."""
+def test_a_decision_is_never_dated_far_after_its_receipt() -> None:
+    """R-OPT-2: the event's own time orders decisions, believed up to five minutes after its
+    receipt (a partner's clock a minute fast keeps its STOP and START in their order: break14
+    finding 3c); a time further ahead (a broken clock, a forged `updated_at`) is the receipt's,
+    and so is a missing time."""
     received = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
     earlier = received - timedelta(minutes=3)
     assert decision_time(earlier, received) == earlier
+    assert decision_time(received + timedelta(minutes=1), received) == received + timedelta(minutes=1)
+    assert decision_time(received + timedelta(minutes=5), received) == received + timedelta(minutes=5)
     assert decision_time(received + timedelta(minutes=10), received) == received
     assert decision_time(datetime(9999, 1, 1, tzinfo=UTC), received) == received
     assert decision_time(None, received) == received

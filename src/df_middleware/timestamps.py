@@ -26,3 +26,21 @@ def parse_iso8601(value: object) -> datetime | None:
     except (ValueError, OverflowError):
         return None
     return moment if _EARLIEST <= moment <= _LATEST else None
+
+
+#: How far ahead of our clock a partner's own event time is still believed. Clocks of different
+#: systems drift by seconds, sometimes a minute: a person's events are ordered by the time their
+#: system gave them, so a resend or a late delivery of an older event never wins over a newer one
+#: (break14 findings 3-3d: clamping every time later than its receipt to the receipt reordered a
+#: GHL or Verity whose clock ran a minute fast by arrival). A time further ahead is a broken clock
+#: or a forged value and counts as the receipt's: otherwise it would make every later decision
+#: look stale for as long as it stays in the future.
+MAX_CLOCK_AHEAD = timedelta(minutes=5)
+
+
+def believed_time(stated: datetime | None, received_at: datetime) -> datetime:
+    """When an event happened, for ordering it: its own time, unless missing or more than
+    MAX_CLOCK_AHEAD after we received it (then its receipt's)."""
+    if stated is None or stated > received_at + MAX_CLOCK_AHEAD:
+        return received_at
+    return stated

@@ -11,7 +11,7 @@ the change takes effect, and why not when it does not:
   arriving again (a redelivery, a replay) changes nothing. "Older" is by the events' own times
   between events of one source (one clock), and by when we received the change and recorded the
   decision in force between sources (`by_receipt`: their clocks are not comparable). An event's
-  own time is never later than its receipt (`decision_time`).
+  own time is believed up to five minutes after its receipt, never further (`decision_time`).
 - **Who may lift an opt-out (R-OPT-5).** An opt-out always takes effect. An opt-in lifts an opt-out
   only when it comes from the person or an operator who may lift it: a `manual` action lifts any;
   on SMS the person's own opt-in keyword (`texting`) lifts any; otherwise only the source that
@@ -27,6 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
+
+from df_middleware.timestamps import believed_time
 
 Channel = Literal["sms", "voice"]
 Status = Literal["opted_out", "opted_in"]
@@ -80,13 +82,12 @@ class Decision:
 
 
 def decision_time(stated: datetime | None, received_at: datetime) -> datetime:
-    """When a change happened, for ordering decisions (R-OPT-2): the event's own time, but never
-    later than when it reached us. A sender's clock running fast (or a zone-less time read as
-    UTC, or a forged `updated_at` in 9999) must not date a decision in the future, where it would
-    make every later STOP, DNC or operator action "stale" for as long as the clock is ahead."""
-    if stated is None or stated > received_at:
-        return received_at
-    return stated
+    """When a change happened, for ordering decisions (R-OPT-2): the event's own time, believed up
+    to `MAX_CLOCK_AHEAD` after its receipt (a partner's clock a minute fast must not reorder its
+    own STOP and START by arrival); a time further ahead (a broken clock, a zone-less time read as
+    UTC, a forged `updated_at` in 9999) is the receipt's, or it would make every later STOP, DNC or
+    operator action "stale" for as long as it stays in the future."""
+    return believed_time(stated, received_at)
 
 
 def may_lift(channel: Channel, opted_out_by: Source, lifted_by: Source) -> bool:

@@ -16,8 +16,9 @@ What keeps a busy broadcast cheap and its numbers right, in the order the handle
    `skipped: superseded by <event id>`. A later event stands in only if it can: its own numbers
    are usable (its `analytics` parse, or it has none and Verity's database is configured) and it
    is not older (below). Ten queued events cost one write cycle.
-2. **Stale.** An event is dated by its `timestamp`, never later than its receipt (a fast or forged
-   clock cannot make every later event look old); without one, by its receipt. An event older than
+2. **Stale.** An event is dated by its `timestamp`, believed up to five minutes after its receipt
+   (a clock further ahead, or a forged time, cannot make every later event look old: then, as
+   without one, by its receipt). An event older than
    the one whose numbers GHL holds (`broadcast_records.source_event_id`) is skipped; at equal
    times `broadcast_completed` wins over `analytics_updated`, so the final numbers are never
    replaced by an in-flight snapshot of the same moment.
@@ -67,7 +68,7 @@ from df_middleware.db.types import utcnow
 from df_middleware.errors import PermanentError, RetryableError
 from df_middleware.sync.effects import DONE, SUPERSEDED, EffectLedger, skipped, success
 from df_middleware.sync.registry import ClaimedEvent, HandlerContext, HandlerRegistry, HandlerResult
-from df_middleware.timestamps import parse_iso8601
+from df_middleware.timestamps import believed_time, parse_iso8601
 
 SOURCE: Final = "broadcast"
 ANALYTICS_UPDATED: Final = "analytics_updated"
@@ -122,9 +123,10 @@ NO_ANALYTICS: Final = (
 
 
 def event_time(payload: Mapping[str, Any], received_at: datetime) -> datetime:
-    """When the event's numbers were true: its `timestamp`, but never after we received it."""
-    stamped = parse_iso8601(payload.get("timestamp"))
-    return received_at if stamped is None else min(stamped, received_at)
+    """When the event's numbers were true: its `timestamp`, believed up to `MAX_CLOCK_AHEAD`
+    after we received it (Verity's clock a minute fast must not let a late snapshot beat the
+    completion: break14 finding 3d), else its receipt."""
+    return believed_time(parse_iso8601(payload.get("timestamp")), received_at)
 
 
 def is_older(time: datetime, event_type: str, than_time: datetime, than_type: str) -> bool:

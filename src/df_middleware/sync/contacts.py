@@ -55,7 +55,7 @@ from df_middleware.sync.identity import (
 )
 from df_middleware.sync.registry import ClaimedEvent, HandlerContext, HandlerRegistry, HandlerResult
 from df_middleware.sync.sequences import apply_sequence
-from df_middleware.timestamps import parse_iso8601
+from df_middleware.timestamps import believed_time, parse_iso8601
 
 SourceOfTruth: TypeAlias = Literal["ghl", "aloware", "merge"]
 #: A contact's profile in the shared vocabulary: canonical field name → non-empty value.
@@ -286,13 +286,14 @@ def ghl_event_time(event: ClaimedEvent) -> datetime | None:
 
 def signals_time(event: ClaimedEvent) -> SignalsTime | None:
     """When a GHL contact event's owner and tags were true, for ordering list placements: its
-    time, never later than its receipt (a fast clock must not make every later event look old);
-    None when the event has no time (then it is never stale)."""
+    time, believed up to `MAX_CLOCK_AHEAD` after its receipt (break14 finding 3b: GHL's clock a
+    minute fast must not let a late resend win), else its receipt; None when the event has no
+    time (then it is never stale)."""
     at = ghl_event_time(event)
     if at is None:
         return None
-    if event.received_at is not None and at > event.received_at:
-        at = event.received_at
+    if event.received_at is not None:
+        at = believed_time(at, event.received_at)
     return SignalsTime(at=at, received_at=event.received_at)
 
 
