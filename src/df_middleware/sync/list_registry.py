@@ -5,14 +5,23 @@ by name in Aloware (one `GET /call-lists` answers for the whole directory, and f
 REMOTE_LISTS_SECONDS per process), created when ALOWARE_CREATE_LISTS is set, else reported missing
 (the membership is then `blocked`). Aloware's lists are read afresh right before a create, so a create
 whose answer was lost is found, not made twice.
+
+Creating is serialized per list name (break14 finding 4: two events placing two contacts on a list
+that did not exist yet both found none and both created it, and Aloware ended with two lists of one
+name): within a process by an asyncio lock, across processes on PostgreSQL by a transaction-level
+advisory lock held from the fresh read to the recorded id. The second creator then finds the first
+one's list in the registry. (SQLite deployments run one worker process.)
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 
 from df_middleware.connectors.aloware import AlowareClient
@@ -70,16 +79,40 @@ class CallListRegistryStore:
         remote = await self._remote_lists()
         found = remote.get(name)
         if found is None and self.create:
-            # Read afresh before creating: a create whose answer was lost made the list, and the
-            # cached read from before it would make a second one of the same name.
-            remote = await self._remote_lists(fresh=True)
-            found = remote.get(name)
-        if found is None and self.create:
-            created = await self.aloware.create_call_list(name, f"DF-Middleware: {agent_key} {list_key}")
-            found = str(created.id)
-            remote[name] = found
+            async with self._creating(name):
+                # Another creator may have made and recorded it while this one waited.
+                found = await self.cached(agent_key, list_key)
+                if found is None:
+                    # Read afresh before creating: a create whose answer was lost made the list,
+                    # and the cached read from before it would make a second one of the same name.
+                    remote = await self._remote_lists(fresh=True)
+                    found = remote.get(name)
+                if found is None:
+                    created = await self.aloware.create_call_list(
+                        name, f"DF-Middleware: {agent_key} {list_key}"
+                    )
+                    found = str(created.id)
+                    remote[name] = found
+                await self._record(agent_key, list_key, name, found)
+            return found
         await self._record(agent_key, list_key, name, found)
         return found
+
+    #: (event loop, list name) → its creators' lock (a lock belongs to one loop; few names).
+    _local_locks: dict[tuple[int, str], asyncio.Lock] = {}
+
+    @contextlib.asynccontextmanager
+    async def _creating(self, name: str) -> AsyncIterator[None]:
+        """Only one creator of the list `name` at a time (see the module docstring)."""
+        lock = self._local_locks.setdefault((id(asyncio.get_running_loop()), name), asyncio.Lock())
+        async with lock:
+            if not self.db.is_postgres:
+                yield
+                return
+            key = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
+            async with self.db.session() as session:
+                await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+                yield
 
     async def _remote_lists(self, *, fresh: bool = False) -> dict[str, str]:
         """Aloware's lists by name, read at most once per REMOTE_LISTS_SECONDS per process (a
