@@ -4,9 +4,9 @@ does the wrong thing — proven with the real ingest, the real worker and the si
 faults on the first attempt and the retry forced by making it due now (tests/test_soak_findings.py
 has the pattern). Both databases (`sync_world`).
 
-Findings 1 (41a53a6) and 2 (3780692) and the receipt-clamp findings 3, 3b, 3c, 3d (consent
-decisions, list signals, broadcasts) were fixed while this was written: their tests are plain
-regressions now. Findings 4-7 are still open: strict xfails, each saying why.
+Findings 1 (41a53a6), 2 (3780692), the receipt-clamp findings 3, 3b, 3c, 3d (944df97) and 4
+(190af23) were fixed while this was written: their tests are plain regressions now. Findings 5-7
+are still open at this commit: strict xfails, each saying why.
 """
 
 from __future__ import annotations
@@ -227,16 +227,6 @@ async def test_a_late_resend_moves_no_list_when_ghls_clock_is_ahead(sync_world: 
 # --- finding 4: two first placements at once create an agent's list twice ---------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "break14 finding 4 (product, sync/list_registry.CallListRegistryStore.list_id): with "
-        "ALOWARE_CREATE_LISTS, two events placing two different contacts on a list that does not "
-        "exist yet (one worker's batch runs them concurrently; or two workers) both read Aloware's "
-        "lists, find none, and both create it: Aloware ends with two lists of the same name and "
-        "the contacts split between them (nothing serialises the create)"
-    ),
-)
 async def test_two_leads_placed_at_once_make_one_list(sync_world: SyncWorld) -> None:
     """R-AG-3 (break14 finding 4): Alice has no lists in Aloware yet and ALOWARE_CREATE_LISTS is
     on. Two new leads of hers arrive together and are processed in one batch: Aloware ends with
