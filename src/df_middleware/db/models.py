@@ -571,6 +571,9 @@ class EchoGuard(Base):
     entity_id: Mapped[str] = mapped_column(Text, nullable=False)
     fingerprint: Mapped[str] = mapped_column(Text, nullable=False)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    #: The event that recognised this write's echo (kept until expiry, so a run of that event again
+    #: after a crash still sees its echo: migration 0011, break14 finding 6); None while unseen.
+    consumed_by: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _created()
     __table_args__ = (
         Index("echo_guard_lookup_idx", "system", "entity_id", "fingerprint"),

@@ -365,7 +365,7 @@ async def sync_ghl_contact(ctx: HandlerContext, event: ClaimedEvent) -> HandlerR
         return skipped(event, GHL_TO_ALOWARE, NO_PHONE)
     digest = profile_fingerprint(profile)
     echoes = EchoGuard(ctx.db, ctx.settings.echo_ttl_seconds)
-    if await echoes.is_echo("ghl", contact_id, profile):
+    if await echoes.is_echo("ghl", contact_id, profile, by=str(event.id)):
         await _settle_echo(mappings, mapping, "ghl", event, event_at, digest)
         return skipped(event, GHL_TO_ALOWARE, ECHO)
     if mapping is not None and mapping.deleted_at is not None:
@@ -609,7 +609,7 @@ async def sync_aloware_contact(ctx: HandlerContext, event: ClaimedEvent) -> Hand
     digest = profile_fingerprint(profile)
     event_at = parse_iso8601(body.get("updated_at"))
     echoes = EchoGuard(ctx.db, ctx.settings.echo_ttl_seconds)
-    if await echoes.is_echo("aloware", aloware_id, profile):
+    if await echoes.is_echo("aloware", aloware_id, profile, by=str(event.id)):
         await _settle_echo(mappings, mapping, "aloware", event, event_at, digest)
         return skipped(event, ALOWARE_TO_GHL, ECHO)
     keys = PersonKeys(profile.get("phone"), profile.get("email"))

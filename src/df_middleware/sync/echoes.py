@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import ColumnElement, delete, or_, select, update
 
 from df_middleware.db.models import EchoGuard as EchoGuardRow
 from df_middleware.db.session import Database
@@ -72,26 +72,40 @@ class EchoGuard:
             )
         return digest
 
-    async def is_echo(self, system: str, entity_id: str, fields: Mapping[str, Any]) -> bool:
+    async def is_echo(
+        self, system: str, entity_id: str, fields: Mapping[str, Any], *, by: str | None = None
+    ) -> bool:
         """Whether `system` reporting these fields for the entity is the echo of our own write.
 
-        An echo consumes its fingerprint (one write, one echo); anything else is a genuine change
-        and clears the entity's remaining fingerprints for `system`.
+        An echo consumes its fingerprint (one write, one echo): it is marked consumed by the event
+        `by` and kept until it expires, so that event run again (its outcome lost to a crash)
+        still sees its echo and no other event does (break14 finding 6). Anything else is a
+        genuine change and clears the entity's fingerprints for `system`.
         """
         entity = (EchoGuardRow.system == system, EchoGuardRow.entity_id == entity_id)
+        mine: ColumnElement[bool] = EchoGuardRow.consumed_by.is_(None)
+        if by is not None:
+            mine = or_(mine, EchoGuardRow.consumed_by == by)
         async with self.db.session() as session:
             found = await session.scalar(
-                select(EchoGuardRow.id)
+                select(EchoGuardRow)
                 .where(
                     *entity,
                     EchoGuardRow.fingerprint == echo_fingerprint(system, fields),
                     EchoGuardRow.expires_at >= utcnow(),
+                    mine,
                 )
-                .order_by(EchoGuardRow.expires_at)
+                .order_by(EchoGuardRow.consumed_by.is_(None), EchoGuardRow.expires_at)
                 .limit(1)
             )
+            if found is not None and by is not None and found.consumed_by == by:
+                return True  # this event's own echo, seen before its outcome was recorded
             if found is not None:
-                consumed = await session.execute(delete(EchoGuardRow).where(EchoGuardRow.id == found))
+                consumed = await session.execute(
+                    update(EchoGuardRow)
+                    .where(EchoGuardRow.id == found.id, EchoGuardRow.consumed_by.is_(None))
+                    .values(consumed_by=by or "?")
+                )
                 if getattr(consumed, "rowcount", 0) == 1:
                     return True
             await session.execute(delete(EchoGuardRow).where(*entity))

@@ -131,7 +131,9 @@ async def _decide_channel(
     (`outcome.holds`) does the follow-ups again: that run may have failed in them."""
     contact_id = event.entity_id or ""
     echoes = EchoGuard(ctx.db, ctx.settings.echo_ttl_seconds)
-    if await echoes.is_echo("ghl", dnd_entity(contact_id, channel.echo), {f"dnd_{channel.echo}": status}):
+    if await echoes.is_echo(
+        "ghl", dnd_entity(contact_id, channel.echo), {f"dnd_{channel.echo}": status}, by=str(event.id)
+    ):
         return skipped(event, INTERNAL, f"{channel.label}: {ECHO}").entries
     phone = normalize_phone(event.payload.get("phone"), ctx.settings.default_phone_region)
     if phone is None:
