@@ -4,9 +4,8 @@ does the wrong thing — proven with the real ingest, the real worker and the si
 faults on the first attempt and the retry forced by making it due now (tests/test_soak_findings.py
 has the pattern). Both databases (`sync_world`).
 
-Findings 1 (41a53a6), 2 (3780692), the receipt-clamp findings 3, 3b, 3c, 3d (944df97) and 4
-(190af23) were fixed while this was written: their tests are plain regressions now. Findings 5-7
-are still open at this commit: strict xfails, each saying why.
+Findings 1-4, 6 and 7 were fixed in this session (the commits name them): their tests are plain
+regressions now. Finding 5 is still open: a strict xfail saying why.
 """
 
 from __future__ import annotations
@@ -389,16 +388,6 @@ async def test_a_given_up_agent_text_is_shown_failed_even_if_ghl_was_down_at_tha
 # --- finding 6: our own DND echo, run again after a crash, becomes a GHL opt-out ----------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "break14 finding 6 (product, sync/echoes.EchoGuard.is_echo with sync/ghl_dnd.py): the echo "
-        "check consumes the fingerprint in its own committed transaction; when the event's outcome "
-        "is not committed (a worker killed right after, R-REL-1) the event runs again, is no echo "
-        "any more, and our own DND write of an earlier STOP is recorded as a GHL opt-out over the "
-        "person's later START"
-    ),
-)
 async def test_our_dnd_echo_run_again_after_a_crash_is_still_no_decision(sync_world: SyncWorld) -> None:
     """R-OPT-5, R-LOOP-1, R-REL-1, R-IDEM-1 (break14 finding 6): a person texts STOP, then START;
     the service sets their GHL SMS DND active, then inactive, and GHL sends a ContactDndUpdate for
@@ -488,16 +477,6 @@ async def postgres_shutting_down() -> AsyncIterator[str]:
         await server.wait_closed()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "break14 finding 7 (product, db/session.is_unavailable): asyncpg's CannotConnectNowError "
-        "('the database system is shutting down' / 'is starting up', SQLSTATE 57P03) reaches "
-        "ingest as a plain DBAPIError whose text has no 'connection' in it, so it is not taken "
-        "for an unavailable database and the webhook gets an unhandled 500 (the soak's pg_restart: "
-        "11 such 500s in run r2's server logs, counted only as 'retried_answers')"
-    ),
-)
 async def test_a_webhook_during_a_postgres_restart_gets_503_with_retry_after(keys: Keys) -> None:
     """R-IN-2, R-REL-2, R-SEC-3 (break14 finding 7): while PostgreSQL is shutting down for a
     restart it refuses connections with 57P03; a webhook arriving then is answered 503 with

@@ -572,7 +572,7 @@ class EchoGuard(Base):
     fingerprint: Mapped[str] = mapped_column(Text, nullable=False)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     #: The event that recognised this write's echo (kept until expiry, so a run of that event again
-    #: after a crash still sees its echo: migration 0011, break14 finding 6); None while unseen.
+    #: after a crash still sees its echo: migration 0012, break14 finding 6); None while unseen.
     consumed_by: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _created()
     __table_args__ = (

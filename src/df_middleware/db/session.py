@@ -169,12 +169,27 @@ class Database:
         await self.engine.dispose()
 
 
+#: PostgreSQL's "operator intervention" codes: shutting down (admin or crash) or not accepting
+#: connections yet ("the database system is starting up"): a restart in progress, not a bug.
+_RESTARTING_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
+
+
 def is_unavailable(exc: BaseException) -> bool:
-    """True when an exception means 'the database cannot be reached or is busy right now'."""
+    """True when an exception means 'the database cannot be reached or is busy right now',
+    including a PostgreSQL shutting down or starting up (break14 finding 7: those reached ingest
+    as a plain DBAPIError and became an unhandled 500 instead of 503 with Retry-After)."""
     if isinstance(exc, OperationalError | PoolTimeout | asyncio.TimeoutError | ConnectionError | OSError):
         return True
     if isinstance(exc, DBAPIError):
-        return exc.connection_invalidated or "connection" in str(exc.orig).lower()
+        orig = exc.orig
+        codes = {
+            getattr(o, attr, None)
+            for o in (orig, getattr(orig, "__cause__", None))
+            for attr in ("pgcode", "sqlstate")
+        }
+        if codes & _RESTARTING_SQLSTATES:
+            return True
+        return exc.connection_invalidated or "connection" in str(orig).lower()
     return False
 
 

@@ -7,10 +7,6 @@
 - `message_mappings.error_code`: why an agent's text was refused (`opted_out`, `invalid_phone`,
   `empty_message`). The refusal is final and recorded before GHL is told; when telling GHL failed,
   the retry tells it again with the same reason instead of leaving the message `pending`.
-- `echo_guard.consumed_by`: the event that recognised an echo of our own write. The fingerprint is
-  kept (until it expires) instead of deleted, so the same event run again after a crash still sees
-  its echo, and no other event does (break14 finding 6: a re-run took our own DND write for a GHL
-  user's opt-out).
 
 Revision ID: 0011
 Revises: 0010
@@ -36,13 +32,9 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("signals_received_at", UTCDateTime(timezone=True), nullable=True))
     with op.batch_alter_table("message_mappings", schema=None) as batch_op:
         batch_op.add_column(sa.Column("error_code", sa.Text(), nullable=True))
-    with op.batch_alter_table("echo_guard", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("consumed_by", sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("echo_guard", schema=None) as batch_op:
-        batch_op.drop_column("consumed_by")
     with op.batch_alter_table("message_mappings", schema=None) as batch_op:
         batch_op.drop_column("error_code")
     with op.batch_alter_table("contact_agent_state", schema=None) as batch_op:
