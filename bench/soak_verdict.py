@@ -9,7 +9,7 @@ Counted:
 - **lost**: webhooks acknowledged (2xx) whose identity no stored event carries;
 - **duplicated effects**: a second GHL or Aloware contact for one phone, a second note for one
   call event, a second GHL message for one inbound text or call, a second Verity send for one
-  agent text or HELP, a second broadcast record, a contact twice on one list;
+  agent text or HELP, a second broadcast record, a second Aloware list of one name;
 - **SMS to opted-out**: Verity sends of an agent text that was refused by the oracle's consent
   model, and HELP replies the oracle did not expect (a HELP to an opted-out number is never
   answered);
@@ -96,6 +96,8 @@ def judge(people: list[Person], broadcasts: list[Broadcast], sims: Simulators) -
     for contact in aloware["contacts"]:
         aloware_by_phone[str(contact["phone_number"])].append(contact)
     lists_of: dict[int, list[str]] = defaultdict(list)
+    for name, count in Counter(str(found["name"]) for found in aloware["lists"]).items():
+        v.duplicate("Aloware list", count, name)  # break14 finding 4: two lists of one name
     for found in aloware["lists"]:
         members = Counter(found["contact_ids"])
         for contact_id, count in members.items():
@@ -108,6 +110,8 @@ def judge(people: list[Person], broadcasts: list[Broadcast], sims: Simulators) -
             sends_by_correlation[str(sent["correlationId"])].append(sent)
         elif sent.get("body") == HELP_REPLY:
             help_replies[str(sent["to"])] += 1
+        else:
+            v.mismatch("Verity send that is neither an agent text nor a HELP reply", str(sent.get("to")))
 
     # Sends whose outcome the service could not know: Verity's request log has the truth.
     unanswered: set[str] = set()
