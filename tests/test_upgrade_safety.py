@@ -399,6 +399,7 @@ def make_world_before(world: SyncWorld) -> Before:
                 "updated_at": earlier,
                 "status": "delivered",
                 "status_updated_at": earlier,
+                "error_code": None,  # 0011: only a refused agent text has one
             }
         ],
         "optout_registry": [
@@ -448,6 +449,7 @@ def make_world_before(world: SyncWorld) -> Before:
                 "fingerprint": "echo-fingerprint-before-upgrade",
                 "expires_at": now + timedelta(hours=1),
                 "created_at": earlier,
+                "consumed_by": None,  # 0012: not seen yet
             }
         ],
         "agent_directory": [
@@ -500,6 +502,9 @@ def make_world_before(world: SyncWorld) -> Before:
                 "stage_name": None,
                 "stage_at": None,
                 "aloware_sequence_id": None,
+                # 0011: the time of the contact event that placed Dana on her lists.
+                "signals_at": earlier,
+                "signals_received_at": earlier,
             }
         ],
         "ghl_oauth_tokens": [
