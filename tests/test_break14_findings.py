@@ -31,6 +31,7 @@ from df_middleware.sync.agent_field import AgentField
 from df_middleware.sync.list_registry import CallListRegistryStore
 from tests.conftest import TEST_SECRETS, Keys
 from tests.sync_world import CONVERSATION_PROVIDER, LOCATION, SyncWorld
+from tests.test_soak_findings import retry_now
 
 PHONE = "+19195550173"
 
@@ -49,17 +50,6 @@ async def statuses(world: SyncWorld, event_type: str) -> list[str]:
         return sorted(
             await session.scalars(select(WebhookEvent.status).where(WebhookEvent.event_type == event_type))
         )
-
-
-async def retry_now(world: SyncWorld, event_type: str) -> int:
-    """Make the pending (retry-scheduled) events of `event_type` due now and run the worker."""
-    async with world.db.session() as session:
-        await session.execute(
-            update(WebhookEvent)
-            .where(WebhookEvent.event_type == event_type, WebhookEvent.status == "pending")
-            .values(next_attempt_at=utcnow())
-        )
-    return await world.process()
 
 
 def agent_send(world: SyncWorld, text: str = "Still interested?") -> dict[str, Any]:
