@@ -4,8 +4,7 @@ does the wrong thing — proven with the real ingest, the real worker and the si
 faults on the first attempt and the retry forced by making it due now (tests/test_soak_findings.py
 has the pattern). Both databases (`sync_world`).
 
-Findings 1-4, 6 and 7 were fixed in this session (the commits name them): their tests are plain
-regressions now. Finding 5 is still open: a strict xfail saying why.
+All seven findings are fixed (the commits name them): their tests are plain regressions now.
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ from df_middleware.db.models import AgentDirectory, BroadcastRecord, BroadcastWe
 from df_middleware.db.types import utcnow
 from df_middleware.simulators.ghl import contact_webhook
 from df_middleware.sync.agent_field import AgentField
+from df_middleware.sync.agent_send_given_up import AGENT_TEXT_GIVEN_UP
 from df_middleware.sync.list_registry import CallListRegistryStore
 from tests.conftest import TEST_SECRETS, Keys
 from tests.sync_world import CONVERSATION_PROVIDER, LOCATION, SyncWorld
@@ -338,16 +338,6 @@ async def test_a_late_older_snapshot_does_not_overwrite_the_final_numbers_when_v
 # --- finding 5: an agent text given up on is left pending in GHL when GHL was down then --------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "break14 finding 5 (product, queue/worker._tell_retries_exhausted with "
-        "agent_sends.tell_agent_send_failed): when an agent's text runs out of retries the event "
-        "is dead-lettered first and GHL told afterwards, best effort; when that GHL call fails (GHL "
-        "down too, or the worker killed between the two) nothing ever tells GHL again and the "
-        "agent's message stays 'pending' forever"
-    ),
-)
 async def test_a_given_up_agent_text_is_shown_failed_even_if_ghl_was_down_at_that_moment(
     sync_world: SyncWorld,
 ) -> None:
@@ -367,12 +357,56 @@ async def test_a_given_up_agent_text_is_shown_failed_even_if_ghl_was_down_at_tha
     await retry_now(world, "ProviderOutboundMessage")
     assert await statuses(world, "ProviderOutboundMessage") == ["error"]
 
+    # The follow-up queued with the dead letter met GHL down too: it waits for its retry.
+    assert await statuses(world, AGENT_TEXT_GIVEN_UP) == ["pending"]
+    shown = next(m for m in world.ghl.sim.snapshot()["messages"] if m["id"] == message_id)
+    assert shown["status"] == "pending"
+
     world.verity.faults()
     world.ghl.faults()
-    await world.process()
+    await retry_now(world, AGENT_TEXT_GIVEN_UP)
+    assert await statuses(world, AGENT_TEXT_GIVEN_UP) == ["done"]
+    assert await statuses(world, "ProviderOutboundMessage") == ["error"]  # still the operator's to see
     shown = next(m for m in world.ghl.sim.snapshot()["messages"] if m["id"] == message_id)
     assert shown["status"] == "failed"
+    assert shown["error"]["code"] == "not_sent"
     assert verity_sends(world, message_id) == []
+
+
+async def test_a_given_up_agent_text_replayed_and_sent_is_not_shown_failed_afterwards(
+    sync_world: SyncWorld,
+) -> None:
+    """R-TXT-5, R-IDEM-1 (break14 finding 5): the follow-up of a given-up agent text waits for GHL
+    while the operator replays the send, which goes out: the late follow-up leaves the message as
+    sent (it never overwrites a sent text with `failed`), and the text left once."""
+    world = sync_world
+    world.settings = world.settings.model_copy(update={"max_attempts": 2})
+    payload = agent_send(world)
+    message_id = str(payload["messageId"])
+
+    world.verity.faults(error_rate=1.0)
+    world.ghl.faults(error_rate=1.0)
+    await world.deliver_provider_message(payload)
+    await world.process()
+    await retry_now(world, "ProviderOutboundMessage")
+    assert await statuses(world, "ProviderOutboundMessage") == ["error"]
+    assert await statuses(world, AGENT_TEXT_GIVEN_UP) == ["pending"]
+
+    world.verity.faults()
+    world.ghl.faults()
+    async with world.db.session() as session:  # the operator's replay of the dead letter
+        await session.execute(
+            update(WebhookEvent)
+            .where(WebhookEvent.event_type == "ProviderOutboundMessage")
+            .values(status="pending", attempts=0, next_attempt_at=utcnow())
+        )
+    await world.process()
+    assert len(verity_sends(world, message_id)) == 1
+    await retry_now(world, AGENT_TEXT_GIVEN_UP)
+    assert await statuses(world, AGENT_TEXT_GIVEN_UP) == ["done"]
+    shown = next(m for m in world.ghl.sim.snapshot()["messages"] if m["id"] == message_id)
+    assert shown["status"] != "failed"
+    assert len(verity_sends(world, message_id)) == 1
 
 
 # --- finding 6: our own DND echo, run again after a crash, becomes a GHL opt-out ----------------

@@ -319,18 +319,21 @@ async def test_r_txt_5_send_refused_by_verity_is_retried_later_not_failed(world:
 
 async def test_r_txt_5_a_send_that_never_goes_out_is_shown_failed_to_the_agent(world: SyncWorld) -> None:
     """R-TXT-5: Verity unavailable through every retry — the event is dead-lettered and, so that the
-    agent does not believe a text went out, its GHL message is set failed (the dead-letter hook)."""
+    agent does not believe a text went out, its GHL message is set failed (by the follow-up event
+    queued with the dead letter)."""
     from df_middleware.queue.worker import Worker
 
     world.verity.faults(error_rate=1.0, error_status=503)
     payload = agent_send(world)
     await world.deliver_provider_message(payload)
     impatient = world.settings.model_copy(update={"max_attempts": 1})
-    await Worker(impatient, world.db, world.registry, connectors=world.connectors).run_once()
+    worker = Worker(impatient, world.db, world.registry, connectors=world.connectors)
+    await worker.run_once()  # the send, dead-lettered
+    await worker.run_once()  # its follow-up, telling GHL
 
     assert world.verity.sim.sent_messages == []
-    [event] = await rows(world.db, WebhookEvent)
-    assert event.status == "error"
+    events = {e.event_type: e.status for e in await rows(world.db, WebhookEvent)}
+    assert events == {"ProviderOutboundMessage": "error", "agent_text.given_up": "done"}
     in_ghl = ghl_message(world, payload["messageId"])
     assert in_ghl["status"] == "failed"
     assert in_ghl["error"]["code"] == "not_sent"

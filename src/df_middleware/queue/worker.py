@@ -345,9 +345,14 @@ class Worker:
                     if isinstance(exc, PermanentError)
                     else f"gave up after {event.attempts} attempts"
                 )
-                await self._dead_letter(event, context, started_at, reason=reason, error=message)
-                if not isinstance(exc, PermanentError):
-                    await self._tell_retries_exhausted(event, context, message)
+                await self._dead_letter(
+                    event,
+                    context,
+                    started_at,
+                    reason=reason,
+                    error=message,
+                    retries_ran_out=not isinstance(exc, PermanentError),
+                )
                 log.error(
                     "event dead-lettered",
                     handler=handler,
@@ -395,15 +400,26 @@ class Worker:
             started_at,
             reason=f"gave up after {event.attempts - 1} attempts",
             error="no outcome recorded for the last attempt (worker stopped or lost its lease)",
+            retries_ran_out=True,
         )
-        await self._tell_retries_exhausted(event, context, "attempts exhausted without an outcome")
         log.error("event dead-lettered: attempts exhausted without an outcome")
         return "dead_letter"
 
     async def _dead_letter(
-        self, event: ClaimedEvent, context: HandlerContext, started_at: datetime, *, reason: str, error: str
+        self,
+        event: ClaimedEvent,
+        context: HandlerContext,
+        started_at: datetime,
+        *,
+        reason: str,
+        error: str,
+        retries_ran_out: bool = False,
     ) -> None:
-        """`error` status plus exactly one sync_log error row (R-Q-3, R-Q-7)."""
+        """`error` status plus exactly one sync_log error row (R-Q-3, R-Q-7), and, when its
+        retries ran out (not a PermanentError: the handler that raised it decided, and could say
+        so, itself), the follow-up events its flow queues to tell the people who wait on it, in
+        the same transaction: dead-lettered and followed up together or neither, whatever dies
+        or is down next (break14 finding 5)."""
         entity_id = event.entity_id or str(event.id)
         entry = SyncLogEntry(
             direction=context.direction,
@@ -416,20 +432,13 @@ class Worker:
             started_at=started_at,
             finished_at=utcnow(),
         )
+        follow_ups = self.registry.dead_letter_follow_ups(event, error) if retries_ran_out else ()
         async with self.db.session() as session:
             await self._finish_claim(session, event, status="error", error_message=error)
             await self._write_log(session, event, [entry])
-
-    async def _tell_retries_exhausted(self, event: ClaimedEvent, context: HandlerContext, error: str) -> None:
-        """Run the event's hook for "retries ran out" (never for a PermanentError: the handler that
-        raised it decided, and could say so, itself). Best effort: the dead letter is recorded."""
-        hook = self.registry.dead_letter_hook(event)
-        if hook is None:
-            return
-        try:
-            await hook(context, event, error)
-        except Exception as exc:
-            log.warning("retries-exhausted hook failed", error=type(exc).__name__, reason=str(exc)[:200])
+            session.add_all(follow_ups)
+        for follow_up in follow_ups:
+            log.info("follow-up queued with the dead letter", follow_up_type=follow_up.event_type)
 
     async def _finish_claim(self, session: AsyncSession, event: ClaimedEvent, **values: Any) -> None:
         """Release our lease with the outcome's values, or raise LeaseLost if it is not ours."""

@@ -20,9 +20,10 @@ idempotent PUT) and still sends nothing. A refusal recorded before the code was 
 A send whose outcome is unknown (no answer: killed mid-send, a timeout after the request left) is
 never repeated: the GHL message is set `failed` (`send_unconfirmed`) and the event dead-lettered;
 Verity's own `message.sent` for the same number and text, arriving later, shows it went out and
-resolves the dead letter (`unconfirmed_send_for`, `confirm_late`). A send dead-lettered for any
-other reason sets its GHL message `failed` too (`tell_agent_send_failed`), so the agent never
-believes a text went out that did not.
+resolves the dead letter (`unconfirmed_send_for`, `confirm_late`). A send whose retries run out
+(Verity refusing every attempt) queues, with its dead letter, the event that sets its GHL
+message `failed` (`agent_send_given_up.py`), so the agent never believes a text went out that
+did not.
 """
 
 from __future__ import annotations
@@ -409,26 +410,3 @@ def _refusal_text(exc: RemoteRejected) -> str:
     if isinstance(exc.body, Mapping) and isinstance(exc.body.get("error"), str):
         return str(exc.body["error"])[:200]
     return f"HTTP {exc.status_code}"
-
-
-async def tell_agent_send_failed(ctx: HandlerContext, event: ClaimedEvent, reason: str) -> None:
-    """An agent's SMS event was dead-lettered (e.g. Verity unavailable through every retry): set its
-    GHL message `failed`, so the agent does not believe a text went out that never did. Messages
-    already sent or already failed (a mapping with a texting id or a final status) are left alone."""
-    payload = event.payload
-    ghl_message_id = _text(payload.get("messageId")) or event.entity_id
-    ghl = ghl_for(ctx, payload.get("locationId"))
-    if not ghl_message_id or ghl is None:
-        return
-    existing = await MessageMappings(ctx.db).by_ghl_id(ghl_message_id)
-    if existing is not None and (existing.texting_message_id is not None or existing.status == "failed"):
-        return
-    await ghl.update_message_status(
-        ghl_message_id,
-        "failed",
-        error=ProviderError(
-            code="not_sent",
-            type=PROVIDER_ERROR_TYPE,
-            message="The SMS could not be sent; DF-Middleware gave up after repeated failures",
-        ),
-    )

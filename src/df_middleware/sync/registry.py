@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, TypeAlias
@@ -26,7 +26,7 @@ from sqlalchemy import select
 
 from df_middleware.config import Settings
 from df_middleware.connectors.suite import Connectors
-from df_middleware.db.models import GhlOauthToken
+from df_middleware.db.models import GhlOauthToken, WebhookEvent
 from df_middleware.db.session import Database
 from df_middleware.db.types import utcnow
 
@@ -75,8 +75,9 @@ class ClaimedEvent:
     """An event row as the worker claimed it: what a handler needs, nothing it could mutate.
 
     `kind` names the table (webhook_events / texting_webhook_events / broadcast_webhook_events);
-    `source` is 'ghl', 'aloware' or 'operator' (an operator's action, queued by the service) for
-    webhook rows, 'texting' and 'broadcast' for the others.
+    `source` is 'ghl', 'aloware', 'operator' (an operator's action, queued by the service) or
+    'service' (a follow-up the service queued itself, e.g. with a dead letter) for webhook rows,
+    'texting' and 'broadcast' for the others.
     `attempts` already counts this attempt.
     """
 
@@ -177,10 +178,13 @@ class HandlerContext:
 
 
 Handler: TypeAlias = Callable[[HandlerContext, ClaimedEvent], Awaitable[HandlerResult]]
-#: Called once when an event is dead-lettered because its retries ran out (not on a PermanentError,
-#: which the handler raised knowingly), with the last error: the place to tell the people who wait
-#: on the event (e.g. set an agent's GHL message `failed`), since its handler never finished.
-DeadLetterHook: TypeAlias = Callable[[HandlerContext, ClaimedEvent, str], Awaitable[None]]
+#: When an event is dead-lettered because its retries ran out (not on a PermanentError, which the
+#: handler raised knowingly): the events to queue *in the dead letter's own transaction* so that
+#: the people who wait on it are told (e.g. an agent's GHL message set `failed`), since its handler
+#: never finished. A pure function of the event and its last error, no I/O: the telling itself
+#: is the follow-up event's handler, with the queue's retries, because the system to tell may be
+#: down at that very moment (break14 finding 5: a best-effort call made then was lost for good).
+DeadLetterFollowUp: TypeAlias = Callable[[ClaimedEvent, str], Sequence[WebhookEvent]]
 
 
 async def _unsupported_event(_ctx: HandlerContext, event: ClaimedEvent) -> HandlerResult:
@@ -235,20 +239,25 @@ class HandlerRegistry:
 
     def __init__(self) -> None:
         self._handlers: dict[tuple[str, str], tuple[str, Handler]] = {}
-        self._dead_letter_hooks: dict[tuple[str, str], DeadLetterHook] = {}
+        self._dead_letter_follow_ups: dict[tuple[str, str], DeadLetterFollowUp] = {}
 
-    def on_dead_letter(self, source: str, *event_types: str) -> Callable[[DeadLetterHook], DeadLetterHook]:
-        """Decorator: `hook(ctx, event, error)` runs when such an event's retries run out."""
+    def on_dead_letter(
+        self, source: str, *event_types: str
+    ) -> Callable[[DeadLetterFollowUp], DeadLetterFollowUp]:
+        """Decorator: `follow_up(event, error)` gives the events queued with such an event's dead
+        letter when its retries run out."""
 
-        def decorator(hook: DeadLetterHook) -> DeadLetterHook:
+        def decorator(follow_up: DeadLetterFollowUp) -> DeadLetterFollowUp:
             for event_type in event_types:
-                self._dead_letter_hooks[(source.lower(), event_type.lower())] = hook
-            return hook
+                self._dead_letter_follow_ups[(source.lower(), event_type.lower())] = follow_up
+            return follow_up
 
         return decorator
 
-    def dead_letter_hook(self, event: ClaimedEvent) -> DeadLetterHook | None:
-        return self._dead_letter_hooks.get((event.source.lower(), event.event_type.lower()))
+    def dead_letter_follow_ups(self, event: ClaimedEvent, error: str) -> Sequence[WebhookEvent]:
+        """The events to queue with `event`'s dead letter (retries ran out), none by default."""
+        follow_up = self._dead_letter_follow_ups.get((event.source.lower(), event.event_type.lower()))
+        return follow_up(event, error) if follow_up is not None else ()
 
     def register(self, source: str, *event_types: str) -> Callable[[Handler], Handler]:
         """Decorator: `@registry.register("ghl", "ContactCreate", "contact.created")`."""

@@ -53,6 +53,12 @@ from df_middleware.connectors.ghl_models import (
 )
 from df_middleware.connectors.http import RemoteNotFound, RemoteRejected
 from df_middleware.errors import PermanentError
+from df_middleware.sync.agent_send_given_up import (
+    AGENT_TEXT_GIVEN_UP,
+    SERVICE_SOURCE,
+    given_up_follow_up,
+    handle_agent_text_given_up,
+)
 from df_middleware.sync.agent_sends import (
     PROVIDER_ERROR_TYPE,
     PROVIDER_EVENT,
@@ -60,7 +66,6 @@ from df_middleware.sync.agent_sends import (
     ghl_for,
     handle_provider_outbound,
     late_confirmation,
-    tell_agent_send_failed,
     unconfirmed_dead_letter_of,
     unconfirmed_send_for,
 )
@@ -568,4 +573,5 @@ def register_handlers(registry: HandlerRegistry) -> None:
     registry.register("texting", "message.sent")(handle_message_sent)
     registry.register("texting", "message.delivered", "message.failed")(handle_message_status)
     registry.register("ghl", PROVIDER_EVENT)(handle_provider_outbound)
-    registry.on_dead_letter("ghl", PROVIDER_EVENT)(tell_agent_send_failed)
+    registry.on_dead_letter("ghl", PROVIDER_EVENT)(given_up_follow_up)
+    registry.register(SERVICE_SOURCE, AGENT_TEXT_GIVEN_UP)(handle_agent_text_given_up)

@@ -1,0 +1,110 @@
+"""An agent's text the service gave up on, shown `failed` in GHL however long GHL is down
+(R-TXT-5, R-TXT-3; break14 finding 5).
+
+When an agent's `ProviderOutboundMessage` runs out of retries (Verity refused every attempt, so
+the text certainly did not leave), the worker dead-letters it and, in the same transaction,
+queues the follow-up `given_up_follow_up` builds: a `webhook_events` row, source `service`, type
+`agent_text.given_up`, on the send's own ordering key. Its handler sets the GHL message `failed`
+(code `not_sent`). It is an ordinary event: when GHL is down at that moment too (the outage that
+made Verity unreachable is often the network's, not one partner's), it is retried like any other
+and, should GHL stay down through every retry, dead-lettered where the operator sees it. Before,
+GHL was told once, best effort, right after the dead letter: a GHL failure or a kill between the
+two left the agent's message `pending` forever.
+
+The message is left alone when it was sent after all (a mapping with a texting id: an operator
+replayed the send meanwhile, and it went out) or already failed with a reason of its own (a
+refusal). Setting `failed` is a PUT of a final status, so a repeat changes nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from df_middleware.connectors.ghl_models import ProviderError
+from df_middleware.connectors.http import RemoteNotFound
+from df_middleware.db.models import WebhookEvent
+from df_middleware.db.types import utcnow
+from df_middleware.sync.agent_sends import PROVIDER_ERROR_TYPE, ghl_for
+from df_middleware.sync.effects import skipped, success
+from df_middleware.sync.message_mappings import MessageMappings
+from df_middleware.sync.registry import ClaimedEvent, HandlerContext, HandlerResult
+
+#: The source of events the service queues for itself, and this one's type.
+SERVICE_SOURCE = "service"
+AGENT_TEXT_GIVEN_UP = "agent_text.given_up"
+GHL_TO_TEXTING = "ghl_to_texting"
+NOT_SENT_ERROR = ProviderError(
+    code="not_sent",
+    type=PROVIDER_ERROR_TYPE,
+    message="The SMS could not be sent; DF-Middleware gave up after repeated failures",
+)
+#: The last error is kept for the record, bounded (it is ours, never the message text).
+ERROR_CHARS = 500
+
+
+def given_up_follow_up(send: ClaimedEvent, error: str) -> Sequence[WebhookEvent]:
+    """The event queued with a dead-lettered agent send (retries ran out) that tells GHL it failed;
+    none when the send names no GHL message (nothing to tell)."""
+    message_id = send.payload.get("messageId")
+    ghl_message_id = message_id.strip() if isinstance(message_id, str) else ""
+    ghl_message_id = ghl_message_id or (send.entity_id or "")
+    if not ghl_message_id:
+        return ()
+    location_id = send.payload.get("locationId")
+    now = utcnow()
+    return (
+        WebhookEvent(
+            id=uuid.uuid4(),
+            source=SERVICE_SOURCE,
+            event_type=AGENT_TEXT_GIVEN_UP,
+            entity_type="message",
+            entity_id=ghl_message_id,
+            received_at=now,
+            next_attempt_at=now,
+            status="pending",
+            attempts=0,
+            ordering_key=send.ordering_key,
+            # Nobody outside can make this event: the worker writes it with the dead letter.
+            signature_verified=True,
+            # One per dead letter: a send replayed and given up again is told again.
+            dedupe_key=f"{SERVICE_SOURCE}:{AGENT_TEXT_GIVEN_UP}:{send.id}:{uuid.uuid4()}",
+            payload_json={
+                "messageId": ghl_message_id,
+                "locationId": location_id if isinstance(location_id, str) else None,
+                "send_event_id": str(send.id),
+                "error": error[:ERROR_CHARS],
+            },
+        ),
+    )
+
+
+async def handle_agent_text_given_up(ctx: HandlerContext, event: ClaimedEvent) -> HandlerResult:
+    """Set the given-up agent text's GHL message `failed` (code `not_sent`), unless it went out
+    after all or already failed for a reason of its own. A GHL failure raises: retried."""
+    ctx.direction = GHL_TO_TEXTING
+    ghl_message_id = event.entity_id or ""
+    ghl = ghl_for(ctx, event.payload.get("locationId"))
+    if ghl is None:
+        return skipped(event, ctx.direction, "GHL not configured: message status not set")
+    existing = await MessageMappings(ctx.db).by_ghl_id(ghl_message_id)
+    if existing is not None and existing.texting_message_id is not None:
+        return skipped(
+            event, ctx.direction, f"sent after all, as texting message {existing.texting_message_id}"
+        )
+    if existing is not None and existing.status == "failed":
+        return skipped(event, ctx.direction, "already failed with its own reason")
+    try:
+        await ghl.update_message_status(ghl_message_id, "failed", error=NOT_SENT_ERROR)
+    except RemoteNotFound:
+        return skipped(event, ctx.direction, f"GHL no longer knows message {ghl_message_id}")
+    return HandlerResult(
+        entries=[
+            success(
+                event,
+                ctx.direction,
+                "GHL message set failed (not_sent): the text was given up after repeated failures",
+                target_id=ghl_message_id,
+            )
+        ]
+    )
