@@ -23,7 +23,7 @@ from df_middleware.db.session import Database
 from df_middleware.db.types import utcnow
 from df_middleware.queue.operations import replay_event
 from df_middleware.simulators.ghl import contact_webhook
-from df_middleware.sync.echoes import EchoGuard
+from df_middleware.sync.echoes import EchoGuard, provisional_entity
 from df_middleware.sync.identity import ContactMappings
 from tests.sync_world import LOCATION, SyncWorld
 
@@ -217,6 +217,65 @@ async def test_one_write_one_echo_and_a_change_clears_the_rest(db: Database) -> 
     assert not await guard.is_echo("ghl", "g1", jane)
     assert await guard.is_echo("ghl", "g2", sara)
     assert await guard.is_echo("aloware", "g1", sara)
+
+
+async def test_the_echo_of_a_create_may_come_before_its_answer(db: Database) -> None:
+    """R-LOOP-1 (issue 14, the soak with GHL's echoes): a create remembers its fingerprint under a
+    provisional entity (the phone) before the write. Its echo, taken by another worker before the
+    answer came, is recognised there; the answer then adds no second fingerprint (one write, one
+    echo), so the same fields reported again are a change. When the answer comes first, the
+    fingerprint moves to the new id and the echo finds it there."""
+    guard = EchoGuard(db, ttl_seconds=900)
+    ann = {"first_name": "Ann", "phone": "+19195550100"}
+    early = provisional_entity("+19195550100")
+    await guard.remember("ghl", early, ann)
+    assert await guard.is_echo("ghl", "g1", ann, by="echo-event", provisional=early)
+    await guard.settle_provisional("ghl", early, "g1", ann)
+    assert not await guard.is_echo("ghl", "g1", ann, provisional=early)
+    # The echo's event run again (its outcome lost to a crash) still sees its own echo.
+    assert await guard.is_echo("ghl", "g1", ann, by="echo-event", provisional=early)
+
+    bob = {"first_name": "Bob", "phone": "+19195550101"}
+    late = provisional_entity("+19195550101")
+    await guard.remember("ghl", late, bob)
+    await guard.settle_provisional("ghl", late, "g2", bob)
+    assert await guard.is_echo("ghl", "g2", bob, provisional=late)
+    assert not await guard.is_echo("ghl", "g2", bob, provisional=late)
+
+
+async def test_ghl_echo_of_our_create_processed_before_the_answer_is_no_change(
+    sync_world: SyncWorld,
+) -> None:
+    """R-LOOP-1, R-C-2 (issue 14): a contact made in Aloware is created in GHL; GHL's ContactCreate
+    about it reaches the service and is processed while the creating event still waits for GHL's
+    answer (the answer's arrival is held until then). The echo is recognised: nothing is written
+    back to Aloware."""
+    world = sync_world
+    _use_mode(world, "aloware")
+    _ghl_sends_webhooks(world)
+    phone = "+19195550142"
+    contact = world.aloware.sim.add_contact(phone, first_name="Dana", last_name="Reyes")
+    body = world.aloware.sim.webhook_contact(contact["id"])
+    echo_processed = asyncio.Event()
+    real_upsert = world.connectors.ghl.upsert_contact  # type: ignore[union-attr]
+
+    async def answer_after_the_echo(upsert: Any) -> Any:
+        answer = await real_upsert(upsert)
+        await _ghl_webhooks_delivered(world, 1)  # GHL's ContactCreate is stored
+        await world.worker().run_once()  # and another worker takes it now
+        echo_processed.set()
+        return answer
+
+    world.connectors.ghl.upsert_contact = answer_after_the_echo  # type: ignore[union-attr,method-assign]
+    try:
+        await world.deliver_aloware("Contact Created", body)
+        await world.process()
+    finally:
+        world.connectors.ghl.upsert_contact = real_upsert  # type: ignore[union-attr,method-assign]
+    assert echo_processed.is_set()
+    await world.process()
+    assert contacts.ECHO in [row.message for row in await _logs(world)]
+    assert _lead_writes(world) == 0
 
 
 async def _write_sara_to_ghl(world: SyncWorld) -> tuple[str, int]:

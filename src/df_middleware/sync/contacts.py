@@ -43,7 +43,7 @@ from df_middleware.db.types import utcnow
 from df_middleware.errors import RetryableError
 from df_middleware.phones import normalize_email, normalize_phone
 from df_middleware.sync.call_lists import SignalsTime, forget_memberships, sync_contact_lists
-from df_middleware.sync.echoes import UNCARRIED_FIELDS, EchoGuard
+from df_middleware.sync.echoes import UNCARRIED_FIELDS, EchoGuard, provisional_entity
 from df_middleware.sync.effects import EffectLedger, fingerprint, skipped, success
 from df_middleware.sync.identity import (
     ContactMappings,
@@ -365,7 +365,8 @@ async def sync_ghl_contact(ctx: HandlerContext, event: ClaimedEvent) -> HandlerR
         return skipped(event, GHL_TO_ALOWARE, NO_PHONE)
     digest = profile_fingerprint(profile)
     echoes = EchoGuard(ctx.db, ctx.settings.echo_ttl_seconds)
-    if await echoes.is_echo("ghl", contact_id, profile, by=str(event.id)):
+    provisional = provisional_entity(phone)  # our create's echo may beat the create's answer
+    if await echoes.is_echo("ghl", contact_id, profile, by=str(event.id), provisional=provisional):
         await _settle_echo(mappings, mapping, "ghl", event, event_at, digest)
         return skipped(event, GHL_TO_ALOWARE, ECHO)
     if mapping is not None and mapping.deleted_at is not None:
@@ -752,12 +753,17 @@ async def _create_ghl_contact(
     aloware_id = event.entity_id or ""
     region = ctx.settings.default_phone_region
     created: list[Contact] = []
+    fields = {GHL_WRITE_ATTRIBUTES[n]: v for n, v in profile.items() if n in GHL_WRITE_ATTRIBUTES}
+    upsert = ContactUpsert(location_id=ghl.location_id, phone=profile.get("phone"), **fields)
+    echoes = EchoGuard(ctx.db, ctx.settings.echo_ttl_seconds)
+    phone = profile.get("phone")
+    provisional = provisional_entity(phone) if phone else None
 
     async def create() -> str | None:
-        fields = {GHL_WRITE_ATTRIBUTES[n]: v for n, v in profile.items() if n in GHL_WRITE_ATTRIBUTES}
-        answer = await ghl.upsert_contact(
-            ContactUpsert(location_id=ghl.location_id, phone=profile.get("phone"), **fields)
-        )
+        if provisional is not None:
+            # Before the write: GHL's ContactCreate may reach another worker before the answer.
+            await echoes.remember("ghl", provisional, ghl_profile(upsert.model_dump(by_alias=True), region))
+        answer = await ghl.upsert_contact(upsert)
         created.append(answer.contact)
         return answer.contact.id
 
@@ -772,9 +778,11 @@ async def _create_ghl_contact(
     if outcome.target_id is None:
         raise RetryableError(f"ghl: contact upsert for Aloware contact {aloware_id} returned no id")
     if created:
-        await EchoGuard(ctx.db, ctx.settings.echo_ttl_seconds).remember(
-            "ghl", outcome.target_id, _ghl_contact_profile(created[0], region)
-        )
+        answered = _ghl_contact_profile(created[0], region)
+        if provisional is not None:
+            await echoes.settle_provisional("ghl", provisional, outcome.target_id, answered)
+        else:
+            await echoes.remember("ghl", outcome.target_id, answered)
     await ContactMappings(ctx.db).upsert(
         ghl_contact_id=outcome.target_id,
         aloware_contact_id=aloware_id,

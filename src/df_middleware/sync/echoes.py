@@ -13,6 +13,13 @@ fingerprint from hiding a genuine change:
 - **A genuine change ends the rest.** A webhook that matches none of the entity's fingerprints
   means the entity has moved on from what we wrote: its remaining fingerprints are cleared.
 
+A write that *creates* an entity has no id to remember its fingerprint under until it is
+answered, and the system may post the webhook about it sooner: another worker can take that
+webhook while ours still waits for the answer (the soak with GHL's echoes showed it, issue 14). So
+a create remembers its fingerprint first under a provisional entity named by what the webhook will
+carry (`provisional_entity`: the phone), `is_echo` also looks there, and `settle_provisional` moves
+the fingerprint to the new id once the answer comes, unless the early echo consumed it already.
+
 A second webhook for one write (GHL sometimes sends two) is then no echo; the handlers' second
 line catches it: the echo is recorded as the change last applied (its time the watermark, its
 profile the last synced fingerprint, R-C-3), so the second one is stale or unchanged.
@@ -46,6 +53,12 @@ def dnd_entity(contact_id: str, channel: str) -> str:
     return f"{contact_id}#dnd-{channel}"
 
 
+def provisional_entity(phone: str) -> str:
+    """The echo guard's entity for a contact we are creating, before the system has answered
+    with its id: its phone (E.164), which the create's webhook carries."""
+    return f"new:{phone}"
+
+
 def echo_fingerprint(system: str, fields: Mapping[str, Any]) -> str:
     """The fingerprint of `fields` as `system`'s webhooks can report them."""
     uncarried = UNCARRIED_FIELDS.get(system, frozenset())
@@ -73,16 +86,25 @@ class EchoGuard:
         return digest
 
     async def is_echo(
-        self, system: str, entity_id: str, fields: Mapping[str, Any], *, by: str | None = None
+        self,
+        system: str,
+        entity_id: str,
+        fields: Mapping[str, Any],
+        *,
+        by: str | None = None,
+        provisional: str | None = None,
     ) -> bool:
         """Whether `system` reporting these fields for the entity is the echo of our own write.
 
         An echo consumes its fingerprint (one write, one echo): it is marked consumed by the event
         `by` and kept until it expires, so that event run again (its outcome lost to a crash)
         still sees its echo and no other event does (break14 finding 6). Anything else is a
-        genuine change and clears the entity's fingerprints for `system`.
+        genuine change and clears the entity's fingerprints for `system`. `provisional`: the
+        entity a create of ours remembered its fingerprint under before it knew the id
+        (`provisional_entity`), looked at too: the echo may come before the create's answer.
         """
         entity = (EchoGuardRow.system == system, EchoGuardRow.entity_id == entity_id)
+        candidates = [entity_id] if provisional is None else [entity_id, provisional]
         mine: ColumnElement[bool] = EchoGuardRow.consumed_by.is_(None)
         if by is not None:
             mine = or_(mine, EchoGuardRow.consumed_by == by)
@@ -90,7 +112,8 @@ class EchoGuard:
             found = await session.scalar(
                 select(EchoGuardRow)
                 .where(
-                    *entity,
+                    EchoGuardRow.system == system,
+                    EchoGuardRow.entity_id.in_(candidates),
                     EchoGuardRow.fingerprint == echo_fingerprint(system, fields),
                     EchoGuardRow.expires_at >= utcnow(),
                     mine,
@@ -110,3 +133,33 @@ class EchoGuard:
                     return True
             await session.execute(delete(EchoGuardRow).where(*entity))
         return False
+
+    async def settle_provisional(
+        self, system: str, provisional: str, entity_id: str, fields: Mapping[str, Any]
+    ) -> None:
+        """Our create of `entity_id`, remembered under `provisional` before the write, has been
+        answered with `fields`: unless its echo came first and consumed the provisional
+        fingerprint, the fingerprint now lives under the entity's id (as the system answered it),
+        for the echo still to come. One write, one echo either way."""
+        now = utcnow()
+        at_provisional = (
+            EchoGuardRow.system == system,
+            EchoGuardRow.entity_id == provisional,
+            EchoGuardRow.expires_at >= now,
+        )
+        async with self.db.session() as session:
+            consumed = await session.scalar(
+                select(EchoGuardRow.id).where(*at_provisional, EchoGuardRow.consumed_by.is_not(None)).limit(1)
+            )
+            await session.execute(
+                delete(EchoGuardRow).where(*at_provisional, EchoGuardRow.consumed_by.is_(None))
+            )
+            if consumed is None:
+                session.add(
+                    EchoGuardRow(
+                        system=system,
+                        entity_id=entity_id,
+                        fingerprint=echo_fingerprint(system, fields),
+                        expires_at=now + self.ttl,
+                    )
+                )
