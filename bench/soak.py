@@ -18,6 +18,9 @@ A benchmark, not a test (tests/test_soak.py runs a two-minute version). One run:
 5. injects faults while it plays: `kill -9` of a worker every `--kill-every` seconds (restarted
    at once), one server restarted (SIGTERM, start) at 30 % of the run, PostgreSQL restarted (fast
    shutdown, start) at 50 %, and GHL answering only 503 for `--outage-seconds` at 70 %;
+   GHL and Aloware also post their webhooks about the service's own writes (contact creates and
+   updates, DND, tags), as the real ones do, to the second server: the echoes the service must
+   recognise as its own (R-LOOP-1) rather than act on again (`--no-echoes` turns them off);
 6. drains: waits until every webhook is acknowledged, every Verity receipt delivered and the
    queue holds nothing pending or processing (or `--settle-minutes` pass);
 7. judges (soak_verdict.py) the simulators' final state against the stream's own oracle.
@@ -57,6 +60,8 @@ from soak_world import (
     ServiceProcess,
     Simulators,
     base_fault_plan,
+    echo_partner_writes,
+    echo_report,
     make_processes,
     outage_plan,
     service_env,
@@ -102,6 +107,8 @@ class Soak:
         self.fault_log: list[dict[str, Any]] = []
         self.depth_series: list[dict[str, Any]] = []
         self.rss_series: dict[str, list[float]] = defaultdict(list)
+        #: What GHL and Aloware posted about the service's own writes (`echo_report`).
+        self.echoes: dict[str, Any] | None = None
         self.started = time.monotonic()
 
     @property
@@ -218,6 +225,8 @@ class Soak:
         # restart or a database outage (about a minute and a half).
         sims.verity.webhook_url = f"{server_urls[0]}/api/webhooks/texting"
         sims.verity.webhooks.attempts = 60
+        if args.echoes:
+            echo_partner_writes(sims, keys, server_urls[1])
         deliverer = Deliverer(server_urls, keys, lambda: self.phase, self.rng)
         stream = Stream(sims, deliverer, self.rng, copy_chance=args.duplicates)
         people = make_population(args.people, self.rng)
@@ -236,12 +245,13 @@ class Soak:
             settled = await self.settle(deliverer, sims)
             self.drain_seconds = round(time.monotonic() - drain_started, 1)
             stream_seconds = time.monotonic() - stream_started
-            verdict = judge(people, broadcasts, sims)
+            verdict = judge(people, broadcasts, sims, echoes=args.echoes)
             self.write_oracle(people)
             stored = await self.stored_identities()
             lost_count, lost_examples = lost(deliverer.deliveries, stored)
             dead = await self.dead_letters()
             ghl_log = sims.request_log("ghl")[ghl_requests_before:]
+            self.echoes = echo_report(sims) if args.echoes else None
         finally:
             sampler.cancel()
             for proc in self.processes:
@@ -415,6 +425,8 @@ class Soak:
                 counts is None
                 or counts.get("pending", 0) + counts.get("processing", 0) > 0
                 or sims.verity.receipts_pending > 0
+                or sims.ghl.webhooks.pending > 0
+                or sims.aloware.webhooks.pending > 0
             )
             quiet = 0 if busy else quiet + 1
             if quiet >= 3:
@@ -546,6 +558,7 @@ class Soak:
                     "aloware_contacts",
                 )
             },
+            "echoes": self.echoes,
             "stream_errors": stream.errors[:20],
         }
         v = result["verdict"]
@@ -556,6 +569,7 @@ class Soak:
             and v["mismatches"] == 0
             and v["dead_letters_unexplained"] == 0
             and not unacked
+            and (result["echoes"] is None or result["echoes"]["unacknowledged"] == 0)
             and settled
             and not stream.errors
         )
@@ -575,6 +589,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--outage-seconds", type=float, default=45.0, help="How long GHL answers only 503.")
     parser.add_argument(
         "--settle-minutes", type=float, default=12.0, help="Longest wait for the queue to drain."
+    )
+    parser.add_argument(
+        "--no-echoes",
+        dest="echoes",
+        action="store_false",
+        help="GHL and Aloware do not post webhooks about the service's own writes (they do by default).",
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="Keep the database cluster and logs (workdir).")

@@ -43,12 +43,27 @@ def _dnd_active(contact: dict[str, Any]) -> bool:
     return setting.get("status") == "active"
 
 
-def expected_lists(person: Person) -> set[str]:
+def in_the_dialer(person: Person, *, echoes: bool) -> bool:
+    """Whether the person has an Aloware contact at the end (R-C-1, R-C-2). Leads and DND leads
+    are GHL contacts, mirrored; a contact made in the dialer is there from the start. A person
+    texting in from an unknown number gets a GHL contact the service creates (R-TXT-1); GHL posts
+    its `ContactCreate` about it, a GHL contact event like any other (that write mirrors nothing
+    from Aloware, so there is no ping-pong for R-LOOP-1 to end), and R-C-1 mirrors it in the
+    dialer. Without those webhooks (`--no-echoes`) nothing tells the service, and it stays in
+    GHL only (until a reconcile)."""
+    return person.kind != "texter" or echoes
+
+
+def expected_lists(person: Person, *, echoes: bool) -> set[str]:
     """R-AG-2 / R-OPT-3 as the oracle states them: a GHL contact is on its agent's NEW_LEADS list
     (the default agent's when it has no owner) and on its HOT list when tagged `hot`; on no list
-    while opted out (OPTOUT_REMOVES_FROM_DIALER). Contacts that never had a GHL contact event (made
-    in the dialer, or by a text) are on none."""
-    if person.kind not in ("lead", "dnd") or person.opted_out_now():
+    while opted out (OPTOUT_REMOVES_FROM_DIALER). The lists follow GHL contact events: a contact
+    the service itself created in GHL (for a contact made in the dialer, or a person texting in)
+    has one only through GHL's `ContactCreate` about that write, so it is on a list only when the
+    partners post those (`echoes`); the echo of our own write changes no profile (R-LOOP-1), but
+    a new GHL contact joins NEW_LEADS (R-AG-2)."""
+    placed = ("lead", "dnd", "dialer", "texter") if echoes else ("lead", "dnd")
+    if person.kind not in placed or person.opted_out_now():
         return set()
     agent = person.agent or "UNASSIGNED"
     lists = {f"DF_{agent}_NEW_LEADS"}
@@ -77,7 +92,11 @@ class Verdict:
                 self.examples.append(f"duplicate {kind} x{count}: {detail}")
 
 
-def judge(people: list[Person], broadcasts: list[Broadcast], sims: Simulators) -> dict[str, Any]:
+def judge(
+    people: list[Person], broadcasts: list[Broadcast], sims: Simulators, *, echoes: bool
+) -> dict[str, Any]:
+    """The simulators' final state against the oracle; `echoes`: whether GHL and Aloware posted
+    their webhooks about the service's own writes (the real ones do)."""
     ghl = sims.ghl.snapshot()
     aloware = sims.aloware.snapshot()
     verity = sims.verity.snapshot()
@@ -127,6 +146,8 @@ def judge(people: list[Person], broadcasts: list[Broadcast], sims: Simulators) -
     known_phones = {p.phone for p in people if p.played}
     for phone in contacts_by_phone.keys() - known_phones:
         v.mismatch("unknown GHL contact", phone)
+    for phone in aloware_by_phone.keys() - known_phones:
+        v.mismatch("unknown Aloware contact", phone)
     for person in (p for p in people if p.played):
         _judge_person(
             v,
@@ -139,6 +160,7 @@ def judge(people: list[Person], broadcasts: list[Broadcast], sims: Simulators) -
             help_replies,
             unanswered,
             unanswered_help,
+            echoes=echoes,
         )
     accounted = {s.message_id for p in people for s in p.sends}
     for correlation, sends in sends_by_correlation.items():
@@ -203,6 +225,8 @@ def _judge_person(
     help_replies: Counter[str],
     unanswered: set[str],
     unanswered_help: set[str],
+    *,
+    echoes: bool,
 ) -> None:
     who = f"{person.phone} ({person.kind})"
     contacts = contacts_by_phone.get(person.phone, [])
@@ -306,7 +330,7 @@ def _judge_person(
 
     found = aloware_by_phone.get(person.phone, [])
     v.duplicate("Aloware contact", len(found), who)
-    if person.kind == "texter":
+    if not in_the_dialer(person, echoes=echoes):
         if found:
             v.mismatch("Aloware contact unexpected", who)
         return
@@ -314,10 +338,12 @@ def _judge_person(
         v.mismatch("Aloware contact missing", who)
         return
     aloware_contact = found[0]
-    _compare_profile(v, "Aloware", aloware_contact, ("first_name", "last_name", "email"), person, who)
+    if person.kind != "texter":
+        _compare_profile(v, "Aloware", aloware_contact, ("first_name", "last_name", "email"), person, who)
     lists = set(lists_of.get(aloware_contact["id"], []))
-    if lists != expected_lists(person):
-        v.mismatch("Aloware lists", f"{who}: {sorted(lists)} want {sorted(expected_lists(person))}")
+    want = expected_lists(person, echoes=echoes)
+    if lists != want:
+        v.mismatch("Aloware lists", f"{who}: {sorted(lists)} want {sorted(want)}")
 
 
 def unexplained_dead_letters(dead: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -346,3 +347,46 @@ def make_processes(env: dict[str, str], workdir: Path) -> tuple[list[ServiceProc
         )
     workers = [ServiceProcess(f"worker{index}", ["worker"], env, workdir) for index in (1, 2)]
     return servers, workers
+
+
+def echo_partner_writes(sims: Simulators, keys: Secrets, server_url: str) -> None:
+    """GHL and Aloware post their webhooks about the service's own writes to `server_url`, signed
+    and authenticated as the real ones are, retrying (about a minute and a half) through a server
+    restart or a database outage as a provider does: the echoes of R-LOOP-1."""
+    sims.ghl.webhook_url = f"{server_url}/api/webhooks/ghl"
+    sims.ghl.webhook_signing_key = keys.ghl_key
+    sims.ghl.webhooks.attempts = 60
+    sims.ghl.webhooks.deliveries_kept = 1_000_000  # every echo of the run is judged
+    sims.aloware.webhook_url = f"{server_url}/api/webhooks/aloware"
+    sims.aloware.webhook_bearer_token = keys.aloware_webhook_token
+    sims.aloware.emit_contact_events = True
+    sims.aloware.webhooks.attempts = 60
+    sims.aloware.webhooks.deliveries_kept = 1_000_000
+
+
+def echo_report(sims: Simulators) -> dict[str, Any]:
+    """What the partners posted about the service's own writes: by system and event, and how many
+    were never acknowledged (every one must be: an echo refused is a lost webhook too)."""
+    by_event: Counter[str] = Counter()
+    unacknowledged: list[dict[str, Any]] = []
+    for system, sender in (("ghl", sims.ghl.webhooks), ("aloware", sims.aloware.webhooks)):
+        for delivery in sender.deliveries:
+            by_event[f"{system}:{delivery.event}"] += 1
+            if not delivery.ok:
+                unacknowledged.append(
+                    {
+                        "system": system,
+                        "event": delivery.event,
+                        "status": delivery.status,
+                        "error": delivery.error,
+                    }
+                )
+    return {
+        "sent": sum(by_event.values()),
+        "by_event": dict(sorted(by_event.items())),
+        "unacknowledged": len(unacknowledged),
+        "unacknowledged_examples": unacknowledged[:5],
+        "background_errors": [*sims.ghl.webhooks.background_errors, *sims.aloware.webhooks.background_errors][
+            :5
+        ],
+    }

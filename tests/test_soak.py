@@ -5,7 +5,8 @@ runs the same program for two minutes so CI guards the property on every change:
 `serve --no-worker` and two `worker` processes on one private PostgreSQL cluster, the three
 simulators failing 5 % of requests with 100-250 ms of latency, a mixed stream of every kind of
 webhook with 20 % duplicates and some out of order, a worker killed with SIGKILL every 40 s, one
-server restarted, PostgreSQL restarted and a GHL outage, then the verdict computed from the
+server restarted, PostgreSQL restarted and a GHL outage, GHL and Aloware posting their webhooks about
+the service's own writes (echoes, R-LOOP-1), then the verdict computed from the
 simulators' final state against the soak's own oracle (bench/soak_verdict.py).
 """
 
@@ -30,7 +31,7 @@ from private_postgres import can_run_private_cluster  # noqa: E402
 
 @pytest.mark.timeout(1200)
 def test_soak_short_nothing_lost_doubled_or_sent_to_opted_out(tmp_path: Path) -> None:
-    """R-REL-1, R-REL-2, R-REL-3, R-REL-4, R-REL-5, R-IDEM-1, R-IDEM-2, R-OPT-4 (issue 14): under
+    """R-REL-1, R-REL-2, R-REL-3, R-REL-4, R-REL-5, R-IDEM-1, R-IDEM-2, R-OPT-4, R-LOOP-1 (issue 14): under
     worker kill -9s, a server restart, a PostgreSQL restart, a GHL outage and 5 % remote faults,
     with two servers and two workers on one database and 20 % of webhooks delivered twice:
     every webhook is acknowledged and stored (none lost), no remote effect is duplicated, no SMS
@@ -78,4 +79,10 @@ def test_soak_short_nothing_lost_doubled_or_sent_to_opted_out(tmp_path: Path) ->
     assert report["rss_mb"]["server2"]["starts"] == 2
     assert set(report["webhooks"]["by_channel"]) == {"ghl", "provider", "aloware", "texting", "broadcast"}
     assert report["webhooks"]["copies"] > 0
+    # GHL and Aloware posted their webhooks about the service's own writes (R-LOOP-1), and the
+    # service acknowledged every one; the verdict above shows none was acted on twice.
+    echoes = report["echoes"]
+    assert echoes["unacknowledged"] == 0, json.dumps(echoes)[:3000]
+    assert any(event.startswith("ghl:Contact") for event in echoes["by_event"]), echoes
+    assert any(event.startswith("aloware:Contact") for event in echoes["by_event"]), echoes
     assert report["ghl"]["injected_faults"].get("error", 0) > 0

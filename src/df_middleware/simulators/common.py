@@ -302,6 +302,8 @@ class WebhookSender:
         self.backoff_seconds = backoff_seconds
         self.timeout_seconds = timeout_seconds
         self.deliveries: list[WebhookDelivery] = []
+        #: How many deliveries are kept (oldest dropped first); a long benchmark may keep more.
+        self.deliveries_kept = MAX_DELIVERIES_KEPT
         #: Background work that failed unexpectedly (`Type: message`), so a test can see why.
         self.background_errors: list[str] = []
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -323,8 +325,8 @@ class WebhookSender:
             request_headers.update(headers(body))
         delivery = WebhookDelivery(url=url, event=event, payload=payload, details=dict(details or {}))
         self.deliveries.append(delivery)
-        if len(self.deliveries) > MAX_DELIVERIES_KEPT:
-            del self.deliveries[: len(self.deliveries) - MAX_DELIVERIES_KEPT]
+        if len(self.deliveries) > self.deliveries_kept:
+            del self.deliveries[: len(self.deliveries) - self.deliveries_kept]
         retrying = AsyncRetrying(
             stop=stop_after_attempt(max(1, self.attempts)),
             wait=wait_random_exponential(multiplier=self.backoff_seconds, max=2.0),
