@@ -15,6 +15,9 @@ from df_middleware.cli.database import run_on_database
 from df_middleware.cli.output import console, fail, print_json
 
 events_app = typer.Typer(help="Inspect and act on stored webhook events.", no_args_is_help=True)
+#: The `--source` values: the partners', and events the service queues itself (an operator's action,
+#: a follow-up queued with a dead letter).
+SOURCE_HELP = "ghl | aloware | operator | service | texting | broadcast"
 
 # Arguments are checked before the database is opened: a typo creates nothing and costs one line.
 
@@ -45,7 +48,7 @@ def _event_id(value: str) -> uuid.UUID:
 @events_app.command("list")
 def events_list(
     kind: Annotated[str | None, typer.Option(help="webhook | texting | broadcast")] = None,
-    source: Annotated[str | None, typer.Option(help="ghl | aloware | operator | texting | broadcast")] = None,
+    source: Annotated[str | None, typer.Option(help=SOURCE_HELP)] = None,
     status: Annotated[
         str | None, typer.Option(help="pending | processing | done | error | quarantined")
     ] = None,
@@ -214,7 +217,7 @@ def events_mark_done(
 @events_app.command("replay-matching")
 def events_replay_matching(
     kind: Annotated[str | None, typer.Option(help="webhook | texting | broadcast")] = None,
-    source: Annotated[str | None, typer.Option(help="ghl | aloware | operator | texting | broadcast")] = None,
+    source: Annotated[str | None, typer.Option(help=SOURCE_HELP)] = None,
     status: Annotated[str, typer.Option(help="error (default: the dead letters) | pending | done")] = "error",
     event_type: Annotated[str | None, typer.Option("--event-type")] = None,
     entity_id: Annotated[str | None, typer.Option("--entity-id")] = None,
