@@ -1,7 +1,7 @@
 """The soak: the whole product, scaled out, under a steady mixed stream and faults (SPEC §12, §13).
 
     python bench/soak.py [--minutes 30] [--people 2000] [--rate 3] [--seed 1] [--kill-every 180]
-                         [--outage-seconds 45] [--keep]
+                         [--outage-seconds 45] [--clock-skew 60] [--no-echoes] [--keep]
 
 A benchmark, not a test (tests/test_soak.py runs a two-minute version). One run:
 
@@ -20,7 +20,9 @@ A benchmark, not a test (tests/test_soak.py runs a two-minute version). One run:
    shutdown, start) at 50 %, and GHL answering only 503 for `--outage-seconds` at 70 %;
    GHL and Aloware also post their webhooks about the service's own writes (contact creates and
    updates, DND, tags), as the real ones do, to the second server: the echoes the service must
-   recognise as its own (R-LOOP-1) rather than act on again (`--no-echoes` turns them off);
+   recognise as its own (R-LOOP-1) rather than act on again (`--no-echoes` turns them off); and
+   the partners' clocks disagree with ours (`--clock-skew`, default GHL 60 s ahead, Verity 30 s
+   ahead, Aloware 60 s behind): every timestamp a partner writes is its own clock's;
 6. drains: waits until every webhook is acknowledged, every Verity receipt delivered and the
    queue holds nothing pending or processing (or `--settle-minutes` pass);
 7. judges (soak_verdict.py) the simulators' final state against the stream's own oracle.
@@ -69,6 +71,7 @@ from soak_world import (
 )
 
 from df_middleware.db.migrate import upgrade
+from df_middleware.simulators.common import set_clock_skew
 
 TABLES = ("webhook_events", "texting_webhook_events", "broadcast_webhook_events")
 SAMPLE_SECONDS = 5.0
@@ -95,6 +98,11 @@ def rss_trend(samples: list[float]) -> float | None:
         return None
     quarter = len(samples) // 4
     return round(statistics.fmean(samples[-quarter:]) - statistics.fmean(samples[:quarter]), 1)
+
+
+#: Each partner's clock skew as a multiple of `--clock-skew`: GHL ahead, Verity a little ahead,
+#: Aloware behind, so events of one person from two systems are dated by clocks that disagree.
+CLOCK_SKEW_FACTORS = {"ghl": 1.0, "verity": 0.5, "aloware": -1.0}
 
 
 class Soak:
@@ -211,6 +219,8 @@ class Soak:
         self.dsn = cluster.url("soak")
         await upgrade(self.dsn)
         keys = Secrets.generate()
+        for system, factor in CLOCK_SKEW_FACTORS.items():
+            set_clock_skew(system, factor * args.clock_skew)
         sims = await start_simulators(keys, seed=args.seed)
         env = service_env(self.dsn, sims, keys, self.workdir)
         servers, workers = make_processes(env, self.workdir)
@@ -474,6 +484,8 @@ class Soak:
                 "duplicates": args.duplicates,
                 "kill_every_s": args.kill_every,
                 "outage_seconds": args.outage_seconds,
+                "clock_skew_seconds": {k: f * args.clock_skew for k, f in CLOCK_SKEW_FACTORS.items()},
+                "echoes": args.echoes,
                 "seed": args.seed,
                 "servers": 2,
                 "workers": 2,
@@ -595,6 +607,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         dest="echoes",
         action="store_false",
         help="GHL and Aloware do not post webhooks about the service's own writes (they do by default).",
+    )
+    parser.add_argument(
+        "--clock-skew",
+        type=float,
+        default=60.0,
+        help="Seconds GHL's clock runs ahead of ours; Verity's runs half that ahead, Aloware's that behind.",
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="Keep the database cluster and logs (workdir).")

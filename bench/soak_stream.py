@@ -48,6 +48,7 @@ import httpx
 import orjson
 from soak_world import AGENTS, LOCATION, PROVIDER, Secrets, Simulators
 
+from df_middleware.simulators.common import system_now
 from df_middleware.simulators.ghl import contact_webhook
 
 BUSINESS_LINE = "+19195550000"
@@ -75,8 +76,9 @@ OUTCOMES = (("Interested", "Send Details"), ("Not Interested",), ("Call Back",))
 DELIVERY_DEADLINE_SECONDS = 240.0
 
 
-def iso_now(offset_seconds: float = 0.0) -> str:
-    moment = datetime.now(UTC) + timedelta(seconds=offset_seconds)
+def iso_now(offset_seconds: float = 0.0, *, system: str | None = None) -> str:
+    """Now (plus `offset_seconds`), as `system`'s clock reads it (its simulator's skew), else ours."""
+    moment = (system_now(system) if system else datetime.now(UTC)) + timedelta(seconds=offset_seconds)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -596,8 +598,8 @@ class Stream:
                     "wait_time": 7,
                     "has_recording": True,
                     "recording_url": f"https://recordings.example.com/{call_id}.mp3",
-                    "created_at": iso_now(-300),
-                    "ended_at": iso_now(-60),
+                    "created_at": iso_now(-300, system="aloware"),
+                    "ended_at": iso_now(-60, system="aloware"),
                 },
                 "call-disposed",
             )
@@ -614,7 +616,7 @@ class Stream:
                         **base,
                         "url": f"https://recordings.example.com/{call_id}.mp3",
                         "duration": 221,
-                        "created_at": iso_now(-50),
+                        "created_at": iso_now(-50, system="aloware"),
                     },
                     "recording",
                 )
@@ -629,7 +631,7 @@ class Stream:
                         "communication_id": call_id,
                         **base,
                         "text": "Agent: Hi, this is Chris. Customer: Tell me more.",
-                        "created_at": iso_now(-40),
+                        "created_at": iso_now(-40, system="aloware"),
                     },
                     "transcription",
                 )
@@ -646,7 +648,7 @@ class Stream:
                         **base,
                         "summary": "The customer wants the details by email.",
                         "outcomes": list(outcomes),
-                        "created_at": iso_now(-30),
+                        "created_at": iso_now(-30, system="aloware"),
                     },
                     "summary",
                 )
@@ -680,7 +682,7 @@ class Stream:
         return message_id, Webhook("texting", payload)
 
     async def _inbound(self, person: Person, text: str, *, consent: bool | None = None) -> None:
-        timestamp = iso_now()
+        timestamp = iso_now(system="verity")
         message_id, webhook = self._text_webhook(person, text, timestamp)
         if await self._send(webhook):
             person.inbound.add(message_id)
@@ -701,7 +703,7 @@ class Stream:
         await self._inbound(person, self.rng.choice(START_SPELLINGS), consent=False)
 
     async def _help(self, person: Person) -> None:
-        timestamp = iso_now()
+        timestamp = iso_now(system="verity")
         message_id, webhook = self._text_webhook(person, self.rng.choice(HELP_SPELLINGS), timestamp)
         opted_out = person.opted_out_now()
         if await self._send(webhook):
@@ -715,7 +717,7 @@ class Stream:
         texts = []
         # Verity dates a text when it received it, before it posts the webhook.
         for offset, (spellings, opt_out) in ((-2.0, first), (-1.0, second)):
-            timestamp = iso_now(offset)
+            timestamp = iso_now(offset, system="verity")
             message_id, webhook = self._text_webhook(person, self.rng.choice(spellings), timestamp)
             texts.append((message_id, webhook, timestamp, opt_out))
         for message_id, webhook, timestamp, opt_out in reversed(texts):
@@ -778,7 +780,7 @@ class Stream:
             "broadcastId": broadcast.broadcast_id,
             "eventType": event_type,
             "eventId": f"bcev_{broadcast.broadcast_id}_{index:02d}",
-            "timestamp": iso_now(offset),
+            "timestamp": iso_now(offset, system="verity"),
             "analytics": {
                 "broadcastName": broadcast.name,
                 "channel": "SMS",

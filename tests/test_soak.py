@@ -6,7 +6,8 @@ runs the same program for two minutes so CI guards the property on every change:
 simulators failing 5 % of requests with 100-250 ms of latency, a mixed stream of every kind of
 webhook with 20 % duplicates and some out of order, a worker killed with SIGKILL every 40 s, one
 server restarted, PostgreSQL restarted and a GHL outage, GHL and Aloware posting their webhooks about
-the service's own writes (echoes, R-LOOP-1), then the verdict computed from the
+the service's own writes (echoes, R-LOOP-1), their clocks off ours (GHL 60 s ahead, Verity 30 s
+ahead, Aloware 60 s behind), then the verdict computed from the
 simulators' final state against the soak's own oracle (bench/soak_verdict.py).
 """
 
@@ -79,6 +80,8 @@ def test_soak_short_nothing_lost_doubled_or_sent_to_opted_out(tmp_path: Path) ->
     assert report["rss_mb"]["server2"]["starts"] == 2
     assert set(report["webhooks"]["by_channel"]) == {"ghl", "provider", "aloware", "texting", "broadcast"}
     assert report["webhooks"]["copies"] > 0
+    # The partners' clocks disagreed with ours (R-C-3 orders by each event's own time).
+    assert report["config"]["clock_skew_seconds"] == {"ghl": 60.0, "verity": 30.0, "aloware": -60.0}
     # GHL and Aloware posted their webhooks about the service's own writes (R-LOOP-1), and the
     # service acknowledged every one; the verdict above shows none was acted on twice.
     echoes = report["echoes"]

@@ -31,7 +31,6 @@ import copy
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
@@ -46,6 +45,7 @@ from df_middleware.simulators.common import (
     WebhookDelivery,
     WebhookSender,
     build_simulator_app,
+    system_now,
 )
 
 API_PREFIX = "/api/v1"
@@ -121,7 +121,7 @@ WebhookAuth = Literal["basic", "bearer", "none"]
 
 
 def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return system_now("aloware").strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class AlowareError(Exception):

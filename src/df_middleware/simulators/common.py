@@ -25,6 +25,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -33,6 +34,23 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+
+#: How far each simulated system's clock is off ours, by system ("ghl", "aloware", "verity"): no
+#: partner's clock is exactly ours, and the service must order events by their own times all the
+#: same (R-C-3). Zero unless a benchmark sets it (`set_clock_skew`); every timestamp a simulator
+#: writes comes from `system_now`.
+_CLOCK_SKEW: dict[str, timedelta] = {}
+
+
+def set_clock_skew(system: str, seconds: float) -> None:
+    """Run `system`'s simulated clock `seconds` ahead of ours (behind when negative)."""
+    _CLOCK_SKEW[system] = timedelta(seconds=seconds)
+
+
+def system_now(system: str) -> datetime:
+    """UTC now as `system`'s clock reads it."""
+    return datetime.now(UTC) + _CLOCK_SKEW.get(system, timedelta(0))
+
 
 CONTROL_PREFIX = "/_sim"
 #: Webhook deliveries kept for inspection (oldest dropped first), so a long benchmark stays bounded.

@@ -67,7 +67,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from df_middleware.phones import normalize_phone
-from df_middleware.simulators.common import CONTROL_PREFIX, WebhookSender, build_simulator_app
+from df_middleware.simulators.common import CONTROL_PREFIX, WebhookSender, build_simulator_app, system_now
 from df_middleware.simulators.ghl_schemas import (
     ContactSearchBody,
     ContractRequest,
@@ -240,7 +240,7 @@ def _oauth_error(status: int, error: str, description: str) -> GhlError:
 
 def _now() -> datetime:
     """UTC now, cut to milliseconds: the precision GHL shows, so sort values equal shown values."""
-    now = datetime.now(UTC)
+    now = system_now("ghl")
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 

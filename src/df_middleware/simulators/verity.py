@@ -25,7 +25,6 @@ import hmac
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
@@ -40,6 +39,7 @@ from df_middleware.simulators.common import (
     WebhookDelivery,
     WebhookSender,
     build_simulator_app,
+    system_now,
 )
 
 SEND_MESSAGE_PATH = "/api/integrations/df-middleware/send-message"
@@ -58,12 +58,12 @@ BroadcastEvent = Literal["analytics_updated", "broadcast_completed"]
 
 def texting_timestamp() -> str:
     """Verity's message timestamps: UTC, milliseconds, `Z` (`2026-11-24T16:52:00.000Z`)."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return system_now("verity").isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _seconds_timestamp() -> str:
     """Opt-out and broadcast events carry second precision (`2026-11-24T21:05:00Z`)."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return system_now("verity").strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def new_message_id() -> str:
