@@ -29,6 +29,7 @@ from df_middleware.app import create_app
 from df_middleware.db.models import SyncLog, WebhookEvent
 from df_middleware.db.types import utcnow
 from df_middleware.queue.operations import replay_event
+from df_middleware.queue.worker import Worker
 from df_middleware.simulators.ghl import contact_webhook
 from df_middleware.simulators.verity import SEND_MESSAGE_PATH
 from df_middleware.sync.agent_field import AgentField
@@ -581,3 +582,67 @@ async def test_a_verity_refusal_while_ghl_times_out_is_not_held_as_maybe_sent(sy
             select(WebhookEvent.error_message).where(WebhookEvent.event_type == "ProviderOutboundMessage")
         )
     assert "Verity send not confirmed" not in (error or ""), error
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "break14b finding 6 (product, agent_send_given_up.given_up_follow_up: ordering_key="
+        "send.ordering_key, i.e. phone:<E.164>, received_at=now): the follow-up waiting for GHL is the "
+        "oldest active event of the person's phone, so every later event of that phone (the agent's "
+        "next text, inbound texts, STOP) waits behind a GHL-only status write until GHL is back or "
+        "the follow-up is dead-lettered (queue/worker._blocking_rows)"
+    ),
+)
+async def test_the_agents_next_text_is_not_held_behind_the_follow_up_waiting_for_ghl(
+    sync_world: SyncWorld,
+) -> None:
+    """R-TXT-5, R-Q-4: Verity refused an agent's text until it was given up; its follow-up waits
+    for GHL (down). Verity is back; the agent texts the person again: the new text, which needs
+    only Verity, goes out while GHL is still down."""
+    world = sync_world
+    world.use_modules(texting)
+    first = agent_send(world)
+    world.verity.faults(error_rate=1.0, error_status=503)
+    world.ghl.faults(error_rate=1.0, error_status=503)
+    await world.deliver_provider_message(first)
+    worker = Worker(
+        world.settings.model_copy(update={"max_attempts": 1}),
+        world.db,
+        world.registry,
+        connectors=world.connectors,
+    )
+    await worker.run_once()  # the send, dead-lettered with its follow-up
+    await world.process()  # the follow-up meets GHL down: retried later
+    assert await statuses(world, "ProviderOutboundMessage") == ["error"]
+    assert await statuses(world, AGENT_TEXT_GIVEN_UP) == ["pending"]
+
+    world.verity.faults()
+    _, second = world.ghl.sim.send_sms_as_user(
+        LOCATION, str(first["contactId"]), "Call me back?", conversation_provider_id=CONVERSATION_PROVIDER
+    )
+    await world.deliver_provider_message(second)
+    await world.process()
+    assert len(verity_sends(world, str(second["messageId"]))) == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "break14b finding 7 (product, sync/echoes.py EchoGuard.settle_provisional): settling one create "
+        "deletes every unconsumed row under new:<phone>, also those of another create on the same phone "
+        "still waiting for its answer (two Aloware contacts with one phone, two workers); that create's "
+        "echo, taken before its answer, is then a change, not an echo"
+    ),
+)
+async def test_settling_one_create_keeps_the_fingerprint_of_another_in_flight(db: Any) -> None:
+    """R-LOOP-1: two creates on one phone in flight at once (Ann's and Bob's); Ann's is answered
+    and settled first; GHL's webhook about Bob's write, taken before Bob's answer, is an echo."""
+    guard = EchoGuard(db, ttl_seconds=900)
+    early = provisional_entity(PHONE)
+    ann = {"first_name": "Ann", "phone": PHONE}
+    bob = {"first_name": "Bob", "phone": PHONE}
+    await guard.remember("ghl", early, ann)
+    await guard.remember("ghl", early, bob)
+    await guard.settle_provisional("ghl", early, "g1", ann)
+    assert await guard.is_echo("ghl", "g2", bob, by="echo-bob", provisional=early)
