@@ -646,3 +646,47 @@ async def test_settling_one_create_keeps_the_fingerprint_of_another_in_flight(db
     await guard.remember("ghl", early, bob)
     await guard.settle_provisional("ghl", early, "g1", ann)
     assert await guard.is_echo("ghl", "g2", bob, by="echo-bob", provisional=early)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "break14b finding 8 (product, agent_sends.handle_provider_outbound/_hold_unconfirmed + "
+        "queue/worker._fail + agent_send_given_up): Verity sent the text but its answer was lost, and "
+        "GHL is down through every retry; each retry's _hold_unconfirmed fails on GHL, so the send is "
+        "dead-lettered as 'retries ran out' with GHL's error (no 'Verity send not confirmed'): the "
+        "follow-up tells GHL 'not_sent' and Verity's message.sent cannot resolve it (a second copy)"
+    ),
+)
+async def test_a_maybe_sent_text_while_ghl_is_down_through_every_retry_is_not_told_not_sent(
+    sync_world: SyncWorld,
+) -> None:
+    """R-TXT-5, R-IDEM-2, R-TXT-2: Verity sends the agent's text but its answer is lost (504) while
+    GHL is down through every retry of the send. Once GHL is back the agent must see the text as
+    it went (delivered, by its receipts), one copy, never 'could not be sent'."""
+    world = sync_world
+    world.use_modules(texting)
+    world.settings = world.settings.model_copy(update={"max_attempts": 2})
+    world.verity.sim.receipt_delay_seconds = 3600  # Verity's receipts come after the outage
+    payload = agent_send(world)
+    message_id = str(payload["messageId"])
+    world.verity.faults(lost_response_rate=1.0)
+    world.ghl.faults(error_rate=1.0, error_status=503)
+    await world.deliver_provider_message(payload)
+    await world.process()
+    await retry_now(world, "ProviderOutboundMessage")
+    assert await statuses(world, "ProviderOutboundMessage") == ["error"]
+    assert len(verity_sends(world, message_id)) == 1  # it went out
+
+    world.verity.faults()
+    world.ghl.faults()
+    await retry_now(world, AGENT_TEXT_GIVEN_UP)
+    world.verity.sim.receipt_delay_seconds = 0
+    [sent] = world.verity.sim.messages.values()
+    await world.verity.sim.deliver_receipts(sent)
+    await world.process()
+    assert len(verity_sends(world, message_id)) == 1
+    outbound = [m for m in world.ghl.sim.snapshot()["messages"] if m["direction"] == "outbound"]
+    shown = ghl_message(world, message_id)
+    assert (shown["status"], (shown.get("error") or {}).get("code")) == ("delivered", None), outbound
+    assert [m["id"] for m in outbound] == [message_id]
