@@ -303,6 +303,11 @@ class Person:
     help_reply: bool = False
     #: The SMS DND a GHL user set (dnd people), None when never touched.
     dnd_active: bool | None = None
+    #: Put on do-not-call in Aloware (dialer people): GHL Call DND on, off every list (R-OPT-6).
+    voice_dnc: bool = False
+    #: Deleted in GHL by a user (a lead's last step): it stays deleted, and its Aloware contact is
+    #: on no list (R-C-4).
+    deleted: bool = False
     #: Steps played so far (a person with none is not judged: the run never reached them).
     played: int = 0
     #: What happened to them, in order (written to `oracle.json` for whoever reads a verdict).
@@ -374,12 +379,16 @@ def make_population(count: int, rng: random.Random) -> list[Person]:
             # A text to someone after they opted out, the case consent exists for.
             if "stop" in steps and rng.random() < 0.7:
                 steps.insert(steps.index("stop") + 1, "agent_sms")
+            if rng.random() < 0.05:
+                steps.append("ghl_delete")  # last: nothing is played for a deleted lead
         elif kind == "dnd":
             steps = ["ghl_create", "dnd_on", *rng.sample(("ghl_update", "tag_hot"), 1), "dnd_off"]
             if rng.random() < 0.5:
                 steps.append("dnd_on")
         elif kind == "dialer":
             steps = ["aloware_create", "call", *rng.sample(("aloware_update", "call"), rng.randint(1, 2))]
+            if rng.random() < 0.3:
+                steps.append("dnc_on")  # last: the dialer calls nobody on do-not-call
         else:
             steps = ["text", *rng.sample(TEXTER_EXTRAS, rng.randint(1, 4))]
             if "stop" in steps and rng.random() < 0.7:
@@ -422,7 +431,7 @@ class Stream:
         step = person.steps[0]
         if step == "call" and person.kind != "dialer" and self._aloware_id(person) is None:
             return False
-        return not (step == "agent_sms" and self._ghl_id(person) is None)
+        return not (step in ("agent_sms", "ghl_delete") and self._ghl_id(person) is None)
 
     def _ghl_id(self, person: Person) -> str | None:
         if person.ghl_contact_id is None:
@@ -562,6 +571,20 @@ class Stream:
                 "aloware", self.sims.aloware.webhook_contact(person.aloware_contact_id), "Contact Created"
             )
         )
+
+    async def _dnc_on(self, person: Person) -> None:
+        """An agent puts the contact on do-not-call in Aloware (R-OPT-6)."""
+        contact_id = int(person.aloware_contact_id or 0)
+        self.sims.aloware.update_contact(contact_id, is_dnc=True)
+        body = self.sims.aloware.webhook_contact(contact_id)
+        if await self._send(Webhook("aloware", body, "Contact DNC Updated")):
+            person.voice_dnc = True
+
+    async def _ghl_delete(self, person: Person) -> None:
+        """A GHL user deletes the lead (R-C-4)."""
+        write = self.sims.ghl.delete_contact(LOCATION, str(self._ghl_id(person)))
+        if await self._ghl_write(write):
+            person.deleted = True
 
     async def _aloware_update(self, person: Person) -> None:
         person.timezone = self.rng.choice(("America/New_York", "America/Chicago", "America/Denver"))

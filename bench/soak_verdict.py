@@ -38,8 +38,8 @@ from df_middleware.sync.agent_sends import UNCONFIRMED_ERROR
 BROADCAST_OBJECT = "custom_objects.broadcasts"
 
 
-def _dnd_active(contact: dict[str, Any]) -> bool:
-    setting = (contact.get("dndSettings") or {}).get("SMS") or {}
+def _dnd_active(contact: dict[str, Any], channel: str = "SMS") -> bool:
+    setting = (contact.get("dndSettings") or {}).get(channel) or {}
     return setting.get("status") == "active"
 
 
@@ -57,13 +57,14 @@ def in_the_dialer(person: Person, *, echoes: bool) -> bool:
 def expected_lists(person: Person, *, echoes: bool) -> set[str]:
     """R-AG-2 / R-OPT-3 as the oracle states them: a GHL contact is on its agent's NEW_LEADS list
     (the default agent's when it has no owner) and on its HOT list when tagged `hot`; on no list
-    while opted out (OPTOUT_REMOVES_FROM_DIALER). The lists follow GHL contact events: a contact
+    while opted out (OPTOUT_REMOVES_FROM_DIALER), on do-not-call in Aloware (R-OPT-6) or deleted
+    in GHL (R-C-4). The lists follow GHL contact events: a contact
     the service itself created in GHL (for a contact made in the dialer, or a person texting in)
     has one only through GHL's `ContactCreate` about that write, so it is on a list only when the
     partners post those (`echoes`); the echo of our own write changes no profile (R-LOOP-1), but
     a new GHL contact joins NEW_LEADS (R-AG-2)."""
     placed = ("lead", "dnd", "dialer", "texter") if echoes else ("lead", "dnd")
-    if person.kind not in placed or person.opted_out_now():
+    if person.kind not in placed or person.opted_out_now() or person.voice_dnc or person.deleted:
         return set()
     agent = person.agent or "UNASSIGNED"
     lists = {f"DF_{agent}_NEW_LEADS"}
@@ -230,6 +231,9 @@ def _judge_person(
 ) -> None:
     who = f"{person.phone} ({person.kind})"
     contacts = contacts_by_phone.get(person.phone, [])
+    if person.deleted:
+        _judge_deleted(v, person, who, contacts, messages_by_contact, aloware_by_phone, lists_of, echoes)
+        return
     v.duplicate("GHL contact", len(contacts), who)
     if not contacts:
         v.mismatch("GHL contact missing", who)
@@ -248,6 +252,8 @@ def _judge_person(
             v.mismatch("GHL SMS DND", f"{who}: active={_dnd_active(contact)} want {person.opted_out_now()}")
     elif _dnd_active(contact):
         v.mismatch("GHL SMS DND", f"{who}: active, nobody opted out")
+    if _dnd_active(contact, "Call") != person.voice_dnc:
+        v.mismatch("GHL Call DND", f"{who}: active={_dnd_active(contact, 'Call')} want {person.voice_dnc}")
 
     markers: Counter[str] = Counter()
     for note in contact.get("notes") or []:
@@ -344,6 +350,56 @@ def _judge_person(
     want = expected_lists(person, echoes=echoes)
     if lists != want:
         v.mismatch("Aloware lists", f"{who}: {sorted(lists)} want {sorted(want)}")
+
+
+def _judge_deleted(
+    v: Verdict,
+    person: Person,
+    who: str,
+    contacts: list[dict[str, Any]],
+    messages_by_contact: dict[str, list[dict[str, Any]]],
+    aloware_by_phone: dict[str, list[dict[str, Any]]],
+    lists_of: dict[int, list[str]],
+    echoes: bool,
+) -> None:
+    """A lead a GHL user deleted (its last step). R-C-4: the deletion stands — no contact event,
+    resend or late copy brings it back — and the Aloware contact, kept, leaves every list.
+
+    One thing may make a GHL contact for the number again: an activity of the person's — a text,
+    a call — that the service processes after the deletion, even one that happened a moment
+    before it. A text from a number GHL has no contact for makes one, as GHL itself does with an
+    inbound SMS (R-TXT-1; an opt-out must be visible to whoever imports the number next,
+    R-OPT-3), and so does a call (R-CALL-1: the contact is created when unknown), unassigned, so
+    the agents see what happened. Which activities came before the deletion's processing is the
+    queue's timing, not the oracle's to know, so such a contact is allowed only for a person with
+    such an activity, must hold none but theirs, be the only one, carry their SMS consent, and be
+    placed as a new unassigned contact (counted in `held_for_operator`, not hidden)."""
+    if contacts and not (person.inbound or person.calls):
+        v.mismatch("GHL contact back after its deletion", who)
+        return
+    want_lists: set[str] = set()
+    if contacts:
+        v.held["GHL contact made again by an activity processed after its deletion"] += 1
+        v.duplicate("GHL contact", len(contacts), who)
+        messages = messages_by_contact.get(contacts[0]["id"], [])
+        texts = {str(m.get("altId")) for m in messages if m.get("direction") == "inbound"}
+        if not texts <= person.inbound:
+            v.mismatch("inbound message unexpected", f"{who} {sorted(texts - person.inbound)}")
+        logs = {str(m.get("altId")) for m in messages if m.get("type") in ("Call", "TYPE_CALL")}
+        if not logs <= {f"aloware-call-{call_id}" for call_id in person.calls}:
+            v.mismatch("call logs", f"{who}: {sorted(logs)} for calls {sorted(person.calls)}")
+        if person.decided_by_text and _dnd_active(contacts[0]) != person.opted_out_now():
+            v.mismatch(
+                "GHL SMS DND", f"{who}: active={_dnd_active(contacts[0])} want {person.opted_out_now()}"
+            )
+        if echoes and not person.opted_out_now():
+            want_lists = {"DF_UNASSIGNED_NEW_LEADS"}
+    for found in aloware_by_phone.get(person.phone, []):
+        lists = set(lists_of.get(found["id"], []))
+        if lists != want_lists:
+            v.mismatch(
+                "Aloware lists of a deleted contact", f"{who}: {sorted(lists)} want {sorted(want_lists)}"
+            )
 
 
 def unexplained_dead_letters(dead: list[dict[str, Any]]) -> list[dict[str, Any]]:
