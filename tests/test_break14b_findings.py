@@ -1,7 +1,9 @@
 """Outside tests of two fixes of issue 14 (break14b): the agent text given up on, told to GHL by a
 follow-up event queued with the dead letter (service/agent_text.given_up), and the echo guard's
 provisional entity for a GHL contact create (R-LOOP-1). Real ingest, the real worker and the
-simulators over HTTP, both databases (`sync_world`). A strict xfail names a product bug found.
+simulators over HTTP, both databases (`sync_world`). Findings 1-4 and 6-8 are fixed (the commits
+name them) and their tests are regressions; finding 5 (Aloware's echo of our Lead API write taken
+before the write's follow-up lookup) is still open: a strict xfail saying why.
 """
 
 from __future__ import annotations
@@ -99,16 +101,6 @@ async def expire_leases(world: SyncWorld) -> None:
 # --- fix 1: the given-up agent text ---------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "break14b finding 1 (product, queue/worker._give_up + agent_send_given_up.given_up_follow_up): "
-        "an agent send whose last attempt died after Verity took the text (the ledger holds the send's "
-        "intent: maybe sent) is given up without running the handler; the follow-up tells GHL "
-        "'not_sent' (could not be sent) and the dead letter's error lacks 'Verity send not confirmed', "
-        "so Verity's own message.sent never resolves it: the agent's delivered text stays 'failed'"
-    ),
-)
 async def test_a_send_killed_after_verity_took_it_and_given_up_is_not_shown_never_sent(
     sync_world: SyncWorld,
 ) -> None:
@@ -167,14 +159,6 @@ async def test_a_send_killed_after_verity_took_it_and_given_up_is_not_shown_neve
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "break14b finding 1, with real processes: the real `df-middleware worker` SIGKILLed after "
-        "Verity took the text, on the last allowed attempt (MAX_ATTEMPTS=1); the next worker gives "
-        "it up (queue/worker._give_up) and the follow-up shows the delivered text 'failed, not_sent'"
-    ),
-)
 async def test_a_real_worker_killed_mid_send_on_its_last_attempt_leaves_the_text_delivered(
     sync_world: SyncWorld, start_worker: StartWorker, tmp_path: Path
 ) -> None:
@@ -352,16 +336,6 @@ async def test_ingest_cannot_forge_a_service_follow_up(sync_world: SyncWorld) ->
     assert ghl_message(world, message_id)["status"] == "pending"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "break14b finding 4 (product, sync/agent_send_given_up.handle_agent_text_given_up): a refused "
-        "agent text (opted out) whose GHL 'failed' could not be written through every retry (GHL "
-        "down) is dead-lettered; its follow-up sees the mapping 'failed' and skips ('already failed "
-        "with its own reason') without telling GHL, so the agent's message stays 'pending' forever, "
-        "the very outcome the follow-up exists to prevent"
-    ),
-)
 async def test_a_refused_text_ghl_never_heard_of_is_told_by_the_follow_up(sync_world: SyncWorld) -> None:
     """R-OPT-4, R-TXT-5: an agent texts an opted-out number while GHL is down through every retry.
     The refusal is recorded, GHL cannot be told, the send is dead-lettered. GHL comes back: the
@@ -447,16 +421,6 @@ async def _created_through_a_lost_answer(world: SyncWorld) -> tuple[str, int]:
     return str(ghl_contact["id"]), int(dana["id"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "break14b finding 2 (product, sync/echoes.py EchoGuard.is_echo + contacts._create_ghl_contact): "
-        "a create whose answer was lost and found by find_existing never settles its provisional "
-        "fingerprint (new:<phone>), and a genuine change clears only the contact's own rows, so for "
-        "ECHO_TTL any GHL webhook on that phone restating what we wrote is swallowed as our echo: "
-        "a GHL user's rename back to 'Dana' never reaches Aloware"
-    ),
-)
 async def test_a_rename_back_after_a_create_whose_answer_was_lost_is_synced(sync_world: SyncWorld) -> None:
     """R-LOOP-1, R-C-1: we create 'Dana' in GHL, the answer is lost and the retry finds her. A GHL
     user renames her 'Danielle' (synced to Aloware), then back to 'Dana' within ECHO_TTL: a
@@ -476,15 +440,6 @@ async def test_a_rename_back_after_a_create_whose_answer_was_lost_is_synced(sync
     assert world.aloware.sim.contacts[aloware_id]["first_name"] == "Dana"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "break14b finding 3 (product, sync/echoes.py EchoGuard.settle_provisional): the 'consumed' "
-        "check looks at any consumed row under new:<phone>, also one left (until it expires) by an "
-        "earlier create's early echo; a second create on that phone within ECHO_TTL then remembers "
-        "no fingerprint, and its echo, coming after the answer, is not recognised (one write, no echo)"
-    ),
-)
 async def test_a_second_create_on_a_phone_keeps_its_own_echo(db: Any) -> None:
     """R-LOOP-1: create 1 on a phone; its echo came before the answer (consumed the provisional
     fingerprint). Create 2 on the same phone within ECHO_TTL (another person, answered first):
@@ -584,16 +539,6 @@ async def test_a_verity_refusal_while_ghl_times_out_is_not_held_as_maybe_sent(sy
     assert "Verity send not confirmed" not in (error or ""), error
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "break14b finding 6 (product, agent_send_given_up.given_up_follow_up: ordering_key="
-        "send.ordering_key, i.e. phone:<E.164>, received_at=now): the follow-up waiting for GHL is the "
-        "oldest active event of the person's phone, so every later event of that phone (the agent's "
-        "next text, inbound texts, STOP) waits behind a GHL-only status write until GHL is back or "
-        "the follow-up is dead-lettered (queue/worker._blocking_rows)"
-    ),
-)
 async def test_the_agents_next_text_is_not_held_behind_the_follow_up_waiting_for_ghl(
     sync_world: SyncWorld,
 ) -> None:
@@ -626,15 +571,6 @@ async def test_the_agents_next_text_is_not_held_behind_the_follow_up_waiting_for
     assert len(verity_sends(world, str(second["messageId"]))) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "break14b finding 7 (product, sync/echoes.py EchoGuard.settle_provisional): settling one create "
-        "deletes every unconsumed row under new:<phone>, also those of another create on the same phone "
-        "still waiting for its answer (two Aloware contacts with one phone, two workers); that create's "
-        "echo, taken before its answer, is then a change, not an echo"
-    ),
-)
 async def test_settling_one_create_keeps_the_fingerprint_of_another_in_flight(db: Any) -> None:
     """R-LOOP-1: two creates on one phone in flight at once (Ann's and Bob's); Ann's is answered
     and settled first; GHL's webhook about Bob's write, taken before Bob's answer, is an echo."""
@@ -648,16 +584,6 @@ async def test_settling_one_create_keeps_the_fingerprint_of_another_in_flight(db
     assert await guard.is_echo("ghl", "g2", bob, by="echo-bob", provisional=early)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "break14b finding 8 (product, agent_sends.handle_provider_outbound/_hold_unconfirmed + "
-        "queue/worker._fail + agent_send_given_up): Verity sent the text but its answer was lost, and "
-        "GHL is down through every retry; each retry's _hold_unconfirmed fails on GHL, so the send is "
-        "dead-lettered as 'retries ran out' with GHL's error (no 'Verity send not confirmed'): the "
-        "follow-up tells GHL 'not_sent' and Verity's message.sent cannot resolve it (a second copy)"
-    ),
-)
 async def test_a_maybe_sent_text_while_ghl_is_down_through_every_retry_is_not_told_not_sent(
     sync_world: SyncWorld,
 ) -> None:

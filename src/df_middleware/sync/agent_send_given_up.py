@@ -11,9 +11,10 @@ and, should GHL stay down through every retry, dead-lettered where the operator 
 GHL was told once, best effort, right after the dead letter: a GHL failure or a kill between the
 two left the agent's message `pending` forever.
 
-The message is left alone when it was sent after all (a mapping with a texting id: an operator
-replayed the send meanwhile, and it went out) or already failed with a reason of its own (a
-refusal). Setting `failed` is a PUT of a final status, so a repeat changes nothing.
+What it tells is decided when it runs (`handle_agent_text_given_up`): nothing for a text that went
+out after all, a refusal told again, `send_unconfirmed` for a send Verity may have, `not_sent`
+otherwise. Setting `failed` is a PUT of a final status, so a repeat changes nothing. It has its own
+ordering key, so that waiting out a GHL outage holds none of the person's later events.
 """
 
 from __future__ import annotations
@@ -25,9 +26,14 @@ from df_middleware.connectors.ghl_models import ProviderError
 from df_middleware.connectors.http import RemoteNotFound
 from df_middleware.db.models import WebhookEvent
 from df_middleware.db.types import utcnow
-from df_middleware.sync.agent_sends import PROVIDER_ERROR_TYPE, ghl_for
-from df_middleware.sync.effects import skipped, success
-from df_middleware.sync.message_mappings import MessageMappings
+from df_middleware.sync.agent_sends import (
+    PROVIDER_ERROR_TYPE,
+    REFUSAL_ERRORS,
+    SEND_UNCONFIRMED_ERROR,
+    ghl_for,
+)
+from df_middleware.sync.effects import EffectLedger, skipped, success
+from df_middleware.sync.message_mappings import SEND_EFFECT_PREFIX, MessageMappings
 from df_middleware.sync.registry import ClaimedEvent, HandlerContext, HandlerResult
 
 #: The source of events the service queues for itself, and this one's type.
@@ -64,7 +70,9 @@ def given_up_follow_up(send: ClaimedEvent, error: str) -> Sequence[WebhookEvent]
             next_attempt_at=now,
             status="pending",
             attempts=0,
-            ordering_key=send.ordering_key,
+            # Its own key: a GHL-only status write waiting out a GHL outage must not hold the
+            # person's later events (the agent's next text needs Verity only; break14b finding 6).
+            ordering_key=f"ghl:message:{ghl_message_id}",
             # Nobody outside can make this event: the worker writes it with the dead letter.
             signature_verified=True,
             # One per dead letter: a send replayed and given up again is told again.
@@ -80,8 +88,18 @@ def given_up_follow_up(send: ClaimedEvent, error: str) -> Sequence[WebhookEvent]
 
 
 async def handle_agent_text_given_up(ctx: HandlerContext, event: ClaimedEvent) -> HandlerResult:
-    """Set the given-up agent text's GHL message `failed` (code `not_sent`), unless it went out
-    after all or already failed for a reason of its own. A GHL failure raises: retried."""
+    """Tell GHL how the given-up agent text ended, from what is recorded when this runs:
+
+    - sent after all (a mapping with a texting id: a replay went out, or Verity's receipt
+      confirmed a held send): nothing to tell;
+    - refused (a mapping `failed` with its refusal's code: opted out, invalid number, no text)
+      whose `failed` GHL never received (down through every retry): that refusal, told again
+      (break14b finding 4); refused before codes were kept: nothing to tell;
+    - maybe sent (the send's intent is in the ledger with no outcome: Verity may have it): `failed`
+      with `send_unconfirmed`, never "could not be sent" (break14b findings 1 and 8);
+    - else (Verity refused every attempt: certainly not sent): `failed` with `not_sent`.
+
+    A GHL failure raises: retried."""
     ctx.direction = GHL_TO_TEXTING
     ghl_message_id = event.entity_id or ""
     ghl = ghl_for(ctx, event.payload.get("locationId"))
@@ -93,9 +111,16 @@ async def handle_agent_text_given_up(ctx: HandlerContext, event: ClaimedEvent) -
             event, ctx.direction, f"sent after all, as texting message {existing.texting_message_id}"
         )
     if existing is not None and existing.status == "failed":
-        return skipped(event, ctx.direction, "already failed with its own reason")
+        refusal = REFUSAL_ERRORS.get(existing.error_code or "")
+        if refusal is None:
+            return skipped(event, ctx.direction, "already failed with its own reason")
+        error, why = refusal, f"refused ({refusal.code})"
+    elif await EffectLedger.intent_of(ctx.db, f"{SEND_EFFECT_PREFIX}{ghl_message_id}"):
+        error, why = SEND_UNCONFIRMED_ERROR, "Verity may have sent it (its send got no answer)"
+    else:
+        error, why = NOT_SENT_ERROR, "given up after repeated failures: not sent"
     try:
-        await ghl.update_message_status(ghl_message_id, "failed", error=NOT_SENT_ERROR)
+        await ghl.update_message_status(ghl_message_id, "failed", error=error)
     except RemoteNotFound:
         return skipped(event, ctx.direction, f"GHL no longer knows message {ghl_message_id}")
     return HandlerResult(
@@ -103,7 +128,7 @@ async def handle_agent_text_given_up(ctx: HandlerContext, event: ClaimedEvent) -
             success(
                 event,
                 ctx.direction,
-                "GHL message set failed (not_sent): the text was given up after repeated failures",
+                f"GHL message set failed ({error.code}): {why}",
                 target_id=ghl_message_id,
             )
         ]

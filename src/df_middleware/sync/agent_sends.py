@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, literal, or_, select
 
 from df_middleware.connectors.ghl import GhlClient
 from df_middleware.connectors.ghl_models import ProviderError
@@ -43,9 +43,9 @@ from df_middleware.connectors.http import RemoteNotFound, RemoteRejected, write_
 from df_middleware.connectors.verity import VerityClient
 from df_middleware.consent.sending import send_sms
 from df_middleware.consent.store import sms_allowed
-from df_middleware.db.models import WebhookEvent
+from df_middleware.db.models import SyncEffect, WebhookEvent
 from df_middleware.db.session import Database
-from df_middleware.errors import OptedOut, PermanentError, RetryableError
+from df_middleware.errors import OptedOut, PermanentError, RetryableError, SyncError
 from df_middleware.phones import normalize_phone
 from df_middleware.sync.effects import EffectLedger, EffectMaybeDone, record_effect, skipped, success
 from df_middleware.sync.message_mappings import SEND_EFFECT_PREFIX, MessageMappings, event_of_send
@@ -72,6 +72,11 @@ INVALID_PHONE_ERROR = ProviderError(
 )
 EMPTY_MESSAGE_ERROR = ProviderError(
     code="empty_message", type=PROVIDER_ERROR_TYPE, message="Message has no text"
+)
+SEND_UNCONFIRMED_ERROR = ProviderError(
+    code="send_unconfirmed",
+    type=PROVIDER_ERROR_TYPE,
+    message="The texting system did not confirm the send; it may or may not have gone out",
 )
 #: The refusals of an agent's text, by the error code recorded with the refused mapping: a retry
 #: tells GHL the same error again from the code alone.
@@ -259,27 +264,46 @@ async def _send(
     return sent.message_id
 
 
-async def _hold_unconfirmed(ghl: GhlClient | None, ghl_message_id: str, why: str) -> PermanentError:
+async def _hold_unconfirmed(ghl: GhlClient | None, ghl_message_id: str, why: str) -> SyncError:
     """A send that may have gone out and cannot be looked up at Verity (R-IDEM-2): the GHL message
     is set failed (`send_unconfirmed`) and the error to dead-letter the event with is returned.
     Verity's `message.sent` for the same number and text resolves it (`confirm_late`); an
-    operator who checked Verity and found nothing replays it with `--resend-unconfirmed`."""
-    if ghl is not None:
-        await ghl.update_message_status(
-            ghl_message_id,
-            "failed",
-            error=ProviderError(
-                code="send_unconfirmed",
-                type=PROVIDER_ERROR_TYPE,
-                message="The texting system did not confirm the send; it may or may not have gone out",
-            ),
-        )
-    return PermanentError(
+    operator who checked Verity and found nothing replays it with `--resend-unconfirmed`.
+
+    When GHL cannot be told (down), the error returned is retryable, to tell GHL on the retry
+    (never to send again: the ledger keeps the send's intent), and still names the send
+    unconfirmed: if the retries run out on GHL's outage, the dead letter is one Verity's
+    `message.sent` resolves, and its follow-up tells GHL `send_unconfirmed`, not `not_sent`
+    (break14b finding 8)."""
+    held = PermanentError(
         f"{UNCONFIRMED_ERROR} ({why}); it may have been sent: if Verity's message.sent for the "
         f"same number and text arrives within 24 h this event is resolved by it; otherwise check "
         f"Verity for correlation id {ghl_message_id}, and if it was not sent replay with "
         f"--resend-unconfirmed"
     )
+    if ghl is not None:
+        try:
+            await ghl.update_message_status(ghl_message_id, "failed", error=SEND_UNCONFIRMED_ERROR)
+        except RemoteNotFound:
+            pass  # GHL no longer knows the message: nobody to tell
+        except RetryableError as exc:
+            return RetryableError(f"{held}. GHL not told yet: {exc}", retry_after=exc.retry_after)
+    return held
+
+
+def maybe_sent_dead_letter() -> ColumnElement[bool]:
+    """SQL: a dead-lettered agent send (`WebhookEvent`) that may have gone out: its error says
+    Verity never confirmed it, or its send's intent is still in the ledger with no outcome (the
+    worker died on its last attempt, after Verity took the text: break14b finding 1)."""
+    intent = (
+        select(SyncEffect.id)
+        .where(
+            SyncEffect.effect_key == literal(SEND_EFFECT_PREFIX) + WebhookEvent.entity_id,
+            SyncEffect.state == "started",
+        )
+        .exists()
+    )
+    return or_(WebhookEvent.error_message.contains(UNCONFIRMED_ERROR), intent)
 
 
 def outbound_body(payload: Mapping[str, Any]) -> str:
@@ -318,7 +342,7 @@ async def unconfirmed_send_for(
             .where(
                 WebhookEvent.event_type == PROVIDER_EVENT,
                 WebhookEvent.status == "error",
-                WebhookEvent.error_message.contains(UNCONFIRMED_ERROR),
+                maybe_sent_dead_letter(),
                 WebhookEvent.received_at >= sent_at - UNCONFIRMED_WINDOW,
                 WebhookEvent.received_at <= sent_at + CLOCK_SKEW,
             )
@@ -347,7 +371,7 @@ async def unconfirmed_dead_letter_of(db: Database, ghl_message_id: str) -> uuid.
             select(WebhookEvent.id).where(
                 WebhookEvent.id == key,
                 WebhookEvent.status == "error",
-                WebhookEvent.error_message.contains(UNCONFIRMED_ERROR),
+                maybe_sent_dead_letter(),
             )
         )
     return found

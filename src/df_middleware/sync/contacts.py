@@ -38,7 +38,7 @@ from typing import Any, Literal, TypeAlias
 from df_middleware.connectors.aloware import AlowareClient, AlowareContact, LeadFields
 from df_middleware.connectors.ghl import GhlClient
 from df_middleware.connectors.ghl_models import Contact, ContactUpdate, ContactUpsert
-from df_middleware.connectors.http import RemoteNotFound
+from df_middleware.connectors.http import RemoteNotFound, write_not_made
 from df_middleware.db.types import utcnow
 from df_middleware.errors import RetryableError
 from df_middleware.phones import normalize_email, normalize_phone
@@ -638,6 +638,12 @@ async def sync_aloware_contact(ctx: HandlerContext, event: ClaimedEvent) -> Hand
         if isinstance(found, HandlerResult):
             return found
         target = found
+        phone = profile.get("phone")
+        if phone:
+            # Found by a search, maybe the contact an earlier run of ours created without an
+            # answer: its provisional echo fingerprint, if left, goes (break14b finding 2).
+            written = ghl_profile(_ghl_create_body(ghl, profile).model_dump(by_alias=True), region)
+            await echoes.forget_provisional("ghl", provisional_entity(phone), written)
     ghl_contact_id = target.ghl_contact_id
     changes = decide_ghl_changes(
         ctx.settings.contact_source_of_truth,
@@ -741,6 +747,12 @@ async def _find_ghl_target(
     )
 
 
+def _ghl_create_body(ghl: GhlClient, profile: Profile) -> ContactUpsert:
+    """The `POST /contacts/upsert` body that creates the Aloware profile's person in GHL."""
+    fields = {GHL_WRITE_ATTRIBUTES[n]: v for n, v in profile.items() if n in GHL_WRITE_ATTRIBUTES}
+    return ContactUpsert(location_id=ghl.location_id, phone=profile.get("phone"), **fields)
+
+
 async def _create_ghl_contact(
     ctx: HandlerContext,
     event: ClaimedEvent,
@@ -753,17 +765,23 @@ async def _create_ghl_contact(
     aloware_id = event.entity_id or ""
     region = ctx.settings.default_phone_region
     created: list[Contact] = []
-    fields = {GHL_WRITE_ATTRIBUTES[n]: v for n, v in profile.items() if n in GHL_WRITE_ATTRIBUTES}
-    upsert = ContactUpsert(location_id=ghl.location_id, phone=profile.get("phone"), **fields)
+    upsert = _ghl_create_body(ghl, profile)
     echoes = EchoGuard(ctx.db, ctx.settings.echo_ttl_seconds)
     phone = profile.get("phone")
     provisional = provisional_entity(phone) if phone else None
 
+    written = ghl_profile(upsert.model_dump(by_alias=True), region)
+
     async def create() -> str | None:
         if provisional is not None:
             # Before the write: GHL's ContactCreate may reach another worker before the answer.
-            await echoes.remember("ghl", provisional, ghl_profile(upsert.model_dump(by_alias=True), region))
-        answer = await ghl.upsert_contact(upsert)
+            await echoes.remember("ghl", provisional, written)
+        try:
+            answer = await ghl.upsert_contact(upsert)
+        except Exception as exc:
+            if provisional is not None and write_not_made(exc):
+                await echoes.forget_provisional("ghl", provisional, written)
+            raise
         created.append(answer.contact)
         return answer.contact.id
 
@@ -780,9 +798,11 @@ async def _create_ghl_contact(
     if created:
         answered = _ghl_contact_profile(created[0], region)
         if provisional is not None:
-            await echoes.settle_provisional("ghl", provisional, outcome.target_id, answered)
+            await echoes.settle_provisional("ghl", provisional, outcome.target_id, answered, written=written)
         else:
             await echoes.remember("ghl", outcome.target_id, answered)
+    elif provisional is not None:  # made earlier, or found after a lost answer: no echo to expect
+        await echoes.forget_provisional("ghl", provisional, written)
     await ContactMappings(ctx.db).upsert(
         ghl_contact_id=outcome.target_id,
         aloware_contact_id=aloware_id,

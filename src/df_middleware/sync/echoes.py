@@ -27,11 +27,13 @@ profile the last synced fingerprint, R-C-3), so the second one is stale or uncha
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, delete, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from df_middleware.db.models import EchoGuard as EchoGuardRow
 from df_middleware.db.session import Database
@@ -135,31 +137,59 @@ class EchoGuard:
         return False
 
     async def settle_provisional(
-        self, system: str, provisional: str, entity_id: str, fields: Mapping[str, Any]
+        self,
+        system: str,
+        provisional: str,
+        entity_id: str,
+        fields: Mapping[str, Any],
+        *,
+        written: Mapping[str, Any] | None = None,
     ) -> None:
-        """Our create of `entity_id`, remembered under `provisional` before the write, has been
-        answered with `fields`: unless its echo came first and consumed the provisional
-        fingerprint, the fingerprint now lives under the entity's id (as the system answered it),
-        for the echo still to come. One write, one echo either way."""
-        now = utcnow()
-        at_provisional = (
-            EchoGuardRow.system == system,
-            EchoGuardRow.entity_id == provisional,
-            EchoGuardRow.expires_at >= now,
-        )
+        """Our create of `entity_id`, remembered under `provisional` as `written` (default:
+        `fields`) before the write, was answered with `fields`. Unless its echo came first and
+        consumed the provisional fingerprint, that fingerprint moves to the entity's id (as the
+        system answered it) for the echo still to come. Only this create's own row is touched:
+        another create on the same phone in flight, or an earlier one's consumed row, are left
+        as they are (break14b findings 3 and 7). One write, one echo either way."""
         async with self.db.session() as session:
-            consumed = await session.scalar(
-                select(EchoGuardRow.id).where(*at_provisional, EchoGuardRow.consumed_by.is_not(None)).limit(1)
-            )
-            await session.execute(
-                delete(EchoGuardRow).where(*at_provisional, EchoGuardRow.consumed_by.is_(None))
-            )
-            if consumed is None:
-                session.add(
-                    EchoGuardRow(
-                        system=system,
-                        entity_id=entity_id,
-                        fingerprint=echo_fingerprint(system, fields),
-                        expires_at=now + self.ttl,
-                    )
+            own = await self._own_provisional(session, system, provisional, written or fields)
+            if own is None:
+                return  # our echo came first and consumed it (or it expired)
+            await session.execute(delete(EchoGuardRow).where(EchoGuardRow.id == own))
+            session.add(
+                EchoGuardRow(
+                    system=system,
+                    entity_id=entity_id,
+                    fingerprint=echo_fingerprint(system, fields),
+                    expires_at=utcnow() + self.ttl,
                 )
+            )
+
+    async def forget_provisional(self, system: str, provisional: str, written: Mapping[str, Any]) -> None:
+        """Our create remembered under `provisional` was not made (refused before it left), or
+        was made without an answer telling us so (found afterwards): its unconsumed provisional
+        fingerprint goes, rather than wait ECHO_TTL to swallow a genuine change restating the same
+        fields (break14b finding 2). A late echo of a create found afterwards is then taken for a
+        change: harmless, the profile it carries is the one we wrote."""
+        async with self.db.session() as session:
+            own = await self._own_provisional(session, system, provisional, written)
+            if own is not None:
+                await session.execute(delete(EchoGuardRow).where(EchoGuardRow.id == own))
+
+    async def _own_provisional(
+        self, session: AsyncSession, system: str, provisional: str, written: Mapping[str, Any]
+    ) -> uuid.UUID | None:
+        """The id of one unconsumed, live provisional row of ours (its fingerprint is `written`'s)."""
+        found: uuid.UUID | None = await session.scalar(
+            select(EchoGuardRow.id)
+            .where(
+                EchoGuardRow.system == system,
+                EchoGuardRow.entity_id == provisional,
+                EchoGuardRow.fingerprint == echo_fingerprint(system, written),
+                EchoGuardRow.consumed_by.is_(None),
+                EchoGuardRow.expires_at >= utcnow(),
+            )
+            .order_by(EchoGuardRow.expires_at)
+            .limit(1)
+        )
+        return found

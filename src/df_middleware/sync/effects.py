@@ -126,6 +126,14 @@ class EffectLedger:
     event: ClaimedEvent
     performed: list[EffectRecord] = field(default_factory=list)
 
+    @staticmethod
+    async def intent_of(db: Database, key: str) -> bool:
+        """Whether the effect `key` is an intent with no outcome (`started`): a write that may
+        have been made, whatever event holds it."""
+        async with db.session() as session:
+            state = await session.scalar(select(SyncEffect.state).where(SyncEffect.effect_key == key))
+        return state == "started"
+
     async def lookup(self, key: str) -> SyncEffect | None:
         async with self.db.session() as session:
             found: SyncEffect | None = await session.scalar(
