@@ -1,7 +1,8 @@
 """The soak: the whole product, scaled out, under a steady mixed stream and faults (SPEC §12, §13).
 
     python bench/soak.py [--minutes 30] [--people 2000] [--rate 3] [--seed 1] [--kill-every 180]
-                         [--outage-seconds 45] [--clock-skew 60] [--no-echoes] [--keep]
+                         [--outage-seconds 45] [--clock-skew 60] [--no-echoes] [--spare-worker]
+                         [--keep]
 
 A benchmark, not a test (tests/test_soak.py runs a two-minute version). One run:
 
@@ -378,7 +379,8 @@ class Soak:
             record: dict[str, Any] = {"action": action, "at_s": self.now()}
             self.phase = action
             if action == "worker_kill":
-                victim = workers[kills % len(workers)]
+                victims = workers[:1] if args.spare_worker else workers
+                victim = victims[kills % len(victims)]
                 kills += 1
                 victim.kill9()
                 record["process"] = victim.name
@@ -483,6 +485,7 @@ class Soak:
                 "rate_steps_per_s": args.rate,
                 "duplicates": args.duplicates,
                 "kill_every_s": args.kill_every,
+                "spare_worker": args.spare_worker,
                 "outage_seconds": args.outage_seconds,
                 "clock_skew_seconds": {k: f * args.clock_skew for k, f in CLOCK_SKEW_FACTORS.items()},
                 "echoes": args.echoes,
@@ -607,6 +610,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         dest="echoes",
         action="store_false",
         help="GHL and Aloware do not post webhooks about the service's own writes (they do by default).",
+    )
+    parser.add_argument(
+        "--spare-worker",
+        action="store_true",
+        help="Kill only worker1, so worker2 lives the whole run: its RSS shows a long life's trend.",
     )
     parser.add_argument(
         "--clock-skew",
