@@ -52,10 +52,10 @@ async def statuses(world: SyncWorld, event_type: str) -> list[str]:
         )
 
 
-def agent_send(world: SyncWorld, text: str = "Still interested?") -> dict[str, Any]:
+def agent_send(world: SyncWorld, text: str = "Still interested?", *, phone: str = PHONE) -> dict[str, Any]:
     """An agent texts a GHL contact from GHL: the simulator records the message `pending` and
     builds the `ProviderOutboundMessage` our provider's delivery URL receives."""
-    contact = world.ghl.sim.create_contact(LOCATION, {"phone": PHONE, "firstName": "Ann"}).contact
+    contact = world.ghl.sim.create_contact(LOCATION, {"phone": phone, "firstName": "Ann"}).contact
     _, payload = world.ghl.sim.send_sms_as_user(
         LOCATION, contact["id"], text, conversation_provider_id=CONVERSATION_PROVIDER
     )

@@ -27,6 +27,7 @@ from sqlalchemy import select, update
 
 import df_middleware.sync.contacts as contacts
 import df_middleware.sync.texting as texting
+import tests.test_break14_findings as break14
 from df_middleware.app import create_app
 from df_middleware.db.models import SyncLog, WebhookEvent
 from df_middleware.db.types import utcnow
@@ -41,6 +42,7 @@ from df_middleware.sync.list_registry import CallListRegistryStore
 from tests.conftest import TEST_SECRETS
 from tests.servers import serve_app
 from tests.sync_world import CONVERSATION_PROVIDER, LOCATION, SyncWorld
+from tests.test_break14_findings import statuses
 from tests.test_interrupted_writes import (
     STEP_DEADLINE,
     AnswerHold,
@@ -65,19 +67,9 @@ def _fresh_caches() -> None:
 # --- helpers ---------------------------------------------------------------------------------------
 
 
-async def statuses(world: SyncWorld, event_type: str) -> list[str]:
-    async with world.db.session() as session:
-        return sorted(
-            await session.scalars(select(WebhookEvent.status).where(WebhookEvent.event_type == event_type))
-        )
-
-
 def agent_send(world: SyncWorld, text: str = "Still interested?") -> dict[str, Any]:
-    contact = world.ghl.sim.create_contact(LOCATION, {"phone": PHONE, "firstName": "Ann"}).contact
-    _, payload = world.ghl.sim.send_sms_as_user(
-        LOCATION, contact["id"], text, conversation_provider_id=CONVERSATION_PROVIDER
-    )
-    return dict(payload)
+    """An agent texts this module's number from GHL (see test_break14_findings.agent_send)."""
+    return break14.agent_send(world, text, phone=PHONE)
 
 
 def ghl_message(world: SyncWorld, message_id: str) -> dict[str, Any]:

@@ -404,3 +404,18 @@ async def test_two_workers_two_ordering_keys_one_agent(sync_world: SyncWorld, da
             assert {f"DF_{a}_{k}" for a, k, _ in rows} == on
     finally:
         await second_db.dispose()
+
+
+async def test_a_contact_made_in_the_dialer_joins_new_leads_once_in_ghl(sync_world: SyncWorld) -> None:
+    """R-AG-2, R-C-2 (issue 14, the soak with echoes): a contact an agent makes in Aloware is
+    created in GHL, a new GHL contact, unassigned: it joins DF_UNASSIGNED_NEW_LEADS when the
+    service creates it, not only if GHL's webhook about that create runs its list step after the
+    mapping knows the Aloware id (GHL posts none here at all)."""
+    world = sync_world
+    await _agents(world)
+    made = world.aloware.sim.add_contact(PHONE, first_name="Dana", last_name="Reyes")
+    await world.deliver_aloware("Contact Created", world.aloware.sim.webhook_contact(int(made["id"])))
+    await world.process()
+    assert [c["phone"] for c in world.ghl.sim.snapshot()["contacts"]] == [PHONE]
+    assert _on_lists(world) == {"DF_UNASSIGNED_NEW_LEADS"}
+    assert await _memberships(world.db) == {("UNASSIGNED", "NEW_LEADS", "member")}

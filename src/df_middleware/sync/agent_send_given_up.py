@@ -1,11 +1,12 @@
 """An agent's text the service gave up on, shown `failed` in GHL however long GHL is down
 (R-TXT-5, R-TXT-3; break14 finding 5).
 
-When an agent's `ProviderOutboundMessage` runs out of retries (Verity refused every attempt, so
-the text certainly did not leave), the worker dead-letters it and, in the same transaction,
-queues the follow-up `given_up_follow_up` builds: a `webhook_events` row, source `service`, type
-`agent_text.given_up`, on the send's own ordering key. Its handler sets the GHL message `failed`
-(code `not_sent`). It is an ordinary event: when GHL is down at that moment too (the outage that
+When an agent's `ProviderOutboundMessage` runs out of retries (usually Verity refused every
+attempt, so the text certainly did not leave; sometimes a held send could not tell GHL, or the
+last attempt died mid-send), the worker dead-letters it and, in the same transaction, queues the
+follow-up `given_up_follow_up` builds: a `webhook_events` row, source `service`, type
+`agent_text.given_up`, on its own ordering key (`ghl:message:<id>`). Its handler sets the GHL
+message `failed`. It is an ordinary event: when GHL is down at that moment too (the outage that
 made Verity unreachable is often the network's, not one partner's), it is retried like any other
 and, should GHL stay down through every retry, dead-lettered where the operator sees it. Before,
 GHL was told once, best effort, right after the dead letter: a GHL failure or a kill between the

@@ -401,6 +401,14 @@ async def sync_ghl_contact(ctx: HandlerContext, event: ClaimedEvent) -> HandlerR
                 f"GHL contact {owner.ghl_contact_id}; nothing was written",
             )
 
+    if mapping is None:
+        # Mapped (GHL id and phone) before the write: Aloware's webhook about it may reach another
+        # worker before this one learns the Aloware id (our echo, taken early), and must find this
+        # person by the mapping, not search GHL (whose index may not have the contact yet) and
+        # create a second GHL contact (found by the soak with echoes, issue 14).
+        await mappings.upsert(
+            ghl_contact_id=contact_id, keys=PersonKeys(phone, profile.get("email")), direction=GHL_TO_ALOWARE
+        )
     await aloware.upsert_lead(phone, fields=lead_fields(profile))
     written = await aloware.find_contact_by_phone(phone)
     if written is None:
@@ -832,7 +840,22 @@ async def _create_ghl_contact(
         target_id=outcome.target_id,
     )
     entry.started_at = started
-    return HandlerResult(entries=[entry], effects=list(ledger.performed))
+    entries = [entry]
+    if created:
+        # A new GHL contact joins its agent's NEW_LEADS (R-AG-2). Placed here, now that the
+        # mapping knows its Aloware id: GHL's ContactCreate about it may have run its list step
+        # before that (our echo, taken early: "not in Aloware yet"), and placement must not hang
+        # on which came first (found by the soak with echoes, issue 14). A later list step for the
+        # same contact changes nothing (applied as differences).
+        lists = await sync_contact_lists(
+            ctx,
+            outcome.target_id,
+            contact=created[0].model_dump(by_alias=True, exclude_none=True),
+            signals_time=SignalsTime(started, event.received_at),
+        )
+        if lists is not None:
+            entries.append(lists)
+    return HandlerResult(entries=entries, effects=list(ledger.performed))
 
 
 def is_native(event: ClaimedEvent) -> bool:
