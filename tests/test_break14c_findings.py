@@ -5,12 +5,12 @@ Real ingest, the real worker and the simulators over HTTP, both databases (`sync
 are made deterministic by running another worker inside a patched connector call (the pattern of
 tests/test_break14b_findings.py).
 
-Findings (strict xfails, both databases): A1 GHL's echo taken early still leaves the new contact
-on no list; A2 a failed list call is never retried; A3 a create whose answer was lost is never
-placed; A4 a contact made do-not-call in Aloware joins NEW_LEADS; A5 the create's list step, dated
-by our clock, outranks an owner GHL assigns right after when GHL's clock is behind; B1 the mapping
-written before a Lead API write that never succeeds gives an old number to its GHL contact. The
-other tests held.
+Findings (both databases; A1 and A5 are fixed, their tests regressions; the others strict
+xfails): A1 GHL's echo taken early still left the new contact on no list; A2 a failed list call
+is never retried; A3 a create whose answer was lost is never placed; A4 a contact made
+do-not-call in Aloware joins NEW_LEADS; A5 the create's list step, dated by our clock, outranked
+an owner GHL assigns right after when GHL's clock is behind; B1 the mapping written before a Lead
+API write that never succeeds gives an old number to its GHL contact. The other tests held.
 """
 
 from __future__ import annotations
@@ -99,16 +99,6 @@ async def _log(world: SyncWorld) -> list[tuple[str, str, str | None]]:
 # --- (A) the list step of a contact made in the dialer ---------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "break14c finding A1 (product, high): GHL's ContactCreate about our create, taken by another "
-        "worker before the mapping knows the Aloware id, plans 'not in Aloware yet' "
-        "(sync/call_lists.py:320) yet records its signals time (sync/call_lists.py:400); the "
-        "create's own list step is dated `started`, from before the create (sync/contacts.py:854), "
-        "so it is 'stale' and the new contact joins no list at all: the race the commit closes"
-    ),
-)
 async def test_a_dialer_contact_joins_new_leads_when_ghls_echo_ran_its_list_step_first(
     sync_world: SyncWorld,
 ) -> None:
@@ -200,8 +190,9 @@ async def test_a_dialer_contact_whose_list_call_failed_is_placed_by_the_retry(sy
     strict=True,
     reason=(
         "break14c finding A3 (product, medium): a create of ours whose answer was lost is found by "
-        "the retry (EffectLedger find_existing), so `created` is empty and the new GHL contact is "
-        "never placed (sync/contacts.py:844 `if created:`); it is as new as one answered"
+        "the retry's search (sync/contacts._find_ghl_target), not created again, so the new GHL "
+        "contact takes the update path and is never placed on its lists (only the create path "
+        "places: sync/contacts._create_ghl_contact); it is as new as one answered"
     ),
 )
 async def test_a_dialer_contact_created_through_a_lost_answer_joins_new_leads(sync_world: SyncWorld) -> None:
@@ -402,17 +393,6 @@ async def test_a_later_owner_assignment_is_not_undone_by_a_replay_of_the_create(
     assert len(world.ghl.sim.snapshot()["contacts"]) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "break14c finding A5 (product, medium): the create's list step is dated by OUR clock "
-        "(`started`, sync/contacts.py:854) while every GHL list step is dated by GHL's "
-        "(sync/contacts.signals_time); with GHL's clock a few seconds behind ours (timestamps.py "
-        "says clocks drift by seconds, sometimes a minute) the owner a GHL user assigns right "
-        "after the create is 'stale' (sync/call_lists.py older_signals) and the contact stays on "
-        "UNASSIGNED"
-    ),
-)
 async def test_an_owner_assigned_right_after_the_create_wins_with_ghls_clock_behind(
     sync_world: SyncWorld,
 ) -> None:

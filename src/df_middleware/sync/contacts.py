@@ -841,20 +841,16 @@ async def _create_ghl_contact(
     )
     entry.started_at = started
     entries = [entry]
-    if created:
-        # A new GHL contact joins its agent's NEW_LEADS (R-AG-2). Placed here, now that the
-        # mapping knows its Aloware id: GHL's ContactCreate about it may have run its list step
-        # before that (our echo, taken early: "not in Aloware yet"), and placement must not hang
-        # on which came first (found by the soak with echoes, issue 14). A later list step for the
-        # same contact changes nothing (applied as differences).
-        lists = await sync_contact_lists(
-            ctx,
-            outcome.target_id,
-            contact=created[0].model_dump(by_alias=True, exclude_none=True),
-            signals_time=SignalsTime(started, event.received_at),
-        )
-        if lists is not None:
-            entries.append(lists)
+    # The GHL contact (new, or found by the ledger after a lost answer) joins its agent's lists
+    # (R-AG-2), placed here now that the mapping knows its Aloware id: GHL's ContactCreate about it
+    # may have run its list step before that (our echo, taken early: "not in Aloware yet"), and
+    # placement must not hang on which came first (found by the soak with echoes, issue 14). The
+    # owner and tags are read from GHL as they are now, and the step is not dated by our clock
+    # (compared with GHL's, it could wrongly be older or newer than a GHL event: break14c A1, A5);
+    # a later list step changes only what differs.
+    lists = await sync_contact_lists(ctx, outcome.target_id)
+    if lists is not None:
+        entries.append(lists)
     return HandlerResult(entries=entries, effects=list(ledger.performed))
 
 
