@@ -42,7 +42,7 @@ from df_middleware.sync.list_registry import CallListRegistryStore
 from tests.conftest import TEST_SECRETS
 from tests.servers import serve_app
 from tests.sync_world import CONVERSATION_PROVIDER, LOCATION, SyncWorld
-from tests.test_break14_findings import statuses
+from tests.test_break14_findings import NO_NATURAL_RETRY, statuses
 from tests.test_interrupted_writes import (
     STEP_DEADLINE,
     AnswerHold,
@@ -335,7 +335,7 @@ async def test_a_refused_text_ghl_never_heard_of_is_told_by_the_follow_up(sync_w
     (opted_out), not pending; nothing is sent."""
     world = sync_world
     world.use_modules(texting)
-    world.settings = world.settings.model_copy(update={"max_attempts": 2})
+    world.settings = world.settings.model_copy(update=NO_NATURAL_RETRY | {"max_attempts": 2})
     await opted_out(world)
     payload = agent_send(world)
     message_id = str(payload["messageId"])
@@ -538,6 +538,7 @@ async def test_the_agents_next_text_is_not_held_behind_the_follow_up_waiting_for
     for GHL (down). Verity is back; the agent texts the person again: the new text, which needs
     only Verity, goes out while GHL is still down."""
     world = sync_world
+    world.settings = world.settings.model_copy(update=NO_NATURAL_RETRY)
     world.use_modules(texting)
     first = agent_send(world)
     world.verity.faults(error_rate=1.0, error_status=503)
@@ -584,7 +585,7 @@ async def test_a_maybe_sent_text_while_ghl_is_down_through_every_retry_is_not_to
     it went (delivered, by its receipts), one copy, never 'could not be sent'."""
     world = sync_world
     world.use_modules(texting)
-    world.settings = world.settings.model_copy(update={"max_attempts": 2})
+    world.settings = world.settings.model_copy(update=NO_NATURAL_RETRY | {"max_attempts": 2})
     world.verity.sim.receipt_delay_seconds = 3600  # Verity's receipts come after the outage
     payload = agent_send(world)
     message_id = str(payload["messageId"])
