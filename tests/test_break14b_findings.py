@@ -26,6 +26,7 @@ from pydantic import SecretStr
 from sqlalchemy import select, update
 
 import df_middleware.sync.contacts as contacts
+import df_middleware.sync.contacts_aloware as contacts_aloware
 import df_middleware.sync.texting as texting
 import tests.test_break14_findings as break14
 from df_middleware.app import create_app
@@ -400,7 +401,7 @@ def _lose_the_upsert_answer(world: SyncWorld) -> None:
 async def _created_through_a_lost_answer(world: SyncWorld) -> tuple[str, int]:
     """An Aloware contact 'Dana' created in GHL; the upsert's answer lost, the retry finds the
     contact (the ledger's find_existing). GHL's own ContactCreate never reached us."""
-    world.use_modules(contacts)
+    world.use_modules(contacts, contacts_aloware)
     dana = world.aloware.sim.add_contact(PHONE, first_name="Dana", last_name="Reyes")
     _lose_the_upsert_answer(world)
     await world.deliver_aloware("Contact Created", world.aloware.sim.webhook_contact(int(dana["id"])))
@@ -467,7 +468,7 @@ async def test_aloware_echo_of_our_lead_write_processed_before_the_answer_is_no_
     another worker processes it while the writing event still waits for its follow-up lookup.
     The echo is recognised: nothing is written back to GHL."""
     world = sync_world
-    world.use_modules(contacts)
+    world.use_modules(contacts, contacts_aloware)
     sim = world.aloware.sim
     sim.webhook_url = f"{world.service_url}/api/webhooks/aloware"
     sim.webhook_bearer_token = TEST_SECRETS["aloware_webhook_bearer_token"]

@@ -1,16 +1,17 @@
 """Outside tests of e825baa (break14c): (A) a contact made in the dialer is placed on its lists
-when the service creates it in GHL (`sync/contacts._create_ghl_contact`, R-AG-2); (B) a GHL contact
+when the service creates it in GHL (`sync/contacts_aloware`, R-AG-2); (B) a GHL contact
 is mapped (GHL id, phone) before its Lead API write (`sync/contacts.sync_ghl_contact`, R-ID-3).
 Real ingest, the real worker and the simulators over HTTP, both databases (`sync_world`); races
 are made deterministic by running another worker inside a patched connector call (the pattern of
 tests/test_break14b_findings.py).
 
-Findings (both databases; A1 and A5 are fixed, their tests regressions; the others strict
-xfails): A1 GHL's echo taken early still left the new contact on no list; A2 a failed list call
-is never retried; A3 a create whose answer was lost is never placed; A4 a contact made
-do-not-call in Aloware joins NEW_LEADS; A5 the create's list step, dated by our clock, outranked
-an owner GHL assigns right after when GHL's clock is behind; B1 the mapping written before a Lead
-API write that never succeeds gives an old number to its GHL contact. The other tests held.
+Findings (both databases; all fixed, their tests regressions): A1 GHL's echo taken early still left
+the new contact on no list; A2 a failed list call is never retried; A3 a create whose answer was
+lost is never placed; A4 a contact made do-not-call in Aloware joins NEW_LEADS; A5 the create's list
+step, dated by our clock, outranked an owner GHL assigns right after when GHL's clock is behind; B1
+the mapping written before a Lead API write that never succeeds gives an old number to its GHL
+contact.
+The other tests held.
 """
 
 from __future__ import annotations
@@ -139,15 +140,6 @@ async def test_a_dialer_contact_joins_new_leads_when_ghls_echo_ran_its_list_step
     assert await _memberships(world.db) == {("UNASSIGNED", "NEW_LEADS", "member")}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "break14c finding A2 (product, medium): the create marks the Aloware watermark applied "
-        "(sync/contacts.py:830) before its list step; when the list call fails (503) the retry is "
-        "'stale' to itself (sync/contacts.py:629) and, past that, would find the ledger's recorded "
-        "create with `created` empty (sync/contacts.py:844): the placement is lost for good"
-    ),
-)
 async def test_a_dialer_contact_whose_list_call_failed_is_placed_by_the_retry(sync_world: SyncWorld) -> None:
     """R-AG-2, R-IDEM-2: Dana is made in Aloware and created in GHL; adding her to
     DF_UNASSIGNED_NEW_LEADS fails (Aloware 503 through the client's retries), so the event is
@@ -186,15 +178,6 @@ async def test_a_dialer_contact_whose_list_call_failed_is_placed_by_the_retry(sy
     assert _on_lists(world) == {"DF_UNASSIGNED_NEW_LEADS"}, await _log(world)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "break14c finding A3 (product, medium): a create of ours whose answer was lost is found by "
-        "the retry's search (sync/contacts._find_ghl_target), not created again, so the new GHL "
-        "contact takes the update path and is never placed on its lists (only the create path "
-        "places: sync/contacts._create_ghl_contact); it is as new as one answered"
-    ),
-)
 async def test_a_dialer_contact_created_through_a_lost_answer_joins_new_leads(sync_world: SyncWorld) -> None:
     """R-AG-2, R-IDEM-2: Dana is made in Aloware; GHL creates her but the answer to our upsert is
     lost (504 after the work); the retry finds the contact it made. She is a new GHL contact all
@@ -228,15 +211,6 @@ async def test_a_dialer_contact_created_through_a_lost_answer_joins_new_leads(sy
     assert _on_lists(world) == {"DF_UNASSIGNED_NEW_LEADS"}, await _log(world)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "break14c finding A4 (product, medium): the new list step puts a contact Aloware created "
-        "as do-not-call (`is_dnc: true` in its own Contact Created) on NEW_LEADS: the DNC flag of "
-        "the event is never recorded (only `Contact DNC Updated` writes dnc_registry, "
-        "sync/dnc.py:161) and dialer_block reads only the registry (sync/call_lists.py:222)"
-    ),
-)
 async def test_a_dialer_contact_made_do_not_call_joins_no_list(sync_world: SyncWorld) -> None:
     """R-AG-2, R-OPT-6: an agent makes Dana in Aloware already on do-not-call (`is_dnc`). A
     voice-DNC contact is on no power-dialer list, ever: the service creates her in GHL and puts her
@@ -340,7 +314,7 @@ async def test_an_owner_assigned_in_ghl_while_the_create_places_the_contact_wins
     create's list step runs, a GHL user assigns her to Alice and that ContactUpdate is processed by
     another worker (the mapping already knows her Aloware id). The create's list step must not move
     her back to UNASSIGNED: she ends on DF_ALICE_NEW_LEADS only."""
-    import df_middleware.sync.contacts as contacts
+    import df_middleware.sync.contacts_aloware as contacts
 
     world = sync_world
     await _agents(world)
@@ -440,17 +414,6 @@ def _lead_api_down(world: SyncWorld) -> Callable[[], None]:
     return _patch(world.connectors.aloware, "upsert_lead", wrapper)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "break14c finding B1 (product, medium): the phone-only mapping written before the Lead API "
-        "write (sync/contacts.py:404-411) outlives a write that never succeeded; after the GHL "
-        "contact's number changed it still says the old number is that contact's, and "
-        "resolve_ghl_contact's by-phone step (sync/identity.py by_phone) attaches another person "
-        "made in the dialer on the old number to it instead of searching GHL (nobody) and creating "
-        "the person"
-    ),
-)
 async def test_a_dead_lead_write_does_not_give_an_old_number_to_its_ghl_contact(
     sync_world: SyncWorld,
 ) -> None:

@@ -23,6 +23,7 @@ import pytest
 from sqlalchemy import select
 
 import df_middleware.sync.contacts as contacts
+import df_middleware.sync.contacts_aloware as contacts_aloware
 from df_middleware.connectors.aloware import AlowareContact, LeadFields
 from df_middleware.connectors.ghl_models import Contact, ContactUpdate
 from df_middleware.db.models import ContactMapping, SyncLog, WebhookEvent
@@ -109,7 +110,7 @@ async def test_ghl_create_then_new_phone_makes_one_aloware_contact(
     `ContactUpdate` with a new phone. In order, the create makes the Aloware contact and the phone
     change is flagged as a conflict (the Lead API cannot renumber a contact). The two must not
     both see "not mapped yet" and each create an Aloware contact, one per number."""
-    sync_world.use_modules(contacts)
+    sync_world.use_modules(contacts, contacts_aloware)
     aloware = sync_world.connectors.aloware
     assert aloware is not None
     gate = Interleaving(sync_world)
@@ -162,7 +163,7 @@ async def test_aloware_changes_around_a_new_number_end_with_the_newer(
     `Contact Updated` with a new phone and first name "Ann2"; Aloware's values win
     (CONTACT_SOURCE_OF_TRUTH=aloware). In order, GHL ends with "Ann2" and the mapping with the
     new phone. The older change must never be written after the newer one."""
-    sync_world.use_modules(contacts)
+    sync_world.use_modules(contacts, contacts_aloware)
     sync_world.settings = sync_world.settings.model_copy(update={"contact_source_of_truth": "aloware"})
     ghl = sync_world.connectors.ghl
     assert ghl is not None

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 import df_middleware.sync.contacts as contacts
+import df_middleware.sync.contacts_aloware as contacts_aloware
 from df_middleware.db.models import ContactMapping, SyncEffect, SyncLog, WebhookEvent
 from df_middleware.db.session import Database
 from df_middleware.queue.operations import replay_event
@@ -226,6 +227,7 @@ def test_registered_event_names() -> None:
     served here; DND (opt-out, §6.4) and dispositions (calls, §6.2) are left to their flows."""
     registry = HandlerRegistry()
     contacts.register_handlers(registry)
+    contacts_aloware.register_handlers(registry)
     for name in ("ContactCreate", "ContactUpdate", "contact.created", "contact.updated", "ContactDelete"):
         assert ("ghl", name) in registry
     assert ("ghl", "contact.deleted") in registry
@@ -282,7 +284,7 @@ def _ghl_writes(world: SyncWorld) -> int:
 
 
 async def _sync_new_contact(world: SyncWorld, contact_id: str = "ghlA", **fields: Any) -> dict[str, Any]:
-    world.use_modules(contacts)
+    world.use_modules(contacts, contacts_aloware)
     await world.deliver_ghl(_ghl_contact(contact_id, type="ContactCreate", **fields))
     await world.process()
     found: dict[str, Any] | None = world.aloware.sim.contact_by_phone(fields.get("phone", PHONE))
@@ -294,7 +296,7 @@ async def test_new_ghl_contact_is_synced_once_despite_duplicates_and_replay(sync
     """R-C-1: a new GHL contact becomes an Aloware contact (Lead API, force_update) and a mapping.
     R-IDEM-1, R-C-3: the same delivery twice, the same change in another delivery, and a replay of
     the first event make exactly one Lead API write."""
-    sync_world.use_modules(contacts)
+    sync_world.use_modules(contacts, contacts_aloware)
     payload = _ghl_contact("ghlA", type="ContactCreate", webhookId="wh-1")
     await sync_world.deliver_ghl(payload)
     await sync_world.deliver_ghl(payload)  # the same delivery again: deduplicated at ingest
@@ -364,7 +366,7 @@ async def test_only_changed_profiles_are_written(sync_world: SyncWorld) -> None:
 async def test_contact_without_phone_and_tag_updates_are_skipped(sync_world: SyncWorld) -> None:
     """R-C-1: no valid phone → `skipped: no phone`; R-C-5 / §6.5: a tag change has no profile
     effect here and says so. Nothing is sent to Aloware, no mapping is made."""
-    sync_world.use_modules(contacts)
+    sync_world.use_modules(contacts, contacts_aloware)
     await sync_world.deliver_ghl(_ghl_contact("ghlB", type="ContactCreate", phone=None))
     await sync_world.deliver_ghl(_ghl_contact("ghlC", type="ContactCreate", phone="12345"))
     await sync_world.deliver_ghl(_ghl_contact("ghlD", type="ContactTagUpdate", tags=["hot"]))
@@ -382,7 +384,7 @@ async def test_contact_without_phone_and_tag_updates_are_skipped(sync_world: Syn
 
 async def _aloware_and_ghl_person(world: SyncWorld, ghl_updated: datetime | None = None) -> tuple[str, int]:
     """GHL contact 'Sarah' (no city) and Aloware contact on the same phone, not yet mapped."""
-    world.use_modules(contacts)
+    world.use_modules(contacts, contacts_aloware)
     write = world.ghl.sim.create_contact(
         LOCATION, {"firstName": "Sarah", "lastName": "Johnson", "phone": PHONE, "email": "s@example.com"}
     )
@@ -471,7 +473,7 @@ async def test_unknown_aloware_contact_creates_one_ghl_contact(sync_world: SyncW
     """R-C-2, R-IDEM-2: an Aloware contact GHL does not know is created once (keyed effect), also
     when its event is replayed. R-ID-2: a second Aloware contact sharing that GHL contact's email
     is a flagged conflict; the GHL contact and its mapping are left alone."""
-    sync_world.use_modules(contacts)
+    sync_world.use_modules(contacts, contacts_aloware)
     aloware = sync_world.aloware.sim.add_contact(OTHER_PHONE, first_name="Ann", email="ann@example.com")
     await sync_world.deliver_aloware("Contact Created", sync_world.aloware.sim.webhook_contact(aloware["id"]))
     await sync_world.process()

@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 import df_middleware.sync.calls as calls
 import df_middleware.sync.contacts as contacts
+import df_middleware.sync.contacts_aloware as contacts_aloware
 from df_middleware.db.models import ContactMapping, SyncLog, WebhookEvent
 from df_middleware.db.session import Database
 from df_middleware.db.types import utcnow
@@ -69,7 +70,7 @@ async def _edit_in_ghl(world: SyncWorld, ghl_id: str, **fields: Any) -> None:
 
 def _person(world: SyncWorld, ghl_fields: dict[str, Any], **aloware_fields: Any) -> tuple[str, int]:
     """A GHL contact and an Aloware contact on the same phone, not mapped yet (no webhooks)."""
-    world.use_modules(contacts)
+    world.use_modules(contacts, contacts_aloware)
     write = world.ghl.sim.create_contact(LOCATION, {"phone": PHONE, "lastName": "Johnson", **ghl_fields})
     aloware = world.aloware.sim.add_contact(PHONE, last_name="Johnson", **aloware_fields)
     return str(write.contact["id"]), int(aloware["id"])
@@ -171,7 +172,7 @@ async def test_the_echo_of_filling_a_contact_from_a_call_is_not_written_back(syn
     ghl_id, aloware_id = _person(
         sync_world, {"firstName": "Sarah", "timezone": "America/Chicago"}, first_name="Sara", city="Raleigh"
     )
-    sync_world.use_modules(contacts, calls)
+    sync_world.use_modules(contacts, contacts_aloware, calls)
     _ghl_sends_webhooks(sync_world)
     call = {
         "id": 9912345,

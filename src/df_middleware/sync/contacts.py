@@ -37,24 +37,20 @@ from typing import Any, Literal, TypeAlias
 
 from df_middleware.connectors.aloware import AlowareClient, AlowareContact, LeadFields
 from df_middleware.connectors.ghl import GhlClient
-from df_middleware.connectors.ghl_models import Contact, ContactUpdate, ContactUpsert
-from df_middleware.connectors.http import RemoteNotFound, write_not_made
+from df_middleware.connectors.ghl_models import Contact, ContactUpdate
 from df_middleware.db.types import utcnow
 from df_middleware.errors import RetryableError
 from df_middleware.phones import normalize_email, normalize_phone
 from df_middleware.sync.call_lists import SignalsTime, forget_memberships, sync_contact_lists
 from df_middleware.sync.echoes import UNCARRIED_FIELDS, EchoGuard, provisional_entity
-from df_middleware.sync.effects import EffectLedger, fingerprint, skipped, success
+from df_middleware.sync.effects import fingerprint, skipped, success
 from df_middleware.sync.identity import (
     ContactMappings,
-    GhlSighting,
     MappingView,
     PersonKeys,
     Side,
-    resolve_ghl_contact,
 )
 from df_middleware.sync.registry import ClaimedEvent, HandlerContext, HandlerRegistry, HandlerResult
-from df_middleware.sync.sequences import apply_sequence
 from df_middleware.timestamps import believed_time, parse_iso8601
 
 SourceOfTruth: TypeAlias = Literal["ghl", "aloware", "merge"]
@@ -297,23 +293,23 @@ def signals_time(event: ClaimedEvent) -> SignalsTime | None:
     return SignalsTime(at=at, received_at=event.received_at)
 
 
-def _describe(changes: Profile) -> str:
+def describe_changes(changes: Profile) -> str:
     return ", ".join(sorted(changes))
 
 
 # --- handlers ---------------------------------------------------------------------------------
 
 
-def _aloware(ctx: HandlerContext) -> AlowareClient | None:
+def aloware_connector(ctx: HandlerContext) -> AlowareClient | None:
     return ctx.connectors.aloware if ctx.connectors is not None else None
 
 
-def _ghl(ctx: HandlerContext) -> GhlClient | None:
+def ghl_connector(ctx: HandlerContext) -> GhlClient | None:
     """GHL_LOCATION_ID's client: Aloware is one account, synced with the configured location."""
     return ctx.connectors.ghl if ctx.connectors is not None else None
 
 
-def _aloware_body(event: ClaimedEvent) -> Mapping[str, Any]:
+def aloware_body(event: ClaimedEvent) -> Mapping[str, Any]:
     body = event.payload.get("body")
     return body if isinstance(body, Mapping) else {}
 
@@ -350,7 +346,7 @@ async def sync_ghl_contact(ctx: HandlerContext, event: ClaimedEvent) -> HandlerR
     reach the mapped Aloware contact.
     """
     ctx.direction = GHL_TO_ALOWARE
-    aloware = _aloware(ctx)
+    aloware = aloware_connector(ctx)
     if aloware is None:
         return skipped(event, GHL_TO_ALOWARE, ALOWARE_OFF)
     region = ctx.settings.default_phone_region
@@ -367,7 +363,7 @@ async def sync_ghl_contact(ctx: HandlerContext, event: ClaimedEvent) -> HandlerR
     echoes = EchoGuard(ctx.db, ctx.settings.echo_ttl_seconds)
     provisional = provisional_entity(phone)  # our create's echo may beat the create's answer
     if await echoes.is_echo("ghl", contact_id, profile, by=str(event.id), provisional=provisional):
-        await _settle_echo(mappings, mapping, "ghl", event, event_at, digest)
+        await settle_echo(mappings, mapping, "ghl", event, event_at, digest)
         return skipped(event, GHL_TO_ALOWARE, ECHO)
     if mapping is not None and mapping.deleted_at is not None:
         # A late or replayed change of a contact GHL deleted since: R-C-4, it is not synced again.
@@ -401,11 +397,14 @@ async def sync_ghl_contact(ctx: HandlerContext, event: ClaimedEvent) -> HandlerR
                 f"GHL contact {owner.ghl_contact_id}; nothing was written",
             )
 
-    if mapping is None:
+    if mapping is None or (mapping.aloware_contact_id is None and mapping.phone != phone):
         # Mapped (GHL id and phone) before the write: Aloware's webhook about it may reach another
         # worker before this one learns the Aloware id (our echo, taken early), and must find this
         # person by the mapping, not search GHL (whose index may not have the contact yet) and
-        # create a second GHL contact (found by the soak with echoes, issue 14).
+        # create a second GHL contact (found by the soak with echoes, issue 14). Until a write
+        # succeeds the row holds only that claim, so it follows the contact's number: an earlier
+        # write that never succeeded must not leave the old number pointing at this contact
+        # (break14c B1).
         await mappings.upsert(
             ghl_contact_id=contact_id, keys=PersonKeys(phone, profile.get("email")), direction=GHL_TO_ALOWARE
         )
@@ -467,7 +466,7 @@ async def _see_ghl_webhook(
     )
 
 
-async def _settle_echo(
+async def settle_echo(
     mappings: ContactMappings,
     mapping: MappingView | None,
     side: Side,
@@ -491,7 +490,7 @@ def _aloware_contact_profile(contact: AlowareContact, region: str) -> Profile:
     return aloware_profile(contact.model_dump(), region)
 
 
-def _ghl_contact_profile(contact: Contact, region: str) -> Profile:
+def ghl_contact_profile(contact: Contact, region: str) -> Profile:
     return ghl_profile(contact.model_dump(by_alias=True), region)
 
 
@@ -502,7 +501,7 @@ async def retire_deleted_ghl_contact(ctx: HandlerContext, ghl_contact_id: str) -
     (None when nothing: not mapped, already deleted, or Aloware not configured)."""
     mappings = ContactMappings(ctx.db)
     mapping = await mappings.by_ghl_id(ghl_contact_id)
-    aloware = _aloware(ctx)
+    aloware = aloware_connector(ctx)
     done: str | None = None
     live = mapping is not None and mapping.deleted_at is None
     if live and mapping is not None and mapping.aloware_contact_id is not None and aloware is not None:
@@ -545,7 +544,7 @@ async def handle_ghl_contact_delete(ctx: HandlerContext, event: ClaimedEvent) ->
         return skipped(event, GHL_TO_ALOWARE, NOT_MAPPED)
     if mapping.deleted_at is not None:
         return skipped(event, GHL_TO_ALOWARE, "already deleted")
-    if _aloware(ctx) is None:
+    if aloware_connector(ctx) is None:
         return skipped(event, GHL_TO_ALOWARE, ALOWARE_OFF)
     started = utcnow()
     done = await retire_deleted_ghl_contact(ctx, contact_id)
@@ -573,287 +572,6 @@ async def handle_ghl_contact_tags(ctx: HandlerContext, event: ClaimedEvent) -> H
     return HandlerResult(entries=[entry]) if entry is not None else skipped(event, GHL_TO_ALOWARE, NO_AGENTS)
 
 
-async def handle_aloware_contact(ctx: HandlerContext, event: ClaimedEvent) -> HandlerResult:
-    """Aloware `Contact Created` / `Contact Updated`: the contact → GHL (R-C-2), then its sequence
-    by its list status (R-AG-6, when ENABLE_ALOWARE_SEQUENCES). The list status is not part of the
-    synced profile, so the sequence step runs when the contact step found nothing to write too
-    (unchanged, echo) — but never for a stale event, whose status is older than the one applied,
-    nor for a contact whose GHL side was deleted."""
-    result = await sync_aloware_contact(ctx, event)
-    if not ctx.settings.enable_aloware_sequences:
-        return result
-    mapping = await ContactMappings(ctx.db).by_aloware_id(event.entity_id or "")
-    event_at = parse_iso8601(_aloware_body(event).get("updated_at"))
-    # A retry of the event that set the watermark is "stale" to itself, yet its sequence step may
-    # be what failed (break14 finding 2): only another, newer event's watermark makes it stale.
-    own = mapping is not None and mapping.applied_by("aloware", event_at, event.received_at)
-    if own or not any(e.message == STALE for e in result.entries):
-        live = mapping is not None and mapping.deleted_at is None
-        result.entries.extend(
-            await apply_sequence(ctx, event, mapping.ghl_contact_id if live and mapping else None)
-        )
-    return result
-
-
-async def sync_aloware_contact(ctx: HandlerContext, event: ClaimedEvent) -> HandlerResult:
-    """Aloware `Contact Created` / `Contact Updated` → GHL, by CONTACT_SOURCE_OF_TRUTH (R-C-2).
-
-    Effects: the person's GHL contact is found (R-ID-2) or created through `POST /contacts/upsert`
-    (a keyed effect, `ghl:contact-for-aloware:<id>`); otherwise at most one `PUT /contacts/{id}`
-    with the fields `decide_ghl_changes` picks. The mapping is upserted with the Aloware profile's
-    fingerprint and the GHL profile after the write is remembered as a possible echo. Skipped (no
-    API call) for echoes of our Lead API writes, profiles last synced, contacts with neither
-    phone nor email, and contacts whose GHL side was deleted (R-C-4: deletion in GHL stands).
-    """
-    ctx.direction = ALOWARE_TO_GHL
-    ghl = _ghl(ctx)
-    if ghl is None:
-        return skipped(event, ALOWARE_TO_GHL, GHL_OFF)
-    region = ctx.settings.default_phone_region
-    body = _aloware_body(event)
-    aloware_id = event.entity_id or ""
-    profile = aloware_profile(body, region)
-    mappings = ContactMappings(ctx.db)
-    mapping = await mappings.by_aloware_id(aloware_id)
-    digest = profile_fingerprint(profile)
-    event_at = parse_iso8601(body.get("updated_at"))
-    echoes = EchoGuard(ctx.db, ctx.settings.echo_ttl_seconds)
-    if await echoes.is_echo("aloware", aloware_id, profile, by=str(event.id)):
-        await _settle_echo(mappings, mapping, "aloware", event, event_at, digest)
-        return skipped(event, ALOWARE_TO_GHL, ECHO)
-    keys = PersonKeys(profile.get("phone"), profile.get("email"))
-    if keys.empty:
-        return skipped(event, ALOWARE_TO_GHL, NO_KEYS)
-    if mapping is not None and mapping.deleted_at is not None:
-        return skipped(event, ALOWARE_TO_GHL, f"GHL contact {mapping.ghl_contact_id} was deleted")
-    if mapping is not None and mapping.is_stale("aloware", event_at, event.received_at):
-        return skipped(event, ALOWARE_TO_GHL, STALE)
-    if mapping is not None and mapping.fingerprint == digest:
-        await mappings.mark_applied(
-            mapping.ghl_contact_id, "aloware", event_at, received_at=event.received_at
-        )
-        return skipped(event, ALOWARE_TO_GHL, UNCHANGED)
-
-    started = utcnow()
-    known = await _last_seen_ghl_profile(ctx, mappings, mapping, profile)
-    if mapping is not None and known is not None:
-        # The mapped contact as last seen: decided without a GET (R-PERF-3).
-        target = GhlTarget(mapping.ghl_contact_id, "mapping", known.profile, known.changed_at)
-    else:
-        found = await _find_ghl_target(ctx, event, ghl, mappings, keys)
-        if found is None:
-            return await _create_ghl_contact(ctx, event, ghl, profile, digest, started)
-        if isinstance(found, HandlerResult):
-            return found
-        target = found
-        phone = profile.get("phone")
-        if phone:
-            # Found by a search, maybe the contact an earlier run of ours created without an
-            # answer: its provisional echo fingerprint, if left, goes (break14b finding 2).
-            written = ghl_profile(_ghl_create_body(ghl, profile).model_dump(by_alias=True), region)
-            await echoes.forget_provisional("ghl", provisional_entity(phone), written)
-    ghl_contact_id = target.ghl_contact_id
-    changes = decide_ghl_changes(
-        ctx.settings.contact_source_of_truth,
-        profile,
-        target.profile,
-        aloware_changed_at=event_at or event.received_at,
-        ghl_changed_at=target.changed_at,
-    )
-    latest_profile, latest_changed_at = target.profile, target.changed_at
-    if changes:
-        try:
-            updated = await ghl.update_contact(ghl_contact_id, ghl_update(changes))
-        except RemoteNotFound:
-            await mappings.see_ghl_profile(ghl_contact_id, None)
-            return skipped(event, ALOWARE_TO_GHL, f"GHL contact {ghl_contact_id} not found")
-        latest_profile = _ghl_contact_profile(updated, region)
-        latest_changed_at = parse_iso8601(updated.date_updated)
-        await echoes.remember("ghl", ghl_contact_id, latest_profile)
-    await mappings.upsert(
-        ghl_contact_id=ghl_contact_id,
-        aloware_contact_id=aloware_id,
-        keys=keys,
-        direction=ALOWARE_TO_GHL,
-        fingerprint=digest,
-    )
-    if changes or known is None:  # GHL just answered with the contact: remember it
-        await mappings.see_ghl_profile(
-            ghl_contact_id, latest_profile, changed_at=latest_changed_at, seen_at=started
-        )
-    await mappings.mark_applied(ghl_contact_id, "aloware", event_at, received_at=event.received_at)
-    if not changes:
-        return skipped(
-            event,
-            ALOWARE_TO_GHL,
-            f"GHL contact {ghl_contact_id} already up to date (source of truth: "
-            f"{ctx.settings.contact_source_of_truth})",
-        )
-    entry = success(
-        event,
-        ALOWARE_TO_GHL,
-        f"updated GHL contact {ghl_contact_id} (found by {target.via}): {_describe(changes)}",
-        target_id=ghl_contact_id,
-    )
-    entry.started_at = started
-    return HandlerResult(entries=[entry])
-
-
-async def _last_seen_ghl_profile(
-    ctx: HandlerContext, mappings: ContactMappings, mapping: MappingView | None, incoming: Profile
-) -> GhlSighting | None:
-    """The GHL profile last seen, when it can decide this change without reading the contact:
-    trusted (`ContactMappings.trusted_ghl_profile`), showing every field the change carries, and
-    not in `merge` mode, which compares change times and needs GHL's own `dateUpdated` (a
-    webhook gives only when it reached us)."""
-    if mapping is None or ctx.settings.contact_source_of_truth == "merge":
-        return None
-    known = await mappings.trusted_ghl_profile(mapping)
-    return known if known is not None and known.decides(incoming) else None
-
-
-@dataclass(frozen=True)
-class GhlTarget:
-    """The GHL contact an Aloware change goes to, its profile, and when GHL says that profile
-    last changed (what R-C-2's `merge` compares)."""
-
-    ghl_contact_id: str
-    via: str
-    profile: Profile
-    changed_at: datetime | None
-
-
-async def _find_ghl_target(
-    ctx: HandlerContext, event: ClaimedEvent, ghl: GhlClient, mappings: ContactMappings, keys: PersonKeys
-) -> GhlTarget | HandlerResult | None:
-    """Resolve the Aloware contact's GHL contact (R-ID-2) and read it: the target, a skip (the
-    contact is another person's, or gone), or None when GHL has nobody with these keys."""
-    aloware_id = event.entity_id or ""
-    resolved = await resolve_ghl_contact(mappings, ghl, keys, aloware_contact_id=aloware_id)
-    if resolved is None:
-        return None
-    owner = await mappings.by_ghl_id(resolved.ghl_contact_id)
-    if owner is not None and owner.deleted_at is None and owner.aloware_contact_id not in (None, aloware_id):
-        # Found by phone or email, but that GHL contact is another Aloware contact's (a phone
-        # change in GHL, or two Aloware contacts sharing an email): never remap it silently.
-        return skipped(
-            event,
-            ALOWARE_TO_GHL,
-            f"conflict: GHL contact {resolved.ghl_contact_id} (found by {resolved.via}) is mapped to "
-            f"Aloware contact {owner.aloware_contact_id}, not {aloware_id}; nothing was written",
-        )
-    if resolved.via != "mapping":  # found in GHL: maybe by an interrupted create of ours
-        await EffectLedger(ctx.db, event).settle_found(
-            f"ghl:contact-for-aloware:{aloware_id}", "ghl", resolved.ghl_contact_id
-        )
-    current = resolved.contact or await ghl.get_contact(resolved.ghl_contact_id)
-    if current is None:
-        return skipped(event, ALOWARE_TO_GHL, f"GHL contact {resolved.ghl_contact_id} not found")
-    region = ctx.settings.default_phone_region
-    return GhlTarget(
-        current.id, resolved.via, _ghl_contact_profile(current, region), parse_iso8601(current.date_updated)
-    )
-
-
-def _ghl_create_body(ghl: GhlClient, profile: Profile) -> ContactUpsert:
-    """The `POST /contacts/upsert` body that creates the Aloware profile's person in GHL."""
-    fields = {GHL_WRITE_ATTRIBUTES[n]: v for n, v in profile.items() if n in GHL_WRITE_ATTRIBUTES}
-    return ContactUpsert(location_id=ghl.location_id, phone=profile.get("phone"), **fields)
-
-
-async def _create_ghl_contact(
-    ctx: HandlerContext,
-    event: ClaimedEvent,
-    ghl: GhlClient,
-    profile: Profile,
-    digest: str,
-    started: datetime,
-) -> HandlerResult:
-    """GHL has nobody with the Aloware contact's keys: create it once (R-IDEM-2) and map it."""
-    aloware_id = event.entity_id or ""
-    region = ctx.settings.default_phone_region
-    created: list[Contact] = []
-    upsert = _ghl_create_body(ghl, profile)
-    echoes = EchoGuard(ctx.db, ctx.settings.echo_ttl_seconds)
-    phone = profile.get("phone")
-    provisional = provisional_entity(phone) if phone else None
-
-    written = ghl_profile(upsert.model_dump(by_alias=True), region)
-
-    async def create() -> str | None:
-        if provisional is not None:
-            # Before the write: GHL's ContactCreate may reach another worker before the answer.
-            await echoes.remember("ghl", provisional, written)
-        try:
-            answer = await ghl.upsert_contact(upsert)
-        except Exception as exc:
-            if provisional is not None and write_not_made(exc):
-                await echoes.forget_provisional("ghl", provisional, written)
-            raise
-        created.append(answer.contact)
-        return answer.contact.id
-
-    async def find_existing() -> str | None:
-        found = await ghl.find_contact(phone=profile.get("phone"), email=profile.get("email"))
-        return found.id if found is not None else None
-
-    ledger = EffectLedger(ctx.db, event)
-    outcome = await ledger.perform(
-        f"ghl:contact-for-aloware:{aloware_id}", "ghl", create, find_existing=find_existing
-    )
-    if outcome.target_id is None:
-        raise RetryableError(f"ghl: contact upsert for Aloware contact {aloware_id} returned no id")
-    if created:
-        answered = _ghl_contact_profile(created[0], region)
-        if provisional is not None:
-            await echoes.settle_provisional("ghl", provisional, outcome.target_id, answered, written=written)
-        else:
-            await echoes.remember("ghl", outcome.target_id, answered)
-    elif provisional is not None:  # made earlier, or found after a lost answer: no echo to expect
-        await echoes.forget_provisional("ghl", provisional, written)
-    await ContactMappings(ctx.db).upsert(
-        ghl_contact_id=outcome.target_id,
-        aloware_contact_id=aloware_id,
-        keys=PersonKeys(profile.get("phone"), profile.get("email")),
-        direction=ALOWARE_TO_GHL,
-        fingerprint=digest,
-    )
-    mappings = ContactMappings(ctx.db)
-    if created:
-        contact = created[0]
-        await mappings.see_ghl_profile(
-            outcome.target_id,
-            _ghl_contact_profile(contact, region),
-            changed_at=parse_iso8601(contact.date_updated),
-            seen_at=started,
-        )
-    await mappings.mark_applied(
-        outcome.target_id,
-        "aloware",
-        parse_iso8601(_aloware_body(event).get("updated_at")),
-        received_at=event.received_at,
-    )
-    entry = success(
-        event,
-        ALOWARE_TO_GHL,
-        f"created GHL contact {outcome.target_id} for Aloware contact {aloware_id}",
-        target_id=outcome.target_id,
-    )
-    entry.started_at = started
-    entries = [entry]
-    # The GHL contact (new, or found by the ledger after a lost answer) joins its agent's lists
-    # (R-AG-2), placed here now that the mapping knows its Aloware id: GHL's ContactCreate about it
-    # may have run its list step before that (our echo, taken early: "not in Aloware yet"), and
-    # placement must not hang on which came first (found by the soak with echoes, issue 14). The
-    # owner and tags are read from GHL as they are now, and the step is not dated by our clock
-    # (compared with GHL's, it could wrongly be older or newer than a GHL event: break14c A1, A5);
-    # a later list step changes only what differs.
-    lists = await sync_contact_lists(ctx, outcome.target_id)
-    if lists is not None:
-        entries.append(lists)
-    return HandlerResult(entries=entries, effects=list(ledger.performed))
-
-
 def is_native(event: ClaimedEvent) -> bool:
     """A native GHL webhook (`ContactUpdate`, …) carries the whole contact; a workflow one
     (`contact.updated`, `tag.added`, …) carries what its workflow was set up to send."""
@@ -861,7 +579,8 @@ def is_native(event: ClaimedEvent) -> bool:
 
 
 def register_handlers(registry: HandlerRegistry) -> None:
-    """The contact flows of §6.1 (GHL `ContactDndUpdate` belongs to opt-out, §6.4)."""
+    """The GHL side of the contact flows of §6.1 (Aloware's side is `contacts_aloware`; GHL
+    `ContactDndUpdate` belongs to opt-out, §6.4)."""
     registry.register(
         "ghl", "ContactCreate", "ContactUpdate", "contact.created", "contact.updated", "contact.changed"
     )(handle_ghl_contact_upsert)
@@ -869,4 +588,3 @@ def register_handlers(registry: HandlerRegistry) -> None:
     registry.register(
         "ghl", "ContactTagUpdate", "tag.added", "tag.removed", "contact.tag.added", "contact.tag.removed"
     )(handle_ghl_contact_tags)
-    registry.register("aloware", "Contact Created", "Contact Updated")(handle_aloware_contact)

@@ -22,6 +22,7 @@ status, source and time) tells them again rather than losing them after a failed
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from df_middleware.connectors.aloware import AlowareClient
@@ -158,15 +159,19 @@ async def remove_from_dialer(ctx: HandlerContext, event: ClaimedEvent) -> SyncLo
     return entry
 
 
-async def handle_contact_dnc_updated(ctx: HandlerContext, event: ClaimedEvent) -> HandlerResult:
-    """Aloware `Contact DNC Updated` → `dnc_registry`, GHL Call DND, power-dialer lists (R-OPT-6).
+@dataclass(frozen=True)
+class DncDecision:
+    """An Aloware voice decision recorded (or found recorded) and in force: what its effects need."""
 
-    Effects, one sync_log row each: the voice decision (internal); the GHL contact's Call DND
-    (aloware_to_ghl, skipped when GHL has nobody); on DNC active, the contact off every
-    power-dialer list (internal). SMS consent is never touched. A stale change (older than the
-    decision in force, R-OPT-2) or one its source may not make is one skipped row with the reason.
-    """
-    ctx.direction = ALOWARE_TO_GHL
+    keys: PersonKeys
+    phone: str
+    change: ConsentChange
+    decided: SyncLogEntry
+
+
+async def decide_voice_dnc(ctx: HandlerContext, event: ClaimedEvent) -> DncDecision | HandlerResult:
+    """The event's `is_dnc` recorded as the voice decision of source `aloware` (R-OPT-6, R-OPT-2):
+    the decision in force, or what to log when it decides nothing (no flag, no phone, stale)."""
     body = _body(event)
     is_dnc = is_dnc_of(body.get("is_dnc"))
     if is_dnc is None:
@@ -178,18 +183,43 @@ async def handle_contact_dnc_updated(ctx: HandlerContext, event: ClaimedEvent) -
     outcome, decided = await record_consent(ctx, event, change)
     # In force now, or already by an earlier run of this event (a retry after a failed effect, a
     # redelivery, a replay): its effects are told again (they are set operations).
-    effective = outcome.holds(change)
-    if not effective:
+    if not outcome.holds(change):
         return HandlerResult(entries=[decided])
+    return DncDecision(keys, keys.phone, change, decided)
+
+
+async def tell_voice_dnc(
+    ctx: HandlerContext, event: ClaimedEvent, decision: DncDecision
+) -> list[SyncLogEntry]:
+    """The effects of a voice decision in force: GHL's Call DND; on DNC, out of the Aloware
+    sequence and off every power-dialer list; on a lift, back on the lists the agent owes."""
+    keys, change = decision.keys, decision.change
     told = await tell_ghl_call_dnd(ctx, event, keys, change, aloware_contact_id=event.entity_id)
-    entries = [decided, told]
+    entries = [told]
     if change.status == OPTED_OUT:
-        entries += await out_of_sequence(ctx, event, keys.phone)
+        entries += await out_of_sequence(ctx, event, decision.phone)
         entries.append(await remove_from_dialer(ctx, event))
     else:
-        back = await back_on_the_dialer(ctx, keys.phone, because="DNC lifted in Aloware", direction=INTERNAL)
+        back = await back_on_the_dialer(
+            ctx, decision.phone, because="DNC lifted in Aloware", direction=INTERNAL
+        )
         entries.extend([back] if back is not None else [])
-    return HandlerResult(entries=entries)
+    return entries
+
+
+async def handle_contact_dnc_updated(ctx: HandlerContext, event: ClaimedEvent) -> HandlerResult:
+    """Aloware `Contact DNC Updated` → `dnc_registry`, GHL Call DND, power-dialer lists (R-OPT-6).
+
+    Effects, one sync_log row each: the voice decision (internal); the GHL contact's Call DND
+    (aloware_to_ghl, skipped when GHL has nobody); on DNC active, the contact off every
+    power-dialer list (internal). SMS consent is never touched. A stale change (older than the
+    decision in force, R-OPT-2) or one its source may not make is one skipped row with the reason.
+    """
+    ctx.direction = ALOWARE_TO_GHL
+    decision = await decide_voice_dnc(ctx, event)
+    if isinstance(decision, HandlerResult):
+        return decision
+    return HandlerResult(entries=[decision.decided, *await tell_voice_dnc(ctx, event, decision)])
 
 
 def register_handlers(registry: HandlerRegistry) -> None:

@@ -60,6 +60,7 @@ GHL_INSTALL_EVENTS = frozenset({"appinstall", "install", "appuninstall", "uninst
 DOMAIN_MODULES: tuple[str, ...] = (
     "df_middleware.sync.oauth",
     "df_middleware.sync.contacts",
+    "df_middleware.sync.contacts_aloware",
     "df_middleware.sync.calls",
     "df_middleware.sync.texting",
     "df_middleware.sync.dnc",
