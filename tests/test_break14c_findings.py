@@ -219,9 +219,16 @@ async def test_a_dialer_contact_made_do_not_call_joins_no_list(sync_world: SyncW
     await _agents(world)
     await _made_in_the_dialer(world, is_dnc=True)
     await world.process()
-    assert [c["phone"] for c in world.ghl.sim.snapshot()["contacts"]] == [PHONE]
+    [contact] = world.ghl.sim.snapshot()["contacts"]
+    assert contact["phone"] == PHONE
     assert _on_lists(world) == set(), await _log(world)
     assert await _memberships(world.db) == set()
+    # The decision is recorded and told, as a `Contact DNC Updated` would be.
+    assert (contact.get("dndSettings") or {}).get("Call", {}).get("status") == "active"
+    async with world.db.session() as session:
+        dnc = await session.scalar(select(DncRegistry).where(DncRegistry.phone_number == PHONE))
+    assert dnc is not None
+    assert dnc.status == "opted_out"
 
 
 async def test_a_dialer_contact_on_the_dnc_registry_joins_no_list(sync_world: SyncWorld) -> None:
