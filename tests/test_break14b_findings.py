@@ -3,7 +3,8 @@ follow-up event queued with the dead letter (service/agent_text.given_up), and t
 provisional entity for a GHL contact create (R-LOOP-1). Real ingest, the real worker and the
 simulators over HTTP, both databases (`sync_world`). Findings 1-4 and 6-8 are fixed (the commits
 name them) and their tests are regressions; finding 5 (Aloware's echo of our Lead API write taken
-before the write's follow-up lookup) is still open: a strict xfail saying why.
+before the write's follow-up lookup) is fixed too: a Lead API write that creates the Aloware
+contact remembers its fingerprint first, under the provisional entity (the phone).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import df_middleware.sync.contacts_aloware as contacts_aloware
 import df_middleware.sync.texting as texting
 import tests.test_break14_findings as break14
 from df_middleware.app import create_app
+from df_middleware.db.models import EchoGuard as EchoGuardRow
 from df_middleware.db.models import SyncLog, WebhookEvent
 from df_middleware.db.types import utcnow
 from df_middleware.queue.operations import replay_event
@@ -450,16 +452,6 @@ async def test_a_second_create_on_a_phone_keeps_its_own_echo(db: Any) -> None:
     assert await guard.is_echo("ghl", "g2", bob, by="echo-2", provisional=early)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "break14b finding 5 (product, sync/contacts.sync_ghl_contact, low): fix 2 closed the create "
-        "race for GHL only; our Lead API write remembers Aloware's fingerprint after the write and a "
-        "lookup, so Aloware's 'Contact Created' taken by another worker meanwhile is processed as a "
-        "change (here 'already up to date', harmless only because both profiles agree), not skipped "
-        "as an echo, and the fingerprint remembered afterwards waits unconsumed for ECHO_TTL"
-    ),
-)
 async def test_aloware_echo_of_our_lead_write_processed_before_the_answer_is_no_change(
     sync_world: SyncWorld,
 ) -> None:
@@ -512,6 +504,51 @@ async def test_aloware_echo_of_our_lead_write_processed_before_the_answer_is_no_
     async with world.db.session() as session:
         rows = [(r.direction, r.status, r.message) for r in await session.scalars(select(SyncLog))]
     assert ("aloware_to_ghl", "skipped", contacts.ECHO) in rows, rows
+
+
+async def test_a_lead_write_whose_lookup_failed_leaves_no_provisional_fingerprint(
+    sync_world: SyncWorld,
+) -> None:
+    """R-LOOP-1, R-IDEM-2 (finding 5's fix, and the mirror of finding 2 on Aloware's side): the
+    Lead API write creates Dana in Aloware but the lookup right after it finds nobody (the event
+    is retried). The retry finds the contact the first attempt made: the provisional fingerprint
+    goes (it must not wait ECHO_TTL to swallow a genuine change), the contact's own id holds one,
+    and no second contact is made."""
+    world = sync_world
+    world.use_modules(contacts, contacts_aloware)
+    world.settings = world.settings.model_copy(update=NO_NATURAL_RETRY)
+    ghl_contact = world.ghl.sim.create_contact(LOCATION, {"phone": PHONE, "firstName": "Dana"}).contact
+    assert world.connectors is not None
+    aloware = world.connectors.aloware
+    assert aloware is not None
+    real_find = aloware.find_contact_by_phone
+    missed: list[str] = []
+
+    async def nobody_right_after_the_write(phone: Any) -> Any:
+        if world.aloware.requests("POST", "/api/v1/webhook/forms") and not missed:
+            missed.append(str(phone))
+            return None
+        return await real_find(phone)
+
+    aloware.find_contact_by_phone = nobody_right_after_the_write  # type: ignore[method-assign]
+    try:
+        await world.deliver_ghl(contact_webhook("ContactCreate", ghl_contact))
+        await world.process()
+        assert missed
+        assert await statuses(world, "ContactCreate") == ["pending"]
+        await retry_now(world, "ContactCreate")
+    finally:
+        aloware.find_contact_by_phone = real_find  # type: ignore[method-assign]
+    assert await statuses(world, "ContactCreate") == ["done"]
+    made = world.aloware.sim.contact_by_phone(PHONE)
+    assert made is not None
+    assert len([c for c in world.aloware.sim.snapshot()["contacts"] if c["phone_number"] == PHONE]) == 1
+    async with world.db.session() as session:
+        rows = [
+            (r.entity_id, r.consumed_by)
+            for r in await session.scalars(select(EchoGuardRow).where(EchoGuardRow.system == "aloware"))
+        ]
+    assert rows == [(str(made["id"]), None)]
 
 
 async def test_a_verity_refusal_while_ghl_times_out_is_not_held_as_maybe_sent(sync_world: SyncWorld) -> None:

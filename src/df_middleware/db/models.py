@@ -127,6 +127,39 @@ class WebhookEvent(QueueColumns, Base):
         Index("webhook_events_entity_id_received_idx", "entity_id", "received_at", "id"),
     )
 
+    @classmethod
+    def queued_internally(
+        cls,
+        *,
+        source: str,
+        event_type: str,
+        entity_type: str,
+        entity_id: str,
+        ordering_key: str,
+        dedupe_prefix: str,
+        payload: dict[str, Any],
+    ) -> WebhookEvent:
+        """An event the service queues itself (an operator's decision, a dead letter's follow-up),
+        due now. Nobody outside can make one: it is written by a process with database access, so
+        it counts as verified. Each is unique (`dedupe_prefix` + a fresh uuid): the same decision
+        or follow-up made twice is told twice."""
+        now = utcnow()
+        return cls(
+            id=uuid.uuid4(),
+            source=source,
+            event_type=event_type,
+            entity_type=entity_type,
+            entity_id=entity_id,
+            received_at=now,
+            next_attempt_at=now,
+            status="pending",
+            attempts=0,
+            ordering_key=ordering_key,
+            signature_verified=True,
+            dedupe_key=f"{dedupe_prefix}:{uuid.uuid4()}",
+            payload_json=payload,
+        )
+
 
 class TextingWebhookEvent(QueueColumns, Base):
     """Verity texting webhooks. Phone columns hold E.164 numbers (null when not valid)."""

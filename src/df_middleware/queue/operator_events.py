@@ -13,35 +13,24 @@ like any other event.
 
 from __future__ import annotations
 
-import uuid
-
 from df_middleware.consent.decisions import Channel, ConsentChange, Status
 from df_middleware.consent.manual import decide_manually
 from df_middleware.consent.store import ConsentOutcome
 from df_middleware.db.models import WebhookEvent
 from df_middleware.db.session import Database
-from df_middleware.db.types import utcnow
 from df_middleware.sync.operator_consent import CONSENT_DECIDED, OPERATOR_SOURCE
 
 
 def consent_decided_event(change: ConsentChange) -> WebhookEvent:
     """The queued event that tells other systems about an operator's decision (`change`)."""
-    now = utcnow()
-    return WebhookEvent(
-        id=uuid.uuid4(),
+    return WebhookEvent.queued_internally(
         source=OPERATOR_SOURCE,
         event_type=CONSENT_DECIDED,
         entity_type="phone",
         entity_id=change.phone,
-        received_at=now,
-        next_attempt_at=now,
-        status="pending",
-        attempts=0,
         ordering_key=f"phone:{change.phone}",
-        # Nobody outside can make this event: it is written by a process with database access.
-        signature_verified=True,
-        dedupe_key=f"{OPERATOR_SOURCE}:{CONSENT_DECIDED}:{change.channel}:{change.phone}:{uuid.uuid4()}",
-        payload_json={
+        dedupe_prefix=f"{OPERATOR_SOURCE}:{CONSENT_DECIDED}:{change.channel}:{change.phone}",
+        payload={
             "phone": change.phone,
             "channel": change.channel,
             "status": change.status,

@@ -20,13 +20,11 @@ ordering key, so that waiting out a GHL outage holds none of the person's later 
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 
 from df_middleware.connectors.ghl_models import ProviderError
 from df_middleware.connectors.http import RemoteNotFound
 from df_middleware.db.models import WebhookEvent
-from df_middleware.db.types import utcnow
 from df_middleware.sync.agent_sends import (
     PROVIDER_ERROR_TYPE,
     REFUSAL_ERRORS,
@@ -59,26 +57,18 @@ def given_up_follow_up(send: ClaimedEvent, error: str) -> Sequence[WebhookEvent]
     if not ghl_message_id:
         return ()
     location_id = send.payload.get("locationId")
-    now = utcnow()
     return (
-        WebhookEvent(
-            id=uuid.uuid4(),
+        WebhookEvent.queued_internally(
             source=SERVICE_SOURCE,
             event_type=AGENT_TEXT_GIVEN_UP,
             entity_type="message",
             entity_id=ghl_message_id,
-            received_at=now,
-            next_attempt_at=now,
-            status="pending",
-            attempts=0,
             # Its own key: a GHL-only status write waiting out a GHL outage must not hold the
             # person's later events (the agent's next text needs Verity only; break14b finding 6).
             ordering_key=f"ghl:message:{ghl_message_id}",
-            # Nobody outside can make this event: the worker writes it with the dead letter.
-            signature_verified=True,
             # One per dead letter: a send replayed and given up again is told again.
-            dedupe_key=f"{SERVICE_SOURCE}:{AGENT_TEXT_GIVEN_UP}:{send.id}:{uuid.uuid4()}",
-            payload_json={
+            dedupe_prefix=f"{SERVICE_SOURCE}:{AGENT_TEXT_GIVEN_UP}:{send.id}",
+            payload={
                 "messageId": ghl_message_id,
                 "locationId": location_id if isinstance(location_id, str) else None,
                 "send_event_id": str(send.id),

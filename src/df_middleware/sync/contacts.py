@@ -38,6 +38,7 @@ from typing import Any, Literal, TypeAlias
 from df_middleware.connectors.aloware import AlowareClient, AlowareContact, LeadFields
 from df_middleware.connectors.ghl import GhlClient
 from df_middleware.connectors.ghl_models import Contact, ContactUpdate
+from df_middleware.connectors.http import write_not_made
 from df_middleware.db.types import utcnow
 from df_middleware.errors import RetryableError
 from df_middleware.phones import normalize_email, normalize_phone
@@ -375,6 +376,8 @@ async def sync_ghl_contact(ctx: HandlerContext, event: ClaimedEvent) -> HandlerR
         return skipped(event, GHL_TO_ALOWARE, UNCHANGED)
 
     started = utcnow()
+    # Whether the Lead API write makes a new Aloware contact, or is the first to reach one.
+    creates = adopts = False
     if mapping is not None and mapping.deleted_at is None and mapping.aloware_contact_id is not None:
         holder: str | None = None
         if mapping.phone is not None and mapping.phone != phone:
@@ -388,6 +391,7 @@ async def sync_ghl_contact(ctx: HandlerContext, event: ClaimedEvent) -> HandlerR
         # may allow duplicates): the Lead API would overwrite that person's profile, and the
         # mapping's unique index would refuse the second owner on every retry.
         on_phone = await aloware.find_contact_by_phone(phone)
+        creates, adopts = on_phone is None, on_phone is not None
         owner = await mappings.by_aloware_id(on_phone.id) if on_phone is not None else None
         if owner is not None and owner.deleted_at is None and owner.ghl_contact_id != contact_id:
             return skipped(
@@ -408,7 +412,21 @@ async def sync_ghl_contact(ctx: HandlerContext, event: ClaimedEvent) -> HandlerR
         await mappings.upsert(
             ghl_contact_id=contact_id, keys=PersonKeys(phone, profile.get("email")), direction=GHL_TO_ALOWARE
         )
-    await aloware.upsert_lead(phone, fields=lead_fields(profile))
+    if creates:
+        # Before the write: Aloware's `Contact Created` about it may reach another worker before
+        # this one has looked the new contact up (break14b finding 5, the mirror of GHL's create).
+        # A new contact holds what we write, so the profile is what its webhook will carry.
+        await echoes.remember("aloware", provisional, profile)
+    elif adopts:
+        # A contact an earlier attempt of ours may have created (its lookup failed): found now,
+        # its unconsumed provisional fingerprint goes (as on GHL's side, break14b finding 2).
+        await echoes.forget_provisional("aloware", provisional, profile)
+    try:
+        await aloware.upsert_lead(phone, fields=lead_fields(profile))
+    except Exception as exc:
+        if creates and write_not_made(exc):
+            await echoes.forget_provisional("aloware", provisional, profile)
+        raise
     written = await aloware.find_contact_by_phone(phone)
     if written is None:
         raise RetryableError(f"aloware: no contact on {phone} right after the Lead API write")
@@ -420,7 +438,11 @@ async def sync_ghl_contact(ctx: HandlerContext, event: ClaimedEvent) -> HandlerR
         fingerprint=digest,
     )
     await mappings.mark_applied(contact_id, "ghl", event_at, received_at=event.received_at)
-    await echoes.remember("aloware", written.id, _aloware_contact_profile(written, region))
+    answered = _aloware_contact_profile(written, region)
+    if creates:
+        await echoes.settle_provisional("aloware", provisional, written.id, answered, written=profile)
+    else:
+        await echoes.remember("aloware", written.id, answered)
     entry = success(
         event,
         GHL_TO_ALOWARE,

@@ -155,7 +155,9 @@ async def sync_aloware_contact(ctx: HandlerContext, event: ClaimedEvent) -> Hand
     digest = profile_fingerprint(profile)
     event_at = parse_iso8601(body.get("updated_at"))
     echoes = EchoGuard(ctx.db, ctx.settings.echo_ttl_seconds)
-    if await echoes.is_echo("aloware", aloware_id, profile, by=str(event.id)):
+    phone = profile.get("phone")
+    provisional = provisional_entity(phone) if phone else None  # our Lead API create's echo, early
+    if await echoes.is_echo("aloware", aloware_id, profile, by=str(event.id), provisional=provisional):
         await settle_echo(mappings, mapping, "aloware", event, event_at, digest)
         return skipped(event, ALOWARE_TO_GHL, ECHO)
     keys = PersonKeys(profile.get("phone"), profile.get("email"))
