@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import shlex
 import signal
 import socket
 import subprocess
@@ -248,6 +249,9 @@ class ServiceProcess:
     port: int | None = None
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    #: Words put between the interpreter and `-m df_middleware.cli` (an investigation wrapper such
+    #: as bench/memtrace.py or `-m memray run -o FILE`); empty for the product as an operator runs it.
+    wrap: list[str] = field(default_factory=list)
     #: RSS (MB) right after each start became ready, and the last seen before each stop.
     rss_at_start: list[float] = field(default_factory=list)
     rss_at_end: list[float] = field(default_factory=list)
@@ -263,7 +267,7 @@ class ServiceProcess:
         log.flush()
         self._log_offset = self.log_path.stat().st_size
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "df_middleware.cli", *self.args],
+            [sys.executable, *self.wrap, "-m", "df_middleware.cli", *self.args],
             cwd=self.workdir,
             env=self.env,
             stdout=log,
@@ -346,6 +350,9 @@ def make_processes(env: dict[str, str], workdir: Path) -> tuple[list[ServiceProc
             )
         )
     workers = [ServiceProcess(f"worker{index}", ["worker"], env, workdir) for index in (1, 2)]
+    # Opt-in, for investigating the never-killed worker's memory (`--spare-worker`): e.g.
+    # DFM_SOAK_WORKER2_WRAP="/abs/path/bench/memtrace.py /tmp/w2mem" (absolute paths: cwd is workdir).
+    workers[1].wrap = shlex.split(os.environ.get("DFM_SOAK_WORKER2_WRAP", ""))
     return servers, workers
 
 
