@@ -21,20 +21,30 @@ Findings (xfail strict, both databases):
 4. (low-medium, older than these commits) Two GHL contacts on one phone synced at once: the
    second silently takes over the first's Aloware contact (profile overwritten, mapping moved by
    `ContactMappings.upsert`), where one after the other it is flagged a conflict.
+5. (medium) A voice DNC decided while GHL has nobody (a `Contact DNC Updated` delivered before
+   the `Contact Created`) is never told to the GHL contact the creation then makes: no list (the
+   registry blocks it) but Call DND stays off in GHL.
 
 What held (plain regressions): an older creation DNC delivered after a newer lift, and a replay of
 it, change nothing (R-OPT-2); `is_dnc` as "1"/1/"yes"/" TRUE " decides; null, 2, -1, 1.0, text,
 nested objects and a 400-digit number decide nothing and fail nothing; a creation DNC whose phone
 is an object is done and synced by email; a replayed creation keeps an owner GHL assigned since
 and places nothing after a newer DNC; a retried placement after the GHL contact was deleted, or
-after a DNC, places nothing and is done.
+after a DNC, places nothing and is done; a creation DNC whose GHL create failed is told by the
+retry; a creation DNC for a person GHL already has takes them off the dialer for good; a real
+worker SIGKILLed between the Lead API write and its lookup leaves one contact each side, the
+mapping, and no provisional fingerprint.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
+import signal
+import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -42,6 +52,7 @@ import pytest
 from sqlalchemy import select
 
 from df_middleware.db.models import DncRegistry, WebhookEvent
+from df_middleware.db.models import EchoGuard as EchoGuardRow
 from df_middleware.queue.operations import replay_event
 from df_middleware.simulators.ghl import contact_webhook
 from df_middleware.sync.agent_field import AgentField
@@ -50,8 +61,18 @@ from tests.conftest import TEST_SECRETS
 from tests.sync_world import LOCATION, SyncWorld
 from tests.test_break14_findings import statuses
 from tests.test_break14c_findings import _log, _made_in_the_dialer, _mappings, _patch
+from tests.test_interrupted_writes import (
+    STEP_DEADLINE,
+    AnswerHold,
+    event_statuses,
+    exit_code,
+    interrupt_mid_write,
+    log_tail,
+)
+from tests.test_interrupted_writes import deliver as delivered_id
 from tests.test_soak_findings import retry_now
 from tests.test_sync_call_lists import _agents, _list_calls, _memberships, _on_lists
+from tests.worker_processes import StartWorker
 
 pytestmark = pytest.mark.slow
 
@@ -565,3 +586,145 @@ async def test_two_ghl_contacts_on_one_phone_created_at_once_keep_aloware_consis
     # contact on a mapped phone leaves no mapping); at once, it must not remap silently either.
     assert any("conflict" in (message or "") for _, _, message in await _log(world)), await _log(world)
     assert (annie["id"], str(made["id"]), PHONE, False) in await _mappings(world), await _mappings(world)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="break14d finding 5 (product, medium): a GHL contact the service creates for a dialer "
+    "contact is told only the DNC its own event carries (sync/contacts_aloware.py "
+    "_dnc_at_creation reads the body's is_dnc); the voice decision in force (dnc_registry), "
+    "decided while GHL had nobody (sync/dnc.py tell_ghl_call_dnd: skipped, NO_GHL_CONTACT), is "
+    "never told to the new contact: Call DND stays off",
+)
+async def test_a_dnc_decided_before_the_ghl_contact_exists_is_told_when_it_is_created(
+    sync_world: SyncWorld,
+) -> None:
+    """R-OPT-6, R-OPT-2: an agent makes Dana in the dialer and marks her do-not-call at once;
+    Aloware delivers the `Contact DNC Updated` (17:00) before the `Contact Created` (16:00, is_dnc
+    false then). The DNC is decided while GHL has nobody (Call DND not set: "a DNC creates no
+    contact"); the creation then makes her GHL contact. The decision in force is do-not-call, so
+    her new GHL contact must show Call DND active, and she joins no list."""
+    world = sync_world
+    await _agents(world)
+    sim = world.aloware.sim
+    made = sim.add_contact(PHONE, first_name="Dana", last_name="Reyes")
+    created = {**sim.webhook_contact(int(made["id"])), "updated_at": EARLY}
+    sim.update_contact(int(made["id"]), is_dnc=True)
+    await world.deliver_aloware(
+        "Contact DNC Updated", {**sim.webhook_contact(int(made["id"])), "updated_at": LATE}
+    )
+    await world.process()
+    assert await _voice_decision(world) == "opted_out"
+    await world.deliver_aloware("Contact Created", created)
+    await world.process()
+    assert await statuses(world, "Contact Created") == ["done"]
+    assert _on_lists(world) == set()
+    [contact] = _ghl_contacts(world)
+    assert _call_dnd(contact) == "active", await _log(world)
+
+
+@pytest.mark.timeout(300)
+async def test_a_worker_killed_between_the_lead_write_and_its_lookup(
+    sync_world: SyncWorld, start_worker: StartWorker, tmp_path: Path
+) -> None:
+    """R-IDEM-2, R-LOOP-1, R-ID-3 (a real worker process, SIGKILL): Gina (GHL) is written to
+    Aloware through the Lead API, which creates her and sends its `Contact Created`; the answer is
+    held and the worker killed before its lookup. A second worker takes Aloware's webhook (our
+    echo, under the provisional entity) and, once the lease ends, the GHL event again. The end:
+    every event done, one Aloware contact, one GHL contact (the echo made none), Gina mapped to
+    it, and no provisional fingerprint left to swallow a later change."""
+    world = sync_world
+    sim = world.aloware.sim
+    sim.webhook_url = f"{world.service_url}/api/webhooks/aloware"
+    sim.webhook_bearer_token = TEST_SECRETS["aloware_webhook_bearer_token"]
+    sim.emit_contact_events = True
+    gina = world.ghl.sim.create_contact(
+        LOCATION, {"phone": PHONE, "firstName": "Gina", "lastName": "Ray"}
+    ).contact
+    hold = AnswerHold(world.aloware, "POST", re.escape("/api/v1/webhook/forms"))
+    event_id = await delivered_id(world.deliver_ghl(contact_webhook("ContactCreate", gina)))
+
+    def written() -> list[dict[str, Any]]:
+        made = sim.contact_by_phone(PHONE)
+        return [made] if made is not None else []
+
+    second, made = await interrupt_mid_write(
+        world, hold, "sigkill", event_id, start_worker, tmp_path, written
+    )
+    try:
+        deadline = time.monotonic() + STEP_DEADLINE
+        while True:
+            found = await event_statuses(world)
+            kinds = {kind for kind, status, _ in found if status == "done"}
+            if {"ContactCreate", "Contact Created"} <= kinds and all(s == "done" for _, s, _ in found):
+                break
+            assert time.monotonic() < deadline, f"{found}\n{log_tail(tmp_path, 'worker-2')}"
+            await asyncio.sleep(0.1)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        await exit_code(second, STEP_DEADLINE)
+    assert len([c for c in sim.snapshot()["contacts"] if c["phone_number"] == PHONE]) == 1
+    assert [c["id"] for c in _ghl_contacts(world)] == [gina["id"]]
+    assert await _mappings(world) == [(gina["id"], str(made["id"]), PHONE, False)]
+    async with world.db.session() as session:
+        left = [
+            (r.entity_id, r.consumed_by)
+            for r in await session.scalars(select(EchoGuardRow).where(EchoGuardRow.system == "aloware"))
+            if r.entity_id.startswith("new:") and r.consumed_by is None
+        ]
+    assert left == []
+
+
+async def test_a_creation_dnc_whose_ghl_create_failed_is_told_by_the_retry(sync_world: SyncWorld) -> None:
+    """R-OPT-6, R-IDEM-2: Dana is made on do-not-call; the decision is recorded, then GHL is down
+    (503 through the client's retries), so her GHL contact is not made and the event waits. The
+    retry creates her, tells GHL (Call DND active) and places her on no list; one GHL contact."""
+    world = sync_world
+    await _agents(world)
+    world.ghl.faults(error_rate=1.0)
+    try:
+        await _made_in_the_dialer(world, is_dnc=True)
+        await world.process()
+    finally:
+        world.ghl.faults()
+    assert await statuses(world, "Contact Created") == ["pending"]
+    assert await _voice_decision(world) == "opted_out"
+    await retry_now(world, "Contact Created")
+    assert await statuses(world, "Contact Created") == ["done"], await _log(world)
+    [contact] = _ghl_contacts(world)
+    assert _call_dnd(contact) == "active"
+    assert _on_lists(world) == set(), await _log(world)
+    assert await _memberships(world.db) == set()
+
+
+async def test_a_creation_dnc_for_a_person_ghl_already_has_takes_them_off_the_dialer(
+    sync_world: SyncWorld,
+) -> None:
+    """R-OPT-6, R-ID-2, R-AG-2: Bob's GHL contact on P is on DF_BOB_NEW_LEADS (synced from GHL,
+    so an Aloware contact exists); an agent re-creates the person in Aloware on do-not-call (the
+    Aloware contact is the one the Lead API made: its `Contact Created` is replayed by Aloware with
+    is_dnc true). The person leaves every list, GHL's contact shows Call DND active, and Bob's next
+    GHL change puts nobody back."""
+    world = sync_world
+    await _agents(world)
+    bob = world.ghl.sim.create_contact(
+        LOCATION, {"phone": PHONE, "firstName": "Lena", "assignedTo": "user-bob", "locationId": LOCATION}
+    ).contact
+    await world.deliver_ghl(contact_webhook("ContactCreate", bob))
+    await world.process()
+    assert _on_lists(world) == {"DF_BOB_NEW_LEADS"}
+    made = world.aloware.sim.contact_by_phone(PHONE)
+    assert made is not None
+    world.aloware.sim.update_contact(int(made["id"]), is_dnc=True)
+    await world.deliver_aloware(
+        "Contact Created", {**world.aloware.sim.webhook_contact(int(made["id"])), "updated_at": LATE}
+    )
+    await world.process()
+    assert await statuses(world, "Contact Created") == ["done"]
+    assert _on_lists(world) == set(), await _log(world)
+    [contact] = _ghl_contacts(world)
+    assert _call_dnd(contact) == "active"
+    changed = world.ghl.sim.update_contact(LOCATION, bob["id"], {"tags": ["hot"]}).contact
+    await world.deliver_ghl(contact_webhook("ContactUpdate", changed))
+    await world.process()
+    assert _on_lists(world) == set(), await _log(world)
