@@ -33,7 +33,8 @@ and places nothing after a newer DNC; a retried placement after the GHL contact 
 after a DNC, places nothing and is done; a creation DNC whose GHL create failed is told by the
 retry; a creation DNC for a person GHL already has takes them off the dialer for good; a real
 worker SIGKILLed between the Lead API write and its lookup leaves one contact each side, the
-mapping, and no provisional fingerprint.
+mapping, and no provisional fingerprint; `WebhookEvent.queued_internally` makes unique,
+verified, due events.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from sqlalchemy import select
 
 from df_middleware.db.models import DncRegistry, WebhookEvent
 from df_middleware.db.models import EchoGuard as EchoGuardRow
+from df_middleware.db.types import utcnow
 from df_middleware.queue.operations import replay_event
 from df_middleware.simulators.ghl import contact_webhook
 from df_middleware.sync.agent_field import AgentField
@@ -728,3 +730,36 @@ async def test_a_creation_dnc_for_a_person_ghl_already_has_takes_them_off_the_di
     await world.deliver_ghl(contact_webhook("ContactUpdate", changed))
     await world.process()
     assert _on_lists(world) == set(), await _log(world)
+
+
+# --- events the service queues itself -------------------------------------------------------------
+
+
+async def test_events_queued_internally_are_each_unique_verified_and_due(db: Any) -> None:
+    """R-Q-1, R-IDEM-1 (WebhookEvent.queued_internally): the same follow-up queued twice is two
+    events (told twice), both stored, verified (nobody outside can make one), pending and due now,
+    with the ordering key and payload given."""
+    made = [
+        WebhookEvent.queued_internally(
+            source="service",
+            event_type="agent_text.given_up",
+            entity_type="message",
+            entity_id="msg-1",
+            ordering_key="ghl:message:msg-1",
+            dedupe_prefix="service:agent_text.given_up:send-1",
+            payload={"messageId": "msg-1"},
+        )
+        for _ in range(2)
+    ]
+    async with db.session() as session:
+        session.add_all(made)
+    async with db.session() as session:
+        rows = list(await session.scalars(select(WebhookEvent).where(WebhookEvent.entity_id == "msg-1")))
+    assert len(rows) == 2
+    assert len({r.dedupe_key for r in rows}) == 2
+    assert all(r.dedupe_key.startswith("service:agent_text.given_up:send-1:") for r in rows)
+    assert {(r.status, r.attempts, r.signature_verified, r.ordering_key) for r in rows} == {
+        ("pending", 0, True, "ghl:message:msg-1")
+    }
+    assert all(r.next_attempt_at <= utcnow() for r in rows)
+    assert [r.payload_json for r in rows] == [{"messageId": "msg-1"}] * 2
