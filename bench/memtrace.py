@@ -43,6 +43,9 @@ def rss_mb() -> float:
     return 0.0
 
 
+#: mallopt's parameter number for the mmap threshold (glibc malloc.h).
+M_MMAP_THRESHOLD = -3
+
 _MALLINFO2_FIELDS = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks")
 _MALLINFO2_FIELDS += ("uordblks", "fordblks", "keepcost")
 
@@ -240,9 +243,17 @@ def main() -> None:
     parser.add_argument(
         "--trim-every", type=int, default=0, help="call malloc_trim(0) every N intervals (0: never)"
     )
+    parser.add_argument(
+        "--mmap-threshold",
+        type=int,
+        default=0,
+        help="mallopt(M_MMAP_THRESHOLD, N) first: a fixed threshold (glibc's is dynamic by default)",
+    )
     parser.add_argument("-m", dest="module", required=True)
     args, rest = parser.parse_known_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.mmap_threshold:
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, args.mmap_threshold)
     if args.frames > 0:
         tracemalloc.start(args.frames)
     threading.Thread(
