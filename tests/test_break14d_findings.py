@@ -6,7 +6,10 @@ a Lead API create (`sync/contacts.sync_ghl_contact`). Real ingest, the real work
 simulators over HTTP, both databases (`sync_world`); races are made deterministic by running
 another worker inside a patched connector call (the pattern of tests/test_break14c_findings.py).
 
-Findings (xfail strict, both databases):
+Findings (both databases; all fixed, their tests now regressions: 1 and 5 by `_dnc_at_first_sight`
+and `sync/made_contacts.tell_consents_in_force`, 2 by dating the placement by the contact's
+`dateUpdated`, 3 in `EchoGuard.is_echo`, 4 by `ContactMappings.claim_on_phone`; the GHL simulator's
+contact dates now follow its clock skew like its webhooks):
 1. (medium) A dialer contact first heard of through a `Contact Updated` carrying `is_dnc: true`
    (its `Contact Created` lost or sent before the webhook existed) gets a GHL contact and joins
    DF_UNASSIGNED_NEW_LEADS: only a `Contact Created` decides DNC at creation
@@ -45,6 +48,7 @@ import re
 import signal
 import time
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +56,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+import df_middleware.sync.contacts as sync_contacts
+import df_middleware.sync.contacts_aloware as sync_contacts_aloware
 from df_middleware.db.models import DncRegistry, WebhookEvent
 from df_middleware.db.models import EchoGuard as EchoGuardRow
 from df_middleware.db.types import utcnow
@@ -59,6 +65,7 @@ from df_middleware.queue.operations import replay_event
 from df_middleware.simulators.ghl import contact_webhook
 from df_middleware.sync.agent_field import AgentField
 from df_middleware.sync.list_registry import CallListRegistryStore
+from df_middleware.timestamps import parse_iso8601
 from tests.conftest import TEST_SECRETS
 from tests.sync_world import LOCATION, SyncWorld
 from tests.test_break14_findings import statuses
@@ -130,13 +137,6 @@ async def _event_id(world: SyncWorld, event_type: str) -> str:
 # --- do-not-call at creation ----------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="break14d finding 1 (product, medium): only a `Contact Created` decides DNC at creation "
-    "(sync/contacts_aloware.py _dnc_at_creation, the event_type check), yet any Aloware contact "
-    "event that creates the GHL contact places it (_place_contact_it_made): a Contact Updated "
-    "with is_dnc true puts a do-not-call contact on NEW_LEADS",
-)
 async def test_a_dialer_contact_first_seen_by_contact_updated_on_dnc_joins_no_list(
     sync_world: SyncWorld,
 ) -> None:
@@ -294,14 +294,6 @@ async def test_a_creation_dnc_with_no_usable_phone_does_not_fail_the_event(sync_
 # --- the placement on every attempt ---------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="break14d finding 2 (product, medium): the placement reads the owner from GHL "
-    "(sync/call_lists.py sync_contact_lists, `ghl.get_contact`) and applies it with no signals "
-    "time (sync/contacts_aloware.py _place_contact_it_made calls sync_contact_lists(ctx, id) "
-    "bare), so a GHL ContactUpdate applied between that read and the apply is overwritten by the "
-    "older owner read",
-)
 async def test_an_owner_assigned_between_the_placements_read_and_its_apply_wins(
     sync_world: SyncWorld,
 ) -> None:
@@ -485,14 +477,6 @@ def _lookup_after_the_write_misses(world: SyncWorld) -> Callable[[], None]:
     return _patch(_aloware(world), "find_contact_by_phone", wrapper)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="break14d finding 3 (product, medium): a genuine Aloware change clears only the "
-    "contact's own fingerprints (sync/echoes.py EchoGuard.is_echo deletes `entity` rows, never the "
-    "`provisional` one), so the unconsumed `new:<phone>` fingerprint of a Lead API create "
-    "(sync/contacts.py sync_ghl_contact, `echoes.remember('aloware', provisional, profile)`) "
-    "swallows a later change that restates the written profile, until the writer's retry",
-)
 async def test_a_rename_back_in_aloware_while_the_creating_write_waits_is_synced(
     sync_world: SyncWorld,
 ) -> None:
@@ -522,37 +506,33 @@ async def test_a_rename_back_in_aloware_while_the_creating_write_waits_is_synced
     assert made["first_name"] == "Gina"
     sim = world.aloware.sim
     sim.update_contact(int(made["id"]), first_name="Gin", name="Gin Ray")
-    await world.deliver_aloware("Contact Updated", sim.webhook_contact(int(made["id"])))
+    renamed = sim.webhook_contact(int(made["id"]))
+    await world.deliver_aloware("Contact Updated", renamed)
     await world.process()
     [contact] = _ghl_contacts(world)
     assert contact["firstName"] == "Gin", await _log(world)
     sim.update_contact(int(made["id"]), first_name="Gina", name="Gina Ray")
+    # A later second than the rename (Aloware's `updated_at` has one-second resolution).
+    renamed_at = parse_iso8601(renamed["updated_at"])
+    assert renamed_at is not None
+    back_at = (renamed_at + timedelta(seconds=2)).isoformat()
     await world.deliver_aloware(
-        "Contact Updated", {**sim.webhook_contact(int(made["id"])), "updated_at": LATE}
+        "Contact Updated", {**sim.webhook_contact(int(made["id"])), "updated_at": back_at}
     )
     await world.process()
     [contact] = _ghl_contacts(world)
     assert contact["firstName"] == "Gina", await _log(world)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="break14d finding 4 (product, low-medium; older than 49f14a1, not closed by it): the "
-    "'first sync must not take over another GHL contact's Aloware contact' check is check-then-act "
-    "(sync/contacts.py sync_ghl_contact, `find_contact_by_phone` then `upsert_lead`), and "
-    "ContactMappings.upsert (sync/identity.py:253-288) moves a row found by Aloware id or by a "
-    "phone-only claim to the caller's GHL contact: two creates on one phone at once end with the "
-    "second silently holding the first's Aloware contact and profile, no conflict flagged",
-)
 async def test_two_ghl_contacts_on_one_phone_created_at_once_keep_aloware_consistent(
     sync_world: SyncWorld,
 ) -> None:
     """R-C-1, R-ID-3, R-LOOP-1: GHL allows duplicates; Gina and Annie are created in GHL on the
     same number. Gina's sync finds nobody in Aloware and is about to create her through the Lead
     API when another worker syncs Annie (finds nobody too, creates the Aloware contact, maps it).
-    As when they come one after the other: Annie, mapped first, keeps the Aloware contact, Gina's
-    sync is flagged a conflict (no silent remap), the Aloware contact holds the profile of the one
-    GHL contact it is mapped to, and no event is dead-lettered."""
+    As when they come one after the other: the one that claimed the number first (Gina) keeps the
+    Aloware contact, the other's sync is flagged a conflict (no silent remap), the Aloware contact
+    holds the profile of the one GHL contact it is mapped to, and no event is dead-lettered."""
     world = sync_world
     world.ghl.sim.locations[LOCATION].allow_duplicate_contacts = True
     gina = world.ghl.sim.create_contact(LOCATION, {"phone": PHONE, "firstName": "Gina"}).contact
@@ -587,17 +567,11 @@ async def test_two_ghl_contacts_on_one_phone_created_at_once_keep_aloware_consis
     # The serial case flags the second as a conflict (test_break14c_findings: a duplicate GHL
     # contact on a mapped phone leaves no mapping); at once, it must not remap silently either.
     assert any("conflict" in (message or "") for _, _, message in await _log(world)), await _log(world)
-    assert (annie["id"], str(made["id"]), PHONE, False) in await _mappings(world), await _mappings(world)
+    # Gina claimed the number first (her mapping is written before her Lead API write), so she is
+    # the one mapped first here and keeps the Aloware contact; Annie's sync is the conflict.
+    assert (gina["id"], str(made["id"]), PHONE, False) in await _mappings(world), await _mappings(world)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="break14d finding 5 (product, medium): a GHL contact the service creates for a dialer "
-    "contact is told only the DNC its own event carries (sync/contacts_aloware.py "
-    "_dnc_at_creation reads the body's is_dnc); the voice decision in force (dnc_registry), "
-    "decided while GHL had nobody (sync/dnc.py tell_ghl_call_dnd: skipped, NO_GHL_CONTACT), is "
-    "never told to the new contact: Call DND stays off",
-)
 async def test_a_dnc_decided_before_the_ghl_contact_exists_is_told_when_it_is_created(
     sync_world: SyncWorld,
 ) -> None:
@@ -763,3 +737,40 @@ async def test_events_queued_internally_are_each_unique_verified_and_due(db: Any
     }
     assert all(r.next_attempt_at <= utcnow() for r in rows)
     assert [r.payload_json for r in rows] == [{"messageId": "msg-1"}] * 2
+
+
+async def test_an_aloware_change_right_after_our_lead_write_is_not_taken_for_our_echo(
+    sync_world: SyncWorld,
+) -> None:
+    """R-LOOP-1, R-C-2 (race B of issue 14, found reading the code after break14b): Ann is synced
+    and mapped; her email changes in GHL and the service writes it through the Lead API. Right
+    after that write, an agent sets her time zone in Aloware. Aloware's webhook about the agent's
+    change is a genuine change, not our echo: GHL gets the time zone. (The fingerprint of our write
+    is what the contact held before it plus what we wrote, never a read taken after it.)"""
+    world = sync_world
+    world.use_modules(sync_contacts, sync_contacts_aloware)
+    ann = world.ghl.sim.create_contact(LOCATION, {"phone": PHONE, "firstName": "Ann"}).contact
+    await world.deliver_ghl(contact_webhook("ContactCreate", ann))
+    await world.process()
+    made = world.aloware.sim.contact_by_phone(PHONE)
+    assert made is not None
+    aloware = _aloware(world)
+    real_write = aloware.upsert_lead
+
+    async def agent_edits_right_after(*args: Any, **kwargs: Any) -> Any:
+        answer = await real_write(*args, **kwargs)
+        world.aloware.sim.update_contact(int(made["id"]), timezone="America/Denver")
+        return answer
+
+    aloware.upsert_lead = agent_edits_right_after  # type: ignore[method-assign]
+    try:
+        moved = world.ghl.sim.update_contact(LOCATION, ann["id"], {"email": "ann@example.com"}).contact
+        await world.deliver_ghl(contact_webhook("ContactUpdate", moved))
+        await world.process()
+    finally:
+        aloware.upsert_lead = real_write  # type: ignore[method-assign]
+    assert world.aloware.sim.contact_by_phone(PHONE)["email"] == "ann@example.com"
+    await world.deliver_aloware("Contact Updated", world.aloware.sim.webhook_contact(int(made["id"])))
+    await world.process()
+    [contact] = _ghl_contacts(world)
+    assert contact.get("timezone") == "America/Denver", await _log(world)

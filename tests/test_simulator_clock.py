@@ -41,6 +41,10 @@ def test_each_simulator_dates_its_events_by_its_own_clock() -> None:
     ghl = GhlSimulator()
     write = ghl.create_contact(DEFAULT_LOCATION_ID, {"phone": "+19195550100", "firstName": "Ann"})
     assert abs(_seconds_off(contact_webhook("ContactCreate", write.contact)["timestamp"]) - 90) < 10
+    # The contact's own dates come from the same clock as its webhooks (break14d finding 2's fix
+    # dates a list placement by `dateUpdated` and compares it with webhook times).
+    assert abs(_seconds_off(write.contact["dateUpdated"]) - 90) < 10
+    assert abs(_seconds_off(write.contact["dateAdded"]) - 90) < 10
 
     aloware = AlowareSimulator()
     contact = aloware.add_contact("+19195550101", first_name="Bo")

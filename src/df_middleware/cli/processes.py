@@ -20,6 +20,7 @@ from df_middleware.cli.configuration import load_settings
 from df_middleware.cli.database import open_database, prepare_schema, run_with_database
 from df_middleware.cli.output import command_log, console, start_logging
 from df_middleware.config import Settings
+from df_middleware.memory import pin_mmap_threshold
 
 if TYPE_CHECKING:
     from df_middleware.agents.directory import AgentSpec
@@ -120,6 +121,7 @@ def serve(
     settings = settings.model_copy(update={"host": bind_host, "port": bind_port})
     run_worker = False if no_worker else settings.serve_with_worker
     start_logging(settings)
+    pinned = pin_mmap_threshold() if run_worker else False  # the worker's heap (memory.py)
     from df_middleware.db.session import database_label
 
     log = command_log()
@@ -130,6 +132,7 @@ def serve(
         processes=workers,
         worker=run_worker,
         database=database_label(settings.database_url),
+        mmap_threshold_pinned=pinned,
     )
     agents = agents_from_settings(settings)  # a bad AGENTS_FILE stops start-up here (R-AG-5)
     run_with_database(_serve_start_up(stop, settings, agents), settings.database_url)
@@ -216,7 +219,13 @@ def worker(
     start_logging(settings)
     from df_middleware.db.session import database_label
 
-    command_log().info("worker.starting", database=database_label(settings.database_url), once=once)
+    pinned = pin_mmap_threshold()  # a long-lived worker's RSS must not creep (memory.py)
+    command_log().info(
+        "worker.starting",
+        database=database_label(settings.database_url),
+        once=once,
+        mmap_threshold_pinned=pinned,
+    )
     agents = agents_from_settings(settings)  # a bad AGENTS_FILE stops start-up here (R-AG-5)
     run_with_database(_work(stop, settings, once=once, agents=agents), settings.database_url)
 

@@ -254,7 +254,9 @@ def epoch_ms(moment: datetime) -> int:
 
 
 def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+    """Now in epoch milliseconds by GHL's clock (`set_clock_skew`): a contact's `dateAdded` and
+    `dateUpdated` and its webhooks' `timestamp` come from one clock, as in GHL."""
+    return epoch_ms(_now())
 
 
 def iso_ms(ms: int) -> str:

@@ -376,13 +376,14 @@ async def sync_ghl_contact(ctx: HandlerContext, event: ClaimedEvent) -> HandlerR
         return skipped(event, GHL_TO_ALOWARE, UNCHANGED)
 
     started = utcnow()
-    # Whether the Lead API write makes a new Aloware contact, or is the first to reach one.
-    creates = adopts = False
     if mapping is not None and mapping.deleted_at is None and mapping.aloware_contact_id is not None:
+        # Read before the write (not after it): what the contact holds besides what we write is
+        # what its echo will carry; a read after the write could include an Aloware user's change
+        # made meanwhile, and remembering that would swallow it as our echo (race B, issue 14).
+        before = await aloware.find_contact_by_phone(phone)
         holder: str | None = None
         if mapping.phone is not None and mapping.phone != phone:
-            found = await aloware.find_contact_by_phone(phone)
-            holder = found.id if found is not None else None
+            holder = before.id if before is not None else None
         decision = decide_phone_change(mapping, phone, holder)
         if not decision.write:
             return skipped(event, GHL_TO_ALOWARE, decision.conflict or "conflict")
@@ -390,9 +391,8 @@ async def sync_ghl_contact(ctx: HandlerContext, event: ClaimedEvent) -> HandlerR
         # A first sync must not take over an Aloware contact that is another GHL contact's (GHL
         # may allow duplicates): the Lead API would overwrite that person's profile, and the
         # mapping's unique index would refuse the second owner on every retry.
-        on_phone = await aloware.find_contact_by_phone(phone)
-        creates, adopts = on_phone is None, on_phone is not None
-        owner = await mappings.by_aloware_id(on_phone.id) if on_phone is not None else None
+        before = await aloware.find_contact_by_phone(phone)
+        owner = await mappings.by_aloware_id(before.id) if before is not None else None
         if owner is not None and owner.deleted_at is None and owner.ghl_contact_id != contact_id:
             return skipped(
                 event,
@@ -400,6 +400,21 @@ async def sync_ghl_contact(ctx: HandlerContext, event: ClaimedEvent) -> HandlerR
                 f"conflict: Aloware contact {owner.aloware_contact_id} on {phone} is already mapped to "
                 f"GHL contact {owner.ghl_contact_id}; nothing was written",
             )
+        # Nor take over the number while another GHL contact's first write to it is running (or
+        # failed): both would write the one Aloware contact and the mapping would move to the
+        # later one silently (break14d finding 4). The serial case above flags it the same way.
+        claim = await mappings.claim_on_phone(phone, other_than=contact_id)
+        if claim is not None:
+            return skipped(
+                event,
+                GHL_TO_ALOWARE,
+                f"conflict: {phone} is claimed by GHL contact {claim.ghl_contact_id}, whose first sync "
+                "to Aloware has not completed; nothing was written",
+            )
+        # A contact an earlier attempt of ours may have created (its lookup failed): found now,
+        # its unconsumed provisional fingerprint goes (as on GHL's side, break14b finding 2).
+        if before is not None:
+            await echoes.forget_provisional("aloware", provisional, profile)
 
     if mapping is None or (mapping.aloware_contact_id is None and mapping.phone != phone):
         # Mapped (GHL id and phone) before the write: Aloware's webhook about it may reach another
@@ -412,45 +427,58 @@ async def sync_ghl_contact(ctx: HandlerContext, event: ClaimedEvent) -> HandlerR
         await mappings.upsert(
             ghl_contact_id=contact_id, keys=PersonKeys(phone, profile.get("email")), direction=GHL_TO_ALOWARE
         )
-    if creates:
-        # Before the write: Aloware's `Contact Created` about it may reach another worker before
-        # this one has looked the new contact up (break14b finding 5, the mirror of GHL's create).
-        # A new contact holds what we write, so the profile is what its webhook will carry.
-        await echoes.remember("aloware", provisional, profile)
-    elif adopts:
-        # A contact an earlier attempt of ours may have created (its lookup failed): found now,
-        # its unconsumed provisional fingerprint goes (as on GHL's side, break14b finding 2).
-        await echoes.forget_provisional("aloware", provisional, profile)
-    try:
-        await aloware.upsert_lead(phone, fields=lead_fields(profile))
-    except Exception as exc:
-        if creates and write_not_made(exc):
-            await echoes.forget_provisional("aloware", provisional, profile)
-        raise
-    written = await aloware.find_contact_by_phone(phone)
-    if written is None:
-        raise RetryableError(f"aloware: no contact on {phone} right after the Lead API write")
+    written = await _write_lead(aloware, echoes, phone, profile, before, region)
     await mappings.upsert(
         ghl_contact_id=contact_id,
-        aloware_contact_id=written.id,
+        aloware_contact_id=written,
         keys=PersonKeys(phone, profile.get("email")),
         direction=GHL_TO_ALOWARE,
         fingerprint=digest,
     )
     await mappings.mark_applied(contact_id, "ghl", event_at, received_at=event.received_at)
-    answered = _aloware_contact_profile(written, region)
-    if creates:
-        await echoes.settle_provisional("aloware", provisional, written.id, answered, written=profile)
-    else:
-        await echoes.remember("aloware", written.id, answered)
     entry = success(
         event,
         GHL_TO_ALOWARE,
-        f"upserted Aloware contact {written.id} through the Lead API",
-        target_id=written.id,
+        f"upserted Aloware contact {written} through the Lead API",
+        target_id=written,
     )
     entry.started_at = started
     return HandlerResult(entries=[entry])
+
+
+async def _write_lead(
+    aloware: AlowareClient,
+    echoes: EchoGuard,
+    phone: str,
+    profile: Profile,
+    before: AlowareContact | None,
+    region: str,
+) -> str:
+    """One Lead API write of `profile` to the Aloware contact on `phone` (`before`: that contact
+    as read just before, None when there is none and the write creates it); returns its id.
+
+    The fingerprint of the echo is remembered before the write, so Aloware's webhook about it is
+    ours even when another worker takes it before this one is done (break14b finding 5): for an
+    existing contact, what it held overlaid with what we write (the Lead API writes the fields it
+    is given and ignores empty ones); for a new one, under the provisional entity (the phone),
+    settled to the id the lookup after the write finds. A write certainly not made forgets it."""
+    entity = provisional_entity(phone) if before is None else before.id
+    expected = profile if before is None else {**_aloware_contact_profile(before, region), **profile}
+    await echoes.remember("aloware", entity, expected)
+    try:
+        await aloware.upsert_lead(phone, fields=lead_fields(profile))
+    except Exception as exc:
+        if write_not_made(exc):
+            await echoes.forget("aloware", entity, expected)
+        raise
+    if before is not None:
+        return before.id
+    made = await aloware.find_contact_by_phone(phone)
+    if made is None:
+        raise RetryableError(f"aloware: no contact on {phone} right after the Lead API write")
+    answered = _aloware_contact_profile(made, region)
+    await echoes.settle_provisional("aloware", entity, made.id, answered, written=expected)
+    return made.id
 
 
 async def _see_ghl_webhook(

@@ -5,15 +5,14 @@ then phone, then email) and write only what CONTACT_SOURCE_OF_TRUTH gives Alowar
 contact once through the effect ledger when GHL has nobody. The shared vocabulary — profiles,
 fingerprints, echoes, watermarks — is `sync/contacts.py`'s, whose docstring explains it.
 
-A GHL contact the service makes for a dialer contact is placed on its agent's power-dialer lists
-(R-AG-2). That placement belongs to the event that made the contact, however its create ended:
-answered, found again after a lost answer, or made by an earlier attempt whose list step failed.
-So it runs on every attempt of that event (the ledger says which event made the contact; the
-list step is a set operation), not only when the create is answered in this attempt.
+A GHL contact the service makes for a dialer contact is owed the consents in force for its number
+(as DND) and its agent's power-dialer lists (R-AG-2): `sync/made_contacts`, run on every attempt of
+the event that made it.
 
-A contact made already on do-not-call (`is_dnc` in its `Contact Created`) is a voice decision
-like `Contact DNC Updated` (R-OPT-6): recorded before the contact is placed anywhere, so it joins
-no list, and told to GHL (Call DND) once its GHL contact exists.
+A contact first heard of already on do-not-call (`is_dnc` in its `Contact Created`, or in the first
+event of it that reaches us) is a voice decision like `Contact DNC Updated` (R-OPT-6): recorded
+before the contact is placed anywhere, so it joins no list, and told to GHL (Call DND) once its GHL
+contact exists.
 """
 
 from __future__ import annotations
@@ -24,9 +23,9 @@ from datetime import datetime
 from df_middleware.connectors.ghl import GhlClient
 from df_middleware.connectors.ghl_models import Contact, ContactUpsert
 from df_middleware.connectors.http import RemoteNotFound, write_not_made
+from df_middleware.consent.decisions import Channel
 from df_middleware.db.types import utcnow
 from df_middleware.errors import RetryableError
-from df_middleware.sync.call_lists import sync_contact_lists
 from df_middleware.sync.contacts import (
     ALOWARE_TO_GHL,
     ECHO,
@@ -49,7 +48,7 @@ from df_middleware.sync.contacts import (
 )
 from df_middleware.sync.dnc import DncDecision, decide_voice_dnc, is_dnc_of, tell_voice_dnc
 from df_middleware.sync.echoes import EchoGuard, provisional_entity
-from df_middleware.sync.effects import DONE, EffectLedger, skipped, success
+from df_middleware.sync.effects import EffectLedger, skipped, success
 from df_middleware.sync.identity import (
     ContactMappings,
     GhlSighting,
@@ -57,33 +56,44 @@ from df_middleware.sync.identity import (
     PersonKeys,
     resolve_ghl_contact,
 )
+from df_middleware.sync.made_contacts import (
+    contact_it_made,
+    create_key,
+    place_on_lists,
+    tell_consents_in_force,
+)
 from df_middleware.sync.registry import (
     ClaimedEvent,
     HandlerContext,
     HandlerRegistry,
     HandlerResult,
-    SyncLogEntry,
 )
 from df_middleware.sync.sequences import apply_sequence
 from df_middleware.timestamps import parse_iso8601
 
 
 async def handle_aloware_contact(ctx: HandlerContext, event: ClaimedEvent) -> HandlerResult:
-    """Aloware `Contact Created` / `Contact Updated`: the contact → GHL (R-C-2), the GHL contact
-    this event made onto its lists (R-AG-2), then its sequence by its list status (R-AG-6, when
-    ENABLE_ALOWARE_SEQUENCES). A contact created on do-not-call is decided first (R-OPT-6).
+    """Aloware `Contact Created` / `Contact Updated`: the contact → GHL (R-C-2); a GHL contact
+    this event made gets what it is owed (`sync/made_contacts`: consents in force as DND, its
+    lists, R-AG-2); then the contact's sequence by its list status (R-AG-6, when
+    ENABLE_ALOWARE_SEQUENCES). A contact first seen on do-not-call is decided first (R-OPT-6).
 
     The list status is not part of the synced profile, so the sequence step runs when the contact
     step found nothing to write too (unchanged, echo) — but never for a stale event, whose status
     is older than the one applied, nor for a contact whose GHL side was deleted."""
-    dnc = await _dnc_at_creation(ctx, event)
+    dnc = await _dnc_at_first_sight(ctx, event)
     result = await sync_aloware_contact(ctx, event)
-    if isinstance(dnc, DncDecision):
+    if dnc is not None:
         result.entries.insert(0, dnc.decided)
         result.entries.extend(await tell_voice_dnc(ctx, event, dnc))
-    placed = await _place_contact_it_made(ctx, event)
-    if placed is not None:
-        result.entries.append(placed)
+    made = await contact_it_made(ctx, event)
+    if made is not None:
+        phone = aloware_profile(aloware_body(event), ctx.settings.default_phone_region).get("phone")
+        told: frozenset[Channel] = frozenset({"voice"}) if dnc is not None else frozenset()
+        result.entries.extend(await tell_consents_in_force(ctx, event, made, phone, told=told))
+        placed = await place_on_lists(ctx, made)
+        if placed is not None:
+            result.entries.append(placed)
     if not ctx.settings.enable_aloware_sequences:
         return result
     mapping = await ContactMappings(ctx.db).by_aloware_id(event.entity_id or "")
@@ -99,37 +109,22 @@ async def handle_aloware_contact(ctx: HandlerContext, event: ClaimedEvent) -> Ha
     return result
 
 
-async def _dnc_at_creation(ctx: HandlerContext, event: ClaimedEvent) -> DncDecision | None:
-    """A contact made in Aloware already on do-not-call (`is_dnc` true in its `Contact Created`):
-    the voice decision, recorded before the contact is synced so that no list step places it
-    (break14c A4). Only a creation decides: a `Contact Updated` repeats a state whose changes
-    Aloware reports by `Contact DNC Updated`, and an absent DNC at creation decides nothing."""
-    if event.event_type != "Contact Created" or is_dnc_of(aloware_body(event).get("is_dnc")) is not True:
+async def _dnc_at_first_sight(ctx: HandlerContext, event: ClaimedEvent) -> DncDecision | None:
+    """A contact we first hear of already on do-not-call (`is_dnc` true in its `Contact Created`,
+    or in the first event of it that reaches us, its creation lost or sent before the webhook
+    was set up: break14d finding 1): the voice decision, recorded before the contact is synced so
+    that no list step places it (break14c A4), dated by the contact's `updated_at` like any DNC
+    change (an older one never overrides a newer lift, R-OPT-2). A mapped contact's later
+    `Contact Updated` repeats a state whose changes Aloware reports by `Contact DNC Updated`, and
+    an absent DNC decides nothing."""
+    if is_dnc_of(aloware_body(event).get("is_dnc")) is not True:
         return None
+    if event.event_type != "Contact Created":
+        mapping = await ContactMappings(ctx.db).by_aloware_id(event.entity_id or "")
+        if mapping is not None:
+            return None
     decision = await decide_voice_dnc(ctx, event)
     return decision if isinstance(decision, DncDecision) else None
-
-
-async def _place_contact_it_made(ctx: HandlerContext, event: ClaimedEvent) -> SyncLogEntry | None:
-    """R-AG-2: the GHL contact this event made for the dialer contact joins its agent's lists,
-    on every attempt of the event (see the module docstring): the ledger's create record names
-    the event that made it, whether its answer came back (the create path), was lost and the
-    contact found by a search (break14c A3), or an earlier attempt's list call failed and the
-    retry finds the contact step done (A2). The owner and tags are read from GHL as they are now,
-    and the step is not dated by our clock (compared with GHL's, it could wrongly be older or
-    newer than a GHL event: break14c A1, A5); a later list step changes only what differs."""
-    made = await EffectLedger(ctx.db, event).lookup(create_key(event.entity_id or ""))
-    if made is None or made.state != DONE or made.event_id != str(event.id) or made.target_id is None:
-        return None
-    mapping = await ContactMappings(ctx.db).by_ghl_id(made.target_id)
-    if mapping is None or mapping.deleted_at is not None:
-        return None
-    return await sync_contact_lists(ctx, made.target_id)
-
-
-def create_key(aloware_contact_id: str) -> str:
-    """The ledger key of creating the GHL contact of an Aloware contact (R-IDEM-2)."""
-    return f"ghl:contact-for-aloware:{aloware_contact_id}"
 
 
 async def sync_aloware_contact(ctx: HandlerContext, event: ClaimedEvent) -> HandlerResult:

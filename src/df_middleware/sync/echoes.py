@@ -11,7 +11,8 @@ fingerprint from hiding a genuine change:
 - **One write, one echo.** The echo that matches a fingerprint consumes it: the same fields
   reported again later are a change (a GHL user renaming a contact back to the name we wrote).
 - **A genuine change ends the rest.** A webhook that matches none of the entity's fingerprints
-  means the entity has moved on from what we wrote: its remaining fingerprints are cleared.
+  means the entity has moved on from what we wrote: its remaining fingerprints are cleared, and
+  so are the unconsumed provisional ones of its phone (below).
 
 A write that *creates* an entity has no id to remember its fingerprint under until it is
 answered, and the system may post the webhook about it sooner: another worker can take that
@@ -134,6 +135,17 @@ class EchoGuard:
                 if getattr(consumed, "rowcount", 0) == 1:
                     return True
             await session.execute(delete(EchoGuardRow).where(*entity))
+            if provisional is not None:
+                # A create's provisional fingerprint is of the same person (the phone): left
+                # behind by a create whose lookup or answer is still to come, it must not
+                # swallow this person's later change back to what we wrote (break14d finding 3).
+                await session.execute(
+                    delete(EchoGuardRow).where(
+                        EchoGuardRow.system == system,
+                        EchoGuardRow.entity_id == provisional,
+                        EchoGuardRow.consumed_by.is_(None),
+                    )
+                )
         return False
 
     async def settle_provisional(
@@ -175,6 +187,11 @@ class EchoGuard:
             own = await self._own_provisional(session, system, provisional, written)
             if own is not None:
                 await session.execute(delete(EchoGuardRow).where(EchoGuardRow.id == own))
+
+    async def forget(self, system: str, entity_id: str, fields: Mapping[str, Any]) -> None:
+        """Our write of `fields` to the entity, remembered before it, was certainly not made: its
+        unconsumed fingerprint goes (an echo will never come to consume it)."""
+        await self.forget_provisional(system, entity_id, fields)
 
     async def _own_provisional(
         self, session: AsyncSession, system: str, provisional: str, written: Mapping[str, Any]

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -214,6 +214,18 @@ class ContactMappings:
 
     async def by_email(self, email: str) -> MappingView | None:
         return await self._one(ContactMapping.email == email)
+
+    async def claim_on_phone(self, phone: str, *, other_than: str) -> MappingView | None:
+        """Another live GHL contact's claim on the number: a row with its phone and no Aloware id
+        yet (written before its first Lead API write, which is running or failed)."""
+        return await self._one(
+            and_(
+                ContactMapping.phone_number == phone,
+                ContactMapping.aloware_contact_id.is_(None),
+                ContactMapping.deleted_at.is_(None),
+                ContactMapping.ghl_contact_id != other_than,
+            )
+        )
 
     async def _one(self, condition: object) -> MappingView | None:
         async with self.db.session() as session:
