@@ -1,0 +1,596 @@
+"""Outside tests of e387d2b..4d09bc4 (break14e): `ContactMappings.claim_on_phone` (a first GHL →
+Aloware sync does not take over another GHL contact's phone-only claim on the number), the Lead
+API write's echo fingerprint remembered before the write (`sync/contacts._write_lead`), DNC
+decided at a contact's first sight (`contacts_aloware._dnc_at_first_sight`), and what a GHL
+contact the service made for a dialer contact is owed (`sync/made_contacts`: consents in force
+as DND, its lists dated by GHL's `dateUpdated`). Real ingest, the real worker and the simulators
+over HTTP, both databases (`sync_world`); races made deterministic by patching a connector call.
+
+Findings (xfail strict, both databases):
+1. (medium) A phone-only claim outlives the reason for it: a GHL contact whose first Lead API
+   write failed for good (dead letter) keeps its claim on the number after a GHL user removes
+   the number from it (its next `ContactUpdate` has no phone and is skipped before anything
+   touches the mapping), so the GHL contact the number is moved to is skipped as a "conflict" on
+   every sync, forever: never written to Aloware, never mapped. No replay helps (the claimer has
+   no number to sync), and `mappings repair` of the blocked contact is refused the same way; only
+   deleting the claimer in GHL frees the number.
+2. (low-medium) A placement whose GHL read has no `dateUpdated` is applied with no signals time
+   (`made_contacts.place_on_lists`): an owner a GHL user assigns meanwhile is undone (break14d
+   finding 2 again, for such reads).
+3. (low) A `dateUpdated` more than MAX_CLOCK_AHEAD ahead falls back to our clock read after the
+   GET returns: later than an owner change applied during the read, so the placement wins. Only
+   with a `dateUpdated` inconsistent with GHL's webhook times (a consistent GHL clock that far
+   ahead has its webhooks refused at ingest anyway).
+4. (low) Only a GHL contact the service makes for a dialer contact is told the consents in force:
+   a GHL user (re)creating a contact on a number with an SMS opt-out in force leaves it showing
+   SMS DND off (every send to it is refused all the same, R-OPT-4).
+5. (low-medium) The claim is judged by our table alone: a claimer GHL already deleted blocks the
+   person's new GHL contact when the new contact's ContactCreate is processed before the old
+   one's ContactDelete (two workers), and the conflict skip is final.
+
+What held (plain regressions): a texter's GHL contact (R-TXT-1's phone-only mapping) is synced by
+its own GHL webhook; a claimer whose number is changed in GHL moves its claim, and the old
+number's new GHL contact syncs; a claimer deleted in GHL (delete processed first) frees the
+number; a synced contact deleted and re-created in GHL is mapped to the same Aloware contact; an
+SMS opt-out in force told to a dialer-made GHL contact comes back from GHL as our echo (no new
+decision, no history), also when another worker takes GHL's webhook before the write is
+remembered; a made contact deleted before its opt-out is told ends its event; a voice DNC decided
+at first sight of an unmapped contact by `Contact Updated` is told and joins no list, and the
+mapped contact's later `Contact Updated` decides nothing; a placement with GHL's clock 4 minutes
+ahead is overtaken by an owner assigned during its read; a lost Lead API answer (processed, 504)
+retried leaves the contact mapped and later genuine Aloware changes synced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+import df_middleware.sync.contacts as sync_contacts
+import df_middleware.sync.contacts_aloware as sync_contacts_aloware
+from df_middleware.consent.decisions import ConsentChange
+from df_middleware.consent.store import ConsentStore
+from df_middleware.db.models import OptoutEvent
+from df_middleware.errors import PermanentError
+from df_middleware.simulators import common
+from df_middleware.simulators.ghl import contact_webhook
+from df_middleware.sync.agent_field import AgentField
+from df_middleware.sync.identity import ContactMappings, PersonKeys
+from df_middleware.sync.list_registry import CallListRegistryStore
+from tests.sync_world import LOCATION, SyncWorld
+from tests.test_break14_findings import statuses
+from tests.test_break14c_findings import _ghl_delivered, _log, _made_in_the_dialer, _mappings, _patch
+from tests.test_break14d_findings import (
+    EARLY,
+    LATE,
+    _aloware,
+    _call_dnd,
+    _ghl,
+    _ghl_contacts,
+    _voice_decision,
+)
+from tests.test_soak_findings import retry_now
+from tests.test_sync_call_lists import _agents, _memberships, _on_lists
+
+pytestmark = pytest.mark.slow
+
+PHONE = "+19195550142"  # the number test_sync_call_lists' helpers read
+OTHER = "+19195550177"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_caches() -> None:
+    AgentField.forget()
+    CallListRegistryStore.forget()
+
+
+def _lead_write_fails_for_good(world: SyncWorld) -> Callable[[], None]:
+    """Every Lead API write is refused for good (as a 4xx the connector cannot retry would be):
+    the GHL contact's first sync dead-letters. Returns the undo."""
+
+    def wrapper(real: Callable[..., Awaitable[Any]]) -> Any:
+        async def refused(*args: Any, **kwargs: Any) -> Any:
+            raise PermanentError("aloware: 422 the lead form refused the contact")
+
+        return refused
+
+    return _patch(_aloware(world), "upsert_lead", wrapper)
+
+
+async def _gina_claims_and_fails(world: SyncWorld) -> dict[str, Any]:
+    """Gina (GHL) on PHONE: her first sync claims the number and its Lead API write fails for good."""
+    fields = {"phone": PHONE, "firstName": "Gina"}
+    gina: dict[str, Any] = world.ghl.sim.create_contact(LOCATION, fields).contact
+    undo = _lead_write_fails_for_good(world)
+    try:
+        await world.deliver_ghl(contact_webhook("ContactCreate", gina))
+        await world.process()
+    finally:
+        undo()
+    assert "done" not in await statuses(world, "ContactCreate"), await _log(world)
+    assert (gina["id"], None, PHONE, False) in await _mappings(world)
+    assert world.aloware.sim.contact_by_phone(PHONE) is None
+    return gina
+
+
+async def _annie_on_the_number(world: SyncWorld) -> dict[str, Any]:
+    fields = {"phone": PHONE, "firstName": "Annie"}
+    annie: dict[str, Any] = world.ghl.sim.create_contact(LOCATION, fields).contact
+    await world.deliver_ghl(contact_webhook("ContactCreate", annie))
+    await world.process()
+    return annie
+
+
+# --- the phone-only claim -------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="break14e finding 1 (product, medium): a phone-only claim outlives its number: "
+    "sync/contacts.py:362 skips a ContactUpdate with no phone before the mapping is touched, and "
+    "ContactMappings.claim_on_phone (sync/identity.py:218) counts any live phone-only row, however "
+    "old and whatever the claimer holds now, so the number's new GHL contact is a conflict forever",
+)
+async def test_a_number_moved_off_a_failed_claimer_syncs_for_its_new_contact(sync_world: SyncWorld) -> None:
+    """R-C-1, R-ID-3: Gina's first sync to Aloware failed for good (dead letter); the number was
+    entered on the wrong contact, so a GHL user removes it from Gina and creates Annie with it
+    (one GHL contact holds the number now). Annie must reach Aloware and be mapped: Gina, with no
+    number, claims nothing."""
+    world = sync_world
+    gina = await _gina_claims_and_fails(world)
+    cleared = world.ghl.sim.update_contact(LOCATION, gina["id"], {"phone": ""}).contact
+    assert not cleared.get("phone")
+    await world.deliver_ghl(contact_webhook("ContactUpdate", cleared))
+    await world.process()
+    assert [c["id"] for c in _ghl_contacts(world) if c.get("phone") == PHONE] == []
+    annie = await _annie_on_the_number(world)
+    made = world.aloware.sim.contact_by_phone(PHONE)
+    assert made is not None, await _log(world)
+    assert made["first_name"] == "Annie"
+    assert (annie["id"], str(made["id"]), PHONE, False) in await _mappings(world), await _log(world)
+
+
+async def test_a_failed_claimer_whose_number_changes_frees_the_old_number(sync_world: SyncWorld) -> None:
+    """R-C-1, R-ID-3: Gina's first sync failed for good; a GHL user changes her number to OTHER
+    (her sync then succeeds there), and creates Annie on the old number: both reach Aloware, each
+    mapped to its own Aloware contact."""
+    world = sync_world
+    gina = await _gina_claims_and_fails(world)
+    moved = world.ghl.sim.update_contact(LOCATION, gina["id"], {"phone": OTHER}).contact
+    await world.deliver_ghl(contact_webhook("ContactUpdate", moved))
+    await world.process()
+    annie = await _annie_on_the_number(world)
+    on_other = world.aloware.sim.contact_by_phone(OTHER)
+    on_phone = world.aloware.sim.contact_by_phone(PHONE)
+    assert on_other is not None, await _log(world)
+    assert on_phone is not None, await _log(world)
+    assert (on_other["first_name"], on_phone["first_name"]) == ("Gina", "Annie")
+    mapped = await _mappings(world)
+    assert (gina["id"], str(on_other["id"]), OTHER, False) in mapped
+    assert (annie["id"], str(on_phone["id"]), PHONE, False) in mapped
+
+
+async def test_a_failed_claimer_deleted_in_ghl_frees_the_number(sync_world: SyncWorld) -> None:
+    """R-C-4, R-C-1: Gina's first sync failed for good; a GHL user deletes her (her ContactDelete
+    is processed) and creates Annie on the number: Annie reaches Aloware and is mapped."""
+    world = sync_world
+    gina = await _gina_claims_and_fails(world)
+    world.ghl.sim.delete_contact(LOCATION, gina["id"])
+    await world.deliver_ghl(contact_webhook("ContactDelete", gina))
+    await world.process()
+    annie = await _annie_on_the_number(world)
+    made = world.aloware.sim.contact_by_phone(PHONE)
+    assert made is not None, await _log(world)
+    assert made["first_name"] == "Annie"
+    assert (annie["id"], str(made["id"]), PHONE, False) in await _mappings(world)
+
+
+async def test_a_texters_contact_is_synced_by_its_own_ghl_webhook(sync_world: SyncWorld) -> None:
+    """R-TXT-1, R-C-1: a text from an unknown number made Tess's GHL contact and its phone-only
+    mapping (`sync/texting._person`'s upsert); GHL's ContactCreate about her then syncs her to
+    Aloware: her own claim does not block her."""
+    world = sync_world
+    tess = world.ghl.sim.create_contact(LOCATION, {"phone": PHONE, "source": "texting"}).contact
+    await ContactMappings(world.db).upsert(
+        ghl_contact_id=tess["id"], keys=PersonKeys(PHONE, None), direction="texting_to_ghl"
+    )
+    named = world.ghl.sim.update_contact(LOCATION, tess["id"], {"firstName": "Tess"}).contact
+    await world.deliver_ghl(contact_webhook("ContactCreate", named))
+    await world.process()
+    made = world.aloware.sim.contact_by_phone(PHONE)
+    assert made is not None, await _log(world)
+    assert (tess["id"], str(made["id"]), PHONE, False) in await _mappings(world)
+
+
+# --- what a dialer-made GHL contact is owed ------------------------------------------------------
+
+
+async def test_an_sms_opt_out_told_to_a_dialer_made_contact_comes_back_as_our_echo(
+    sync_world: SyncWorld,
+) -> None:
+    """R-OPT-5, R-LOOP-1: Dana texted STOP earlier (SMS opt-out in force, no GHL contact then);
+    an agent makes her in the dialer. Her new GHL contact gets SMS DND active; GHL's
+    ContactDndUpdate about that is our own write: no new decision, no history row, no voice
+    opt-out, and the SMS decision in force is still the texted STOP."""
+    world = sync_world
+    world.ghl.sim.webhook_url = f"{world.service_url}/api/webhooks/ghl"
+    world.ghl.sim.webhook_signing_key = world.keys.ed25519_private
+    store = ConsentStore(world.db)
+    stop_at = datetime(2026, 11, 24, 15, 0, tzinfo=UTC)
+    await store.apply(
+        ConsentChange(
+            channel="sms", phone=PHONE, status="opted_out", source="texting", event_at=stop_at, reason="STOP"
+        )
+    )
+    await _agents(world)
+    await _made_in_the_dialer(world)
+    await world.process()
+    await _ghl_delivered(world, 1)
+    await world.process()
+    await asyncio.sleep(0)
+    assert await statuses(world, "Contact Created") == ["done"]
+    [contact] = _ghl_contacts(world)
+    assert ((contact.get("dndSettings") or {}).get("SMS") or {}).get("status") == "active", await _log(world)
+    state = await store.state("sms", PHONE)
+    assert state is not None
+    assert (state.status, state.source, state.reason) == ("opted_out", "texting", "STOP")
+    assert await store.state("voice", PHONE) is None
+    async with world.db.session() as session:
+        history = await session.scalar(select(func.count()).select_from(OptoutEvent))
+    assert history == 1, await _log(world)
+    assert "error" not in await statuses(world, "ContactDndUpdate")
+
+
+async def test_a_dnc_first_seen_by_contact_updated_is_told_and_placed_nowhere(sync_world: SyncWorld) -> None:
+    """R-OPT-6, R-AG-2: the first event of Dana to reach us is a `Contact Updated` with is_dnc
+    true (her creation lost): the voice decision is recorded, her new GHL contact shows Call DND
+    active, and she joins no list. A later `Contact Updated` of the now mapped contact, still on
+    DNC, decides nothing new."""
+    world = sync_world
+    await _agents(world)
+    sim = world.aloware.sim
+    made = sim.add_contact(PHONE, first_name="Dana", last_name="Reyes", is_dnc=True)
+    await world.deliver_aloware(
+        "Contact Updated", {**sim.webhook_contact(int(made["id"])), "updated_at": EARLY}
+    )
+    await world.process()
+    assert await _voice_decision(world) == "opted_out"
+    [contact] = _ghl_contacts(world)
+    assert _call_dnd(contact) == "active", await _log(world)
+    assert _on_lists(world) == set()
+    sim.update_contact(int(made["id"]), first_name="Danna")
+    await world.deliver_aloware(
+        "Contact Updated", {**sim.webhook_contact(int(made["id"])), "updated_at": LATE}
+    )
+    await world.process()
+    assert await statuses(world, "Contact Updated") == ["done", "done"]
+    async with world.db.session() as session:
+        history = await session.scalar(select(func.count()).select_from(OptoutEvent))
+    assert history == 1
+    assert _on_lists(world) == set()
+
+
+def _placement_read(world: SyncWorld, date_updated: Callable[[], str | None] | None) -> Callable[[], None]:
+    """The placement's GHL read answers with `dateUpdated` replaced (kept when None), and right
+    after it a GHL user assigns the contact to Alice, applied by another worker. Returns the undo."""
+    raced = asyncio.Event()
+
+    def wrapper(real: Callable[..., Awaitable[Any]]) -> Any:
+        async def read_then_assign(contact_id: str) -> Any:
+            answer = await real(contact_id)
+            if raced.is_set() or answer is None:
+                return answer
+            raced.set()
+            if date_updated is not None:
+                answer = answer.model_copy(update={"date_updated": date_updated()})
+            contact = world.ghl.sim.update_contact(LOCATION, contact_id, {"assignedTo": "user-alice"}).contact
+            await world.deliver_ghl(contact_webhook("ContactUpdate", contact))
+            await world.worker().run_once()
+            return answer
+
+        return read_then_assign
+
+    return _patch(_ghl(world), "get_contact", wrapper)
+
+
+FINDING_2 = (
+    "break14e finding 2 (product, low-medium): a GHL read with no dateUpdated dates the placement "
+    "by nothing (sync/made_contacts.py:105 signals_time None), so it is applied over any newer owner "
+    "(break14d finding 2 again)"
+)
+FINDING_3 = (
+    "break14e finding 3 (product, low): a dateUpdated more than MAX_CLOCK_AHEAD ahead falls back "
+    "to utcnow() taken AFTER the GET returns (sync/made_contacts.py:105), later than an owner change "
+    "applied meanwhile, so the placement wins over it (break14d finding 2 again; only with a "
+    "dateUpdated inconsistent with GHL's webhook times, which ingest bounds to 300 s)"
+)
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        pytest.param("missing", marks=pytest.mark.xfail(strict=True, reason=FINDING_2)),
+        pytest.param("a year ahead", marks=pytest.mark.xfail(strict=True, reason=FINDING_3)),
+    ],
+)
+async def test_a_placement_with_an_odd_date_updated_does_not_undo_a_newer_owner(
+    sync_world: SyncWorld, when: str
+) -> None:
+    """R-AG-1, R-AG-4: the placement's GHL read of Dana has no `dateUpdated`, or one a year ahead
+    of us (GHL data we cannot believe); a GHL user assigns her to Alice right after that read,
+    applied by another worker. She ends on DF_ALICE_NEW_LEADS only."""
+    world = sync_world
+    await _agents(world)
+
+    def stated() -> str | None:
+        if when == "missing":
+            return None
+        return (datetime.now(UTC) + timedelta(days=365)).isoformat()
+
+    undo = _placement_read(world, stated)
+    try:
+        await _made_in_the_dialer(world)
+        await world.process()
+    finally:
+        undo()
+    await world.process()
+    assert await statuses(world, "ContactUpdate") == ["done"]
+    assert _on_lists(world) == {"DF_ALICE_NEW_LEADS"}, await _log(world)
+    assert await _memberships(world.db) == {("ALICE", "NEW_LEADS", "member")}
+
+
+async def test_an_owner_assigned_during_the_placement_wins_with_ghls_clock_ahead(
+    sync_world: SyncWorld,
+) -> None:
+    """R-AG-1, R-AG-4: GHL's clock runs 4 minutes ahead of ours (all of its dates, consistently:
+    nothing patched; more than 5 and ingest refuses GHL's webhooks anyway). Dana is made in the
+    dialer; right after the placement's GHL read a GHL user
+    assigns her to Alice, applied by another worker. She ends on DF_ALICE_NEW_LEADS only."""
+    world = sync_world
+    await _agents(world)
+    common.set_clock_skew("ghl", 240)
+    undo = _placement_read(world, None)
+    try:
+        await _made_in_the_dialer(world)
+        await world.process()
+    finally:
+        undo()
+        common.set_clock_skew("ghl", 0)
+    await world.process()
+    assert await statuses(world, "ContactUpdate") == ["done"]
+    assert _on_lists(world) == {"DF_ALICE_NEW_LEADS"}, await _log(world)
+    assert await _memberships(world.db) == {("ALICE", "NEW_LEADS", "member")}
+
+
+# --- the Lead API write's fingerprint --------------------------------------------------------------
+
+
+async def test_a_lost_lead_answer_retried_leaves_no_fingerprint_to_swallow_a_change(
+    sync_world: SyncWorld,
+) -> None:
+    """R-IDEM-2, R-LOOP-1, R-C-2 (CONTACT_SOURCE_OF_TRUTH=aloware): Ann is synced; her email
+    changes in GHL and the Lead API write is processed but answered 504 (every attempt), so the
+    event is retried and writes again. An agent then sets her email in Aloware to another address
+    and back: both are genuine changes, and GHL ends with the address Aloware holds."""
+    world = sync_world
+    world.settings = world.settings.model_copy(update={"contact_source_of_truth": "aloware"})
+    world.use_modules(sync_contacts, sync_contacts_aloware)
+    ann = world.ghl.sim.create_contact(LOCATION, {"phone": PHONE, "firstName": "Ann"}).contact
+    await world.deliver_ghl(contact_webhook("ContactCreate", ann))
+    await world.process()
+    made = world.aloware.sim.contact_by_phone(PHONE)
+    assert made is not None
+    world.aloware.faults(lost_response_rate=1.0)
+    try:
+        moved = world.ghl.sim.update_contact(LOCATION, ann["id"], {"email": "ann@example.com"}).contact
+        await world.deliver_ghl(contact_webhook("ContactUpdate", moved))
+        await world.process()
+    finally:
+        world.aloware.faults()
+    await retry_now(world, "ContactUpdate")
+    assert await statuses(world, "ContactUpdate") == ["done"], await _log(world)
+    assert world.aloware.sim.contact_by_phone(PHONE)["email"] == "ann@example.com"
+    sim = world.aloware.sim
+    sim.update_contact(int(made["id"]), email="ann@work.example")
+    first = sim.webhook_contact(int(made["id"]))
+    await world.deliver_aloware("Contact Updated", first)
+    await world.process()
+    [contact] = _ghl_contacts(world)
+    assert contact.get("email") == "ann@work.example", await _log(world)
+    sim.update_contact(int(made["id"]), email="ann@example.com")
+    later = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
+    await world.deliver_aloware(
+        "Contact Updated", {**sim.webhook_contact(int(made["id"])), "updated_at": later}
+    )
+    await world.process()
+    [contact] = _ghl_contacts(world)
+    assert contact.get("email") == "ann@example.com", await _log(world)
+
+
+async def _stop_in_force(world: SyncWorld) -> ConsentStore:
+    """Dana texted STOP at 15:00 (SMS opt-out in force for PHONE, no GHL contact then)."""
+    store = ConsentStore(world.db)
+    await store.apply(
+        ConsentChange(
+            channel="sms",
+            phone=PHONE,
+            status="opted_out",
+            source="texting",
+            event_at=datetime(2026, 11, 24, 15, 0, tzinfo=UTC),
+            reason="STOP",
+        )
+    )
+    return store
+
+
+async def test_our_dnd_write_seen_by_another_worker_before_it_is_remembered_is_our_echo(
+    sync_world: SyncWorld,
+) -> None:
+    """R-LOOP-1, R-OPT-5: Dana's SMS opt-out is in force; an agent makes her in the dialer and the
+    service shows the opt-out on her new GHL contact (SMS DND active). GHL's ContactDndUpdate
+    about that write is taken by another worker the moment GHL answers the write. It is our echo
+    all the same: the SMS decision in force stays the texted STOP, one history row."""
+    world = sync_world
+    world.ghl_sends_webhooks()
+    store = await _stop_in_force(world)
+    raced = asyncio.Event()
+
+    def wrapper(real: Callable[..., Awaitable[Any]]) -> Any:
+        async def write_then_race(contact_id: str, update: Any) -> Any:
+            answer = await real(contact_id, update)
+            if not raced.is_set() and getattr(update, "dnd_settings", None):
+                raced.set()
+                await world.ghl_webhooks_delivered("ContactDndUpdate")
+                await world.worker().run_once()  # another worker takes GHL's webhook now
+            return answer
+
+        return write_then_race
+
+    undo = _patch(_ghl(world), "update_contact", wrapper)
+    try:
+        await _made_in_the_dialer(world)
+        await world.process()
+    finally:
+        undo()
+    await world.process()
+    assert raced.is_set()
+    assert await statuses(world, "Contact Created") == ["done"]
+    state = await store.state("sms", PHONE)
+    assert state is not None
+    assert (state.status, state.source, state.reason) == ("opted_out", "texting", "STOP"), await _log(world)
+    async with world.db.session() as session:
+        history = list(await session.scalars(select(OptoutEvent)))
+    assert [(h.channel, h.source) for h in history] == [("sms", "texting")], await _log(world)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="break14e finding 4 (product, low): only a GHL contact the service makes for a dialer "
+    "contact is told the consents in force (sync/made_contacts.py:51 via contacts_aloware.py:93); "
+    "sync/contacts.py handle_ghl_contact_upsert (:318) never tells a GHL-made contact on an "
+    "opted-out number, so GHL shows SMS DND off while every send to it is refused (R-OPT-4)",
+)
+async def test_a_ghl_contact_recreated_after_a_stop_shows_the_opt_out(sync_world: SyncWorld) -> None:
+    """R-OPT-5, R-C-1: Dana texted STOP (SMS opt-out in force) and her GHL contact was deleted
+    since; a GHL user creates her again. GHL creates contacts with DND off, so the service shows
+    the opt-out in force on the new contact (SMS DND active), as it does for a contact it makes
+    for a dialer contact (`sync/made_contacts`)."""
+    world = sync_world
+    await _stop_in_force(world)
+    dana = world.ghl.sim.create_contact(LOCATION, {"phone": PHONE, "firstName": "Dana"}).contact
+    await world.deliver_ghl(contact_webhook("ContactCreate", dana))
+    await world.process()
+    assert await statuses(world, "ContactCreate") == ["done"]
+    [contact] = _ghl_contacts(world)
+    assert ((contact.get("dndSettings") or {}).get("SMS") or {}).get("status") == "active", await _log(world)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="break14e finding 5 (product, low-medium): the claim is judged by our table alone "
+    "(ContactMappings.claim_on_phone, sync/identity.py:218, used at sync/contacts.py:406): a "
+    "claimer GHL already deleted still blocks until its ContactDelete is processed, and the "
+    "conflict skip is final (done), so nothing syncs the blocked contact when the claim goes",
+)
+async def test_a_contact_recreated_before_the_claimers_delete_is_processed_syncs(
+    sync_world: SyncWorld,
+) -> None:
+    """R-C-4, R-C-1, R-REL-4: Gina's first sync failed for good; a GHL user deletes her and
+    creates Gina again (a new GHL contact on the number). GHL's two webhooks reach two workers and
+    the new contact's ContactCreate is processed before the old one's ContactDelete. Once both are
+    processed, the new contact is in Aloware and mapped (the order of delivery must not decide)."""
+    world = sync_world
+    gina = await _gina_claims_and_fails(world)
+    world.ghl.sim.delete_contact(LOCATION, gina["id"])
+    again = world.ghl.sim.create_contact(LOCATION, {"phone": PHONE, "firstName": "Gina"}).contact
+    await world.deliver_ghl(contact_webhook("ContactCreate", again))
+    await world.process()
+    await world.deliver_ghl(contact_webhook("ContactDelete", gina))
+    await world.process()
+    made = world.aloware.sim.contact_by_phone(PHONE)
+    assert made is not None, await _log(world)
+    assert (again["id"], str(made["id"]), PHONE, False) in await _mappings(world), await _log(world)
+
+
+async def test_a_synced_contact_recreated_after_its_delete_syncs_to_the_same_aloware_contact(
+    sync_world: SyncWorld,
+) -> None:
+    """R-C-4, R-C-1, R-ID-3: Gina is synced (mapped to an Aloware contact); a GHL user deletes
+    her (ContactDelete processed) and creates her again: the new GHL contact is written to the
+    Aloware contact on the number and mapped to it; the old mapping stays as deleted history."""
+    world = sync_world
+    gina = world.ghl.sim.create_contact(LOCATION, {"phone": PHONE, "firstName": "Gina"}).contact
+    await world.deliver_ghl(contact_webhook("ContactCreate", gina))
+    await world.process()
+    made = world.aloware.sim.contact_by_phone(PHONE)
+    assert made is not None
+    world.ghl.sim.delete_contact(LOCATION, gina["id"])
+    await world.deliver_ghl(contact_webhook("ContactDelete", gina))
+    await world.process()
+    again = world.ghl.sim.create_contact(LOCATION, {"phone": PHONE, "firstName": "Gena"}).contact
+    await world.deliver_ghl(contact_webhook("ContactCreate", again))
+    await world.process()
+    assert "error" not in await statuses(world, "ContactCreate")
+    mapped = await _mappings(world)
+    assert (again["id"], str(made["id"]), PHONE, False) in mapped, await _log(world)
+    assert (gina["id"], str(made["id"]), PHONE, True) in mapped
+    assert world.aloware.sim.contact_by_phone(PHONE)["first_name"] == "Gena"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="break14e finding 1 (product, medium): `mappings repair` runs the same contact flow "
+    "(sync/reconcile_contacts.py:370 handle_ghl_contact_upsert), so the stale claim "
+    "(sync/identity.py:218) blocks the operator's repair too",
+)
+async def test_an_operator_repair_syncs_a_contact_blocked_by_a_stale_claim(sync_world: SyncWorld) -> None:
+    """R-C-1, R-REC (operator repair): as in the moved-number case, Gina (first sync failed for
+    good) lost the number and Annie holds it; Annie's sync was skipped. The operator runs
+    `df-middleware mappings repair <Annie>`: Annie is written to Aloware and mapped."""
+    from df_middleware.sync.reconcile_contacts import repair_contact
+
+    world = sync_world
+    gina = await _gina_claims_and_fails(world)
+    cleared = world.ghl.sim.update_contact(LOCATION, gina["id"], {"phone": ""}).contact
+    await world.deliver_ghl(contact_webhook("ContactUpdate", cleared))
+    await world.process()
+    annie = await _annie_on_the_number(world)
+    outcome = await repair_contact(world.settings, world.db, world.connectors, ghl_contact_id=annie["id"])
+    made = world.aloware.sim.contact_by_phone(PHONE)
+    assert made is not None, outcome
+    assert outcome["aloware_contact_id"] == str(made["id"]), outcome
+
+
+async def test_a_made_contact_deleted_before_its_opt_out_is_told_ends_the_event(
+    sync_world: SyncWorld,
+) -> None:
+    """R-C-4, R-OPT-5, R-AG-2: Dana's SMS opt-out is in force; an agent makes her in the dialer and
+    the service creates her GHL contact, which a GHL user deletes before the opt-out is shown on
+    it. The event ends (no dead letter, no endless retry), nothing is written to the deleted
+    contact and she joins no list."""
+    world = sync_world
+    await _agents(world)
+    await _stop_in_force(world)
+
+    def wrapper(real: Callable[..., Awaitable[Any]]) -> Any:
+        async def deleted_first(contact_id: str, update: Any) -> Any:
+            if getattr(update, "dnd_settings", None):
+                world.ghl.sim.delete_contact(LOCATION, contact_id)
+            return await real(contact_id, update)
+
+        return deleted_first
+
+    undo = _patch(_ghl(world), "update_contact", wrapper)
+    try:
+        await _made_in_the_dialer(world)
+        await world.process()
+    finally:
+        undo()
+    assert await statuses(world, "Contact Created") == ["done"], await _log(world)
+    assert _ghl_contacts(world) == []
+    assert _on_lists(world) == set(), await _log(world)
