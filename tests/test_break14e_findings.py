@@ -27,6 +27,11 @@ Findings (xfail strict, both databases):
 5. (low-medium) The claim is judged by our table alone: a claimer GHL already deleted blocks the
    person's new GHL contact when the new contact's ContactCreate is processed before the old
    one's ContactDelete (two workers), and the conflict skip is final.
+6. (low-medium, older than 4d09bc4) The mapped path writes to whichever Aloware contact holds the
+   number now: when an agent has moved another synced person's Aloware contact onto it (webhooks
+   not processed yet), that person's Aloware profile is overwritten, the mapping upsert then
+   fails (MappingConflict) and every retry overwrites it again until the dead letter. The read
+   before the write (new in 4d09bc4) already has what a check needs.
 
 What held (plain regressions): a texter's GHL contact (R-TXT-1's phone-only mapping) is synced by
 its own GHL webhook; a claimer whose number is changed in GHL moves its claim, and the old
@@ -38,7 +43,9 @@ remembered; a made contact deleted before its opt-out is told ends its event; a 
 at first sight of an unmapped contact by `Contact Updated` is told and joins no list, and the
 mapped contact's later `Contact Updated` decides nothing; a placement with GHL's clock 4 minutes
 ahead is overtaken by an owner assigned during its read; a lost Lead API answer (processed, 504)
-retried leaves the contact mapped and later genuine Aloware changes synced.
+retried leaves the contact mapped and later genuine Aloware changes synced; a Lead API create
+whose every answer was lost (Aloware sending its webhooks) ends in one Aloware contact mapped to
+the GHL contact, its webhooks taken as echoes (no GHL write) and no provisional fingerprint left.
 """
 
 from __future__ import annotations
@@ -62,6 +69,7 @@ from df_middleware.simulators.ghl import contact_webhook
 from df_middleware.sync.agent_field import AgentField
 from df_middleware.sync.identity import ContactMappings, PersonKeys
 from df_middleware.sync.list_registry import CallListRegistryStore
+from tests.conftest import TEST_SECRETS
 from tests.sync_world import LOCATION, SyncWorld
 from tests.test_break14_findings import statuses
 from tests.test_break14c_findings import _ghl_delivered, _log, _made_in_the_dialer, _mappings, _patch
@@ -594,3 +602,101 @@ async def test_a_made_contact_deleted_before_its_opt_out_is_told_ends_the_event(
     assert await statuses(world, "Contact Created") == ["done"], await _log(world)
     assert _ghl_contacts(world) == []
     assert _on_lists(world) == set(), await _log(world)
+
+
+async def test_a_lead_create_whose_answer_was_lost_ends_in_one_contact_and_no_loop(
+    sync_world: SyncWorld,
+) -> None:
+    """R-IDEM-2, R-LOOP-1, R-ID-3: Gina (GHL) is written to Aloware through the Lead API, which
+    creates her and sends its `Contact Created` (as Aloware does), but every answer is lost
+    (processed, 504): the event waits for its retry, which finds her and writes again (Aloware
+    sends a `Contact Updated`). The end: every event done, one Aloware contact mapped to Gina,
+    Aloware's webhooks all taken for our echoes (nothing written back to GHL), and no unconsumed
+    provisional fingerprint."""
+    from df_middleware.db.models import EchoGuard as EchoGuardRow
+
+    world = sync_world
+    sim = world.aloware.sim
+    sim.webhook_url = f"{world.service_url}/api/webhooks/aloware"
+    sim.webhook_bearer_token = TEST_SECRETS["aloware_webhook_bearer_token"]
+    sim.emit_contact_events = True
+    fields = {"phone": PHONE, "firstName": "Gina", "lastName": "Ray"}
+    gina = world.ghl.sim.create_contact(LOCATION, fields).contact
+    world.aloware.faults(lost_response_rate=1.0)
+    try:
+        await world.deliver_ghl(contact_webhook("ContactCreate", gina))
+        await world.process()
+    finally:
+        world.aloware.faults()
+    assert await statuses(world, "ContactCreate") == ["pending"], await _log(world)
+    assert await sim.webhooks.drain()
+    await world.process()
+    await retry_now(world, "ContactCreate")
+    assert await sim.webhooks.drain()
+    await world.process()
+    assert await statuses(world, "ContactCreate") == ["done"], await _log(world)
+    assert await statuses(world, "Contact Created") == ["done"], await _log(world)
+    assert set(await statuses(world, "Contact Updated")) <= {"done"}
+    made = sim.contact_by_phone(PHONE)
+    assert made is not None
+    assert len([c for c in sim.snapshot()["contacts"] if c["phone_number"] == PHONE]) == 1
+    assert await _mappings(world) == [(gina["id"], str(made["id"]), PHONE, False)]
+    assert world.ghl.requests("PUT", "/contacts/") == [], await _log(world)
+    assert [c["id"] for c in _ghl_contacts(world)] == [gina["id"]]
+    async with world.db.session() as session:
+        left = [
+            r.entity_id
+            for r in await session.scalars(select(EchoGuardRow).where(EchoGuardRow.system == "aloware"))
+            if r.entity_id.startswith("new:") and r.consumed_by is None
+        ]
+    assert left == []
+
+
+def _aloware_number_moves(world: SyncWorld, contact_id: int, phone: str) -> None:
+    """An agent changes an Aloware contact's number in Aloware (its webhook not processed yet)."""
+    sim = world.aloware.sim
+    contact = sim.contacts[contact_id]
+    if sim._ids_by_phone.get(contact["phone_number"]) == contact_id:
+        del sim._ids_by_phone[contact["phone_number"]]
+    contact["phone_number"] = phone
+    sim._ids_by_phone[phone] = contact_id
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="break14e finding 6 (product, low-medium, older than 4d09bc4): the mapped path writes to "
+    "whichever Aloware contact is on the number (sync/contacts.py:383 reads it, :430 and :469 "
+    "write) without checking it is the mapped one: Bob's Aloware profile is overwritten with "
+    "Ann's, then the mapping upsert fails (MappingConflict) and every retry writes Bob again",
+)
+async def test_a_mapped_contacts_write_does_not_overwrite_another_persons_aloware_contact(
+    sync_world: SyncWorld,
+) -> None:
+    """R-C-1, R-ID-3: Ann (GHL, PHONE) and Bob (GHL, OTHER) are synced, each mapped to an Aloware
+    contact. In Aloware an agent moves Ann's contact to a third number and gives Bob's contact
+    PHONE (webhooks not processed yet). Ann's email then changes in GHL. The Lead API, keyed by
+    PHONE, would now write Bob's Aloware contact: nothing of Ann's may land on Bob's contact, and
+    Bob's mapping stays his (a conflict is flagged instead)."""
+    world = sync_world
+    ann = world.ghl.sim.create_contact(LOCATION, {"phone": PHONE, "firstName": "Ann"}).contact
+    bob = world.ghl.sim.create_contact(LOCATION, {"phone": OTHER, "firstName": "Bob"}).contact
+    for person in (ann, bob):
+        await world.deliver_ghl(contact_webhook("ContactCreate", person))
+    await world.process()
+    ann_aloware = world.aloware.sim.contact_by_phone(PHONE)
+    bob_aloware = world.aloware.sim.contact_by_phone(OTHER)
+    assert ann_aloware is not None
+    assert bob_aloware is not None
+    _aloware_number_moves(world, int(ann_aloware["id"]), "+19195550199")
+    _aloware_number_moves(world, int(bob_aloware["id"]), PHONE)
+    moved = world.ghl.sim.update_contact(LOCATION, ann["id"], {"email": "ann@example.com"}).contact
+    await world.deliver_ghl(contact_webhook("ContactUpdate", moved))
+    await world.process()
+    bobs = world.aloware.sim.contacts[int(bob_aloware["id"])]
+    assert (bobs["first_name"], bobs.get("email")) == ("Bob", bob_aloware.get("email")), (
+        await _log(world),
+        await _mappings(world),
+        await statuses(world, "ContactUpdate"),
+    )
+    mapped = await _mappings(world)
+    assert (bob["id"], str(bob_aloware["id"]), OTHER, False) in mapped, mapped
