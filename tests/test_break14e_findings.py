@@ -11,9 +11,9 @@ Findings (xfail strict, both databases):
    write failed for good (dead letter) keeps its claim on the number after a GHL user removes
    the number from it (its next `ContactUpdate` has no phone and is skipped before anything
    touches the mapping), so the GHL contact the number is moved to is skipped as a "conflict" on
-   every sync, forever: never written to Aloware, never mapped. No replay helps (the claimer has
-   no number to sync), and `mappings repair` of the blocked contact is refused the same way; only
-   deleting the claimer in GHL frees the number.
+   every sync, forever: never written to Aloware, never mapped. `mappings repair` of the blocked
+   contact is refused the same way, and replaying the claimer's dead letter makes it worse
+   (finding 7); only deleting the claimer in GHL frees the number.
 2. (low-medium) A placement whose GHL read has no `dateUpdated` is applied with no signals time
    (`made_contacts.place_on_lists`): an owner a GHL user assigns meanwhile is undone (break14d
    finding 2 again, for such reads).
@@ -32,6 +32,9 @@ Findings (xfail strict, both databases):
    not processed yet), that person's Aloware profile is overwritten, the mapping upsert then
    fails (MappingConflict) and every retry overwrites it again until the dead letter. The read
    before the write (new in 4d09bc4) already has what a check needs.
+7. (low-medium) A skip for "no phone" does not advance the mapping's GHL watermark: replaying a
+   dead-lettered older event that still carries the removed number writes the contact to Aloware
+   on it and maps it there (the operator's usual answer to a dead letter undoes a GHL change).
 
 What held (plain regressions): a texter's GHL contact (R-TXT-1's phone-only mapping) is synced by
 its own GHL webhook; a claimer whose number is changed in GHL moves its claim, and the old
@@ -62,7 +65,7 @@ import df_middleware.sync.contacts as sync_contacts
 import df_middleware.sync.contacts_aloware as sync_contacts_aloware
 from df_middleware.consent.decisions import ConsentChange
 from df_middleware.consent.store import ConsentStore
-from df_middleware.db.models import OptoutEvent
+from df_middleware.db.models import OptoutEvent, WebhookEvent
 from df_middleware.errors import PermanentError
 from df_middleware.simulators import common
 from df_middleware.simulators.ghl import contact_webhook
@@ -700,3 +703,33 @@ async def test_a_mapped_contacts_write_does_not_overwrite_another_persons_alowar
     )
     mapped = await _mappings(world)
     assert (bob["id"], str(bob_aloware["id"]), OTHER, False) in mapped, mapped
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="break14e finding 7 (product, low-medium): the no-phone skip (sync/contacts.py:362) "
+    "returns before mark_applied, so the mapping's GHL watermark does not pass the newer update "
+    "and the replayed older event is not stale (:372): Gina is written to Aloware on the number "
+    "GHL no longer gives her, and mapped to it",
+)
+async def test_replaying_the_claimers_dead_letter_after_its_number_was_removed_writes_nothing(
+    sync_world: SyncWorld,
+) -> None:
+    """R-Q-4, R-C-1 (operator replay): Gina's first sync failed for good (dead letter); a GHL
+    user then removed her number. The operator replays the dead letter (`events replay`, the
+    usual answer to one): it carries the number she no longer has, and is older than the update
+    that removed it, so nothing is written to Aloware for her on that number."""
+    from df_middleware.queue.operations import replay_event
+
+    world = sync_world
+    gina = await _gina_claims_and_fails(world)
+    cleared = world.ghl.sim.update_contact(LOCATION, gina["id"], {"phone": ""}).contact
+    await world.deliver_ghl(contact_webhook("ContactUpdate", cleared))
+    await world.process()
+    async with world.db.session() as session:
+        [dead] = list(
+            await session.scalars(select(WebhookEvent.id).where(WebhookEvent.event_type == "ContactCreate"))
+        )
+    await replay_event(world.db, str(dead))
+    await world.process()
+    assert world.aloware.sim.contact_by_phone(PHONE) is None, (await _log(world), await _mappings(world))
