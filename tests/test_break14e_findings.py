@@ -6,7 +6,7 @@ contact the service made for a dialer contact is owed (`sync/made_contacts`: con
 as DND, its lists dated by GHL's `dateUpdated`). Real ingest, the real worker and the simulators
 over HTTP, both databases (`sync_world`); races made deterministic by patching a connector call.
 
-Findings (xfail strict, both databases):
+Findings (xfail strict; the sync ones on both databases):
 1. (medium) A phone-only claim outlives the reason for it: a GHL contact whose first Lead API
    write failed for good (dead letter) keeps its claim on the number after a GHL user removes
    the number from it (its next `ContactUpdate` has no phone and is skipped before anything
@@ -35,6 +35,9 @@ Findings (xfail strict, both databases):
 7. (low-medium) A skip for "no phone" does not advance the mapping's GHL watermark: replaying a
    dead-lettered older event that still carries the removed number writes the contact to Aloware
    on it and maps it there (the operator's usual answer to a dead letter undoes a GHL change).
+8. (low) `serve --workers N` (N>1): the mmap threshold is pinned in the uvicorn supervisor, which
+   runs no worker (and logs `mmap_threshold_pinned: true`); each spawned server process runs its
+   worker with glibc's moving threshold (observed with mallinfo2 in such a process).
 
 What held (plain regressions): a texter's GHL contact (R-TXT-1's phone-only mapping) is synced by
 its own GHL webhook; a claimer whose number is changed in GHL moves its claim, and the old
@@ -54,8 +57,12 @@ the GHL contact, its webhooks taken as echoes (no GHL write) and no provisional 
 from __future__ import annotations
 
 import asyncio
+import platform
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -733,3 +740,65 @@ async def test_replaying_the_claimers_dead_letter_after_its_number_was_removed_w
     await replay_event(world.db, str(dead))
     await world.process()
     assert world.aloware.sim.contact_by_phone(PHONE) is None, (await _log(world), await _mappings(world))
+
+
+# --- the worker's heap ----------------------------------------------------------------------------
+
+#: Run in a fresh interpreter, as each `serve --workers N` process is (uvicorn spawns them and
+#: builds the app with `df_middleware.app:create_app_from_env`): while the app's lifespan runs
+#: (its worker started), whether glibc's mmap threshold is pinned. Observable: after a 1 MB block
+#: is freed a moving threshold rises to 1 MB and a 300 KB block comes from the heap; a pinned one
+#: (128 KiB) serves it with mmap (mallinfo2's `hblks` grows by one).
+SERVER_PROCESS = """
+import asyncio, ctypes
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+def pinned():
+    libc = ctypes.CDLL(None)
+    libc.mallinfo2.restype = MallInfo2
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = (ctypes.c_void_p,)
+    libc.free(libc.malloc(1_000_000))
+    before = libc.mallinfo2().hblks
+    block = libc.malloc(300_000)
+    grew = libc.mallinfo2().hblks - before
+    libc.free(block)
+    return grew == 1
+from df_middleware.app import create_app_from_env
+app = create_app_from_env()
+async def main():
+    async with app.router.lifespan_context(app):
+        print("PINNED" if pinned() else "NOT PINNED")
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+@pytest.mark.xfail(
+    strict=True,
+    reason="break14e finding 8 (product, low): only the CLI pins (cli/processes.py:124, :222); "
+    "`serve --workers N` (N>1) pins the uvicorn supervisor, which runs no worker, and logs "
+    "mmap_threshold_pinned=true, while each spawned server process builds its app by "
+    "app.py:122 create_app_from_env and runs its worker unpinned",
+)
+def test_a_server_process_of_serve_workers_n_runs_its_worker_pinned(tmp_path: Path) -> None:
+    """§12 (no RSS growth trend), R-RUN-2: each process of `df-middleware serve --workers 2`
+    runs the worker (SERVE_WITH_WORKER) and must have glibc's mmap threshold pinned like
+    `df-middleware worker` and one-process `serve` (memory.py)."""
+    script = tmp_path / "server_process.py"
+    script.write_text(SERVER_PROCESS)
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        env={
+            "DATABASE_URL": f"sqlite:///{tmp_path}/s.db",
+            "SERVE_WITH_WORKER": "true",
+            "PATH": "/usr/bin:/bin",
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "PINNED", done.stdout
