@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -506,6 +507,8 @@ def test_serve_runs_the_worker_as_the_settings_and_flags_say(
     serving.wait_for('"service.started"')
     [started] = serving.log_events("service.started")
     assert started["worker"] is expected
+    if platform.libc_ver()[0] == "glibc":  # the process that runs the worker pins its heap
+        assert started["mmap_threshold_pinned"] is expected
     _wait_http(f"http://127.0.0.1:{port}/readyz")
     stored = httpx.post(
         f"http://127.0.0.1:{port}/api/webhooks/ghl",

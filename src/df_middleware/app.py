@@ -31,6 +31,7 @@ from df_middleware.connectors.tokens import load_token_cipher
 from df_middleware.db.migrate import current_revision, head_revision, upgrade
 from df_middleware.db.session import Database, is_unavailable
 from df_middleware.ingest.routes import DB_RETRY_AFTER_SECONDS, Ingest, webhook_router
+from df_middleware.memory import pin_mmap_threshold
 from df_middleware.observability import configure_logging, get_logger
 from df_middleware.queue.operations import queue_stats
 from df_middleware.queue.scheduler import Scheduler
@@ -60,7 +61,16 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             asyncio.create_task(worker.run(stop), name="worker"),
             asyncio.create_task(scheduler.run(stop), name="scheduler"),
         ]
-    log.info("service.started", worker=app.state.run_worker, database=db.dialect, version=__version__)
+    # The worker's heap (memory.py): pinned here, in the process that runs it, whichever way the
+    # app was started (`serve`, or each process of `serve --workers N`: break14e finding 8).
+    pinned = pin_mmap_threshold() if app.state.run_worker else False
+    log.info(
+        "service.started",
+        worker=app.state.run_worker,
+        database=db.dialect,
+        version=__version__,
+        mmap_threshold_pinned=pinned,
+    )
     try:
         yield
     finally:

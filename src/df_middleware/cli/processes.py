@@ -121,7 +121,6 @@ def serve(
     settings = settings.model_copy(update={"host": bind_host, "port": bind_port})
     run_worker = False if no_worker else settings.serve_with_worker
     start_logging(settings)
-    pinned = pin_mmap_threshold() if run_worker else False  # the worker's heap (memory.py)
     from df_middleware.db.session import database_label
 
     log = command_log()
@@ -132,7 +131,6 @@ def serve(
         processes=workers,
         worker=run_worker,
         database=database_label(settings.database_url),
-        mmap_threshold_pinned=pinned,
     )
     agents = agents_from_settings(settings)  # a bad AGENTS_FILE stops start-up here (R-AG-5)
     run_with_database(_serve_start_up(stop, settings, agents), settings.database_url)

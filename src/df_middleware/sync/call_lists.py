@@ -126,6 +126,9 @@ class ListOutcome:
     blocked: list[Membership] = field(default_factory=list)
     aloware_calls: int = 0
     note: str | None = None
+    #: False when nothing could be applied (no Aloware contact yet): then the event's owner and
+    #: tags are not the ones the lists follow, and must not make a later placement look stale.
+    applied: bool = True
 
 
 async def _state_row(
@@ -318,6 +321,7 @@ class ContactLists:
             # Aloware contact): the memberships stay as they are and the next event applies them.
             outcome.plan = ListPlan(desired=plan.desired)
             outcome.note = "lists not applied: the contact is not in Aloware yet"
+            outcome.applied = False
             return outcome, placement
         if plan.remove_all:
             await self.aloware.remove_from_all_lists(aloware_contact_id)
@@ -396,7 +400,11 @@ class ContactLists:
             state.stage_list_key = placement
             state.stage_name = stage.stage_name or state.stage_name
             state.stage_at = stage.at or state.stage_at
-        if signals is not None:
+        if signals is not None and outcome.applied:
+            # Only signals the lists were placed by order later placements: an event that found
+            # no Aloware contact yet placed nothing, and the placement that follows the contact's
+            # creation (from GHL as it is then, so no older) must not be taken for stale (the
+            # break14c A1 race, seen again once placements were dated by GHL's dateUpdated).
             state.signals_at, state.signals_received_at = signals.at, signals.received_at
         state.updated_at = now
 

@@ -359,6 +359,13 @@ async def sync_ghl_contact(ctx: HandlerContext, event: ClaimedEvent) -> HandlerR
     await _see_ghl_webhook(mappings, mapping, event, profile, event_at)
     phone = profile.get("phone")
     if phone is None:
+        if mapping is not None and mapping.deleted_at is None and is_native(event):
+            # GHL's whole contact, with no number: the change is applied (nothing to write), so
+            # an older event still carrying a number (a replayed dead letter) is stale
+            # (break14e finding 7).
+            await mappings.mark_applied(contact_id, "ghl", event_at, received_at=event.received_at)
+            if mapping.aloware_contact_id is None and mapping.phone is not None:
+                await mappings.release_claim(contact_id, mapping.phone)  # its number is gone too
         return skipped(event, GHL_TO_ALOWARE, NO_PHONE)
     digest = profile_fingerprint(profile)
     echoes = EchoGuard(ctx.db, ctx.settings.echo_ttl_seconds)
@@ -387,6 +394,15 @@ async def sync_ghl_contact(ctx: HandlerContext, event: ClaimedEvent) -> HandlerR
         decision = decide_phone_change(mapping, phone, holder)
         if not decision.write:
             return skipped(event, GHL_TO_ALOWARE, decision.conflict or "conflict")
+        if before is not None and before.id != mapping.aloware_contact_id:
+            # The number is on another Aloware contact now (an agent moved it there): writing would
+            # overwrite that person's profile (break14e finding 6).
+            return skipped(
+                event,
+                GHL_TO_ALOWARE,
+                f"conflict: {phone} is on Aloware contact {before.id}, not on the mapped "
+                f"{mapping.aloware_contact_id}; nothing was written",
+            )
     else:
         # A first sync must not take over an Aloware contact that is another GHL contact's (GHL
         # may allow duplicates): the Lead API would overwrite that person's profile, and the
@@ -403,7 +419,7 @@ async def sync_ghl_contact(ctx: HandlerContext, event: ClaimedEvent) -> HandlerR
         # Nor take over the number while another GHL contact's first write to it is running (or
         # failed): both would write the one Aloware contact and the mapping would move to the
         # later one silently (break14d finding 4). The serial case above flags it the same way.
-        claim = await mappings.claim_on_phone(phone, other_than=contact_id)
+        claim = await _live_claim(ctx, mappings, phone, other_than=contact_id)
         if claim is not None:
             return skipped(
                 event,
@@ -444,6 +460,24 @@ async def sync_ghl_contact(ctx: HandlerContext, event: ClaimedEvent) -> HandlerR
     )
     entry.started_at = started
     return HandlerResult(entries=[entry])
+
+
+async def _live_claim(
+    ctx: HandlerContext, mappings: ContactMappings, phone: str, *, other_than: str
+) -> MappingView | None:
+    """Another GHL contact's claim on the number that still holds: GHL is asked whether the
+    claimer still exists with this number; a claim left by a first sync that never completed,
+    whose contact was deleted since or given another number, is released rather than block the
+    number's new owner for good (break14e findings 1 and 5)."""
+    claim = await mappings.claim_on_phone(phone, other_than=other_than)
+    ghl = ghl_connector(ctx)
+    if claim is None or ghl is None:
+        return claim
+    claimer = await ghl.get_contact(claim.ghl_contact_id)
+    if claimer is not None and normalize_phone(claimer.phone, ctx.settings.default_phone_region) == phone:
+        return claim
+    await mappings.release_claim(claim.ghl_contact_id, phone)
+    return await mappings.claim_on_phone(phone, other_than=other_than)
 
 
 async def _write_lead(

@@ -408,6 +408,15 @@ class ContactMappings:
             )
         return None if waiting is not None else mapping.ghl_seen
 
+    async def release_claim(self, ghl_contact_id: str, phone: str) -> None:
+        """The GHL contact's phone-only claim on `phone` no longer holds (GHL says the contact is
+        gone or has another number now): the number is left to whoever has it in GHL. Only a
+        claim is released, never a mapping that reached Aloware."""
+        async with self.db.session() as session:
+            row = await self._live_row(session, ghl_contact_id)
+            if row is not None and row.aloware_contact_id is None and row.phone_number == phone:
+                row.phone_number = None
+
     async def mark_deleted(self, ghl_contact_id: str) -> MappingView | None:
         """R-C-4: the GHL contact was deleted. The mapping is kept, marked, as history; and the
         ledger's record of creating that contact is retired (`retire_contact_effects`), so the

@@ -92,17 +92,18 @@ async def place_on_lists(ctx: HandlerContext, ghl_contact_id: str) -> SyncLogEnt
     """R-AG-2: the contact joins its agent's lists, from GHL's contact as it is now (owner, tags).
 
     The placement is dated by that contact's `dateUpdated` (GHL's clock, like GHL's event times,
-    believed up to MAX_CLOCK_AHEAD ahead of ours), never by our clock: an owner a GHL user assigns
+    believed up to MAX_CLOCK_AHEAD ahead of ours; when missing or past that, by the moment we
+    asked), not by our clock after the read: an owner a GHL user assigns
     after our read, applied meanwhile by another worker, is newer and wins (break14d finding 2);
     dated by our clock it could wrongly be older or newer than a GHL event (break14c A1, A5)."""
     ghl = ctx.connectors.ghl if ctx.connectors is not None else None
     if ghl is None:
         return await sync_contact_lists(ctx, ghl_contact_id)
+    asked = utcnow()  # before the read: whatever GHL did after it is newer (break14e 2, 3)
     current = await ghl.get_contact(ghl_contact_id)
     if current is None:
         return await sync_contact_lists(ctx, ghl_contact_id)  # says "not found"
-    updated = parse_iso8601(current.date_updated)
-    signals = SignalsTime(at=believed_time(updated, utcnow()), received_at=None) if updated else None
+    signals = SignalsTime(at=believed_time(parse_iso8601(current.date_updated), asked), received_at=None)
     return await sync_contact_lists(
         ctx,
         ghl_contact_id,
