@@ -29,7 +29,7 @@ from df_middleware.simulators.ghl import contact_webhook
 from df_middleware.sync.agent_field import AgentField
 from df_middleware.sync.list_registry import CallListRegistryStore
 from tests.sync_world import LOCATION, SyncWorld
-from tests.test_break14_findings import statuses
+from tests.test_break14_findings import NO_NATURAL_RETRY, statuses
 from tests.test_soak_findings import retry_now
 from tests.test_sync_call_lists import _agents, _list_calls, _memberships, _on_lists
 
@@ -145,6 +145,8 @@ async def test_a_dialer_contact_whose_list_call_failed_is_placed_by_the_retry(sy
     DF_UNASSIGNED_NEW_LEADS fails (Aloware 503 through the client's retries), so the event is
     retried. The retry must place her: she ends on the list."""
     world = sync_world
+    # No retry of its own inside `process()`: the test runs the retry itself (retry_now).
+    world.settings = world.settings.model_copy(update=NO_NATURAL_RETRY)
     await _agents(world)
     assert world.connectors is not None
     assert world.connectors.aloware is not None

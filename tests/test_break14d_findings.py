@@ -68,7 +68,7 @@ from df_middleware.sync.list_registry import CallListRegistryStore
 from df_middleware.timestamps import parse_iso8601
 from tests.conftest import TEST_SECRETS
 from tests.sync_world import LOCATION, SyncWorld
-from tests.test_break14_findings import statuses
+from tests.test_break14_findings import NO_NATURAL_RETRY, statuses
 from tests.test_break14c_findings import _log, _made_in_the_dialer, _mappings, _patch
 from tests.test_interrupted_writes import (
     STEP_DEADLINE,
@@ -408,6 +408,8 @@ async def test_a_retried_placement_after_the_ghl_contact_was_deleted_places_noth
     processed yet). The retry finds her gone: the event ends (no dead letter) and she joins no
     list; after the ContactDelete, a replay places nothing either."""
     world = sync_world
+    # No retry of its own inside `process()`: the test runs the retry itself (retry_now).
+    world.settings = world.settings.model_copy(update=NO_NATURAL_RETRY)
     await _agents(world)
     undo = await _list_call_fails_once(world)
     try:
@@ -435,6 +437,8 @@ async def test_a_retried_placement_after_a_dnc_places_nothing(sync_world: SyncWo
     creation is done: same contact, same ordering key). The retry's placement must not put her on
     a list, and after both events she is on none."""
     world = sync_world
+    # No retry of its own inside `process()`: the test runs the retry itself (retry_now).
+    world.settings = world.settings.model_copy(update=NO_NATURAL_RETRY)
     await _agents(world)
     undo = await _list_call_fails_once(world)
     try:
@@ -485,7 +489,6 @@ async def test_a_rename_back_in_aloware_while_the_creating_write_waits_is_synced
     waits for its retry (Aloware sent no webhook about the create). Meanwhile an agent renames her
     'Gin' in Aloware (synced to GHL), then back to 'Gina': a genuine change, and GHL must end with
     'Gina'."""
-    from tests.test_break14_findings import NO_NATURAL_RETRY
 
     world = sync_world
     world.settings = world.settings.model_copy(
@@ -656,6 +659,8 @@ async def test_a_creation_dnc_whose_ghl_create_failed_is_told_by_the_retry(sync_
     (503 through the client's retries), so her GHL contact is not made and the event waits. The
     retry creates her, tells GHL (Call DND active) and places her on no list; one GHL contact."""
     world = sync_world
+    # No retry of its own inside `process()`: the test runs the retry itself (retry_now).
+    world.settings = world.settings.model_copy(update=NO_NATURAL_RETRY)
     await _agents(world)
     world.ghl.faults(error_rate=1.0)
     try:

@@ -87,7 +87,7 @@ from df_middleware.sync.identity import ContactMappings, PersonKeys
 from df_middleware.sync.list_registry import CallListRegistryStore
 from tests.conftest import TEST_SECRETS
 from tests.sync_world import LOCATION, SyncWorld
-from tests.test_break14_findings import statuses
+from tests.test_break14_findings import NO_NATURAL_RETRY, statuses
 from tests.test_break14c_findings import _ghl_delivered, _log, _made_in_the_dialer, _mappings, _patch
 from tests.test_break14d_findings import (
     EARLY,
@@ -599,6 +599,8 @@ async def test_a_lead_create_whose_answer_was_lost_ends_in_one_contact_and_no_lo
     from df_middleware.db.models import EchoGuard as EchoGuardRow
 
     world = sync_world
+    # No retry of its own inside `process()`: the test runs the retry itself (retry_now).
+    world.settings = world.settings.model_copy(update=NO_NATURAL_RETRY)
     sim = world.aloware.sim
     sim.webhook_url = f"{world.service_url}/api/webhooks/aloware"
     sim.webhook_bearer_token = TEST_SECRETS["aloware_webhook_bearer_token"]
