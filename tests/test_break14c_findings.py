@@ -84,6 +84,27 @@ def _patch(
     return undo
 
 
+async def _list_call_fails_once(world: SyncWorld) -> Callable[[], None]:
+    """The first `add_to_list` fails (Aloware 503 through the client's retries); returns the undo."""
+    failed = asyncio.Event()
+
+    def wrapper(real: Callable[..., Awaitable[Any]]) -> Any:
+        async def add_fails_once(*args: Any, **kwargs: Any) -> Any:
+            if failed.is_set():
+                return await real(*args, **kwargs)
+            failed.set()
+            world.aloware.faults(error_rate=1.0)
+            try:
+                return await real(*args, **kwargs)
+            finally:
+                world.aloware.faults()
+
+        return add_fails_once
+
+    assert world.connectors is not None
+    return _patch(world.connectors.aloware, "add_to_list", wrapper)
+
+
 async def _mappings(world: SyncWorld) -> list[tuple[str, str | None, str | None, bool]]:
     async with world.db.session() as session:
         rows = await session.scalars(select(ContactMapping).order_by(ContactMapping.ghl_contact_id))
@@ -148,29 +169,10 @@ async def test_a_dialer_contact_whose_list_call_failed_is_placed_by_the_retry(sy
     # No retry of its own inside `process()`: the test runs the retry itself (retry_now).
     world.settings = world.settings.model_copy(update=NO_NATURAL_RETRY)
     await _agents(world)
-    assert world.connectors is not None
-    assert world.connectors.aloware is not None
-    aloware = world.connectors.aloware
-    failed = asyncio.Event()
-
-    def wrapper(real: Callable[..., Awaitable[Any]]) -> Any:
-        async def add_fails_once(*args: Any, **kwargs: Any) -> Any:
-            if failed.is_set():
-                return await real(*args, **kwargs)
-            failed.set()
-            world.aloware.faults(error_rate=1.0)
-            try:
-                return await real(*args, **kwargs)
-            finally:
-                world.aloware.faults()
-
-        return add_fails_once
-
-    undo = _patch(aloware, "add_to_list", wrapper)
+    undo = await _list_call_fails_once(world)
     try:
         await _made_in_the_dialer(world)
         await world.process()
-        assert failed.is_set()
         assert await statuses(world, "Contact Created") == ["pending"]
         await retry_now(world, "Contact Created")
     finally:

@@ -69,7 +69,7 @@ from df_middleware.timestamps import parse_iso8601
 from tests.conftest import TEST_SECRETS
 from tests.sync_world import LOCATION, SyncWorld
 from tests.test_break14_findings import NO_NATURAL_RETRY, statuses
-from tests.test_break14c_findings import _log, _made_in_the_dialer, _mappings, _patch
+from tests.test_break14c_findings import _list_call_fails_once, _log, _made_in_the_dialer, _mappings, _patch
 from tests.test_interrupted_writes import (
     STEP_DEADLINE,
     AnswerHold,
@@ -378,26 +378,6 @@ async def test_a_replayed_creation_after_a_dnc_places_nothing(sync_world: SyncWo
     assert await _voice_decision(world) == "opted_out"
     assert _on_lists(world) == set(), await _log(world)
     assert await _memberships(world.db) == set()
-
-
-async def _list_call_fails_once(world: SyncWorld) -> Callable[[], None]:
-    """The first `add_to_list` fails (Aloware 503 through the client's retries); returns the undo."""
-    failed = asyncio.Event()
-
-    def wrapper(real: Callable[..., Awaitable[Any]]) -> Any:
-        async def add_fails_once(*args: Any, **kwargs: Any) -> Any:
-            if failed.is_set():
-                return await real(*args, **kwargs)
-            failed.set()
-            world.aloware.faults(error_rate=1.0)
-            try:
-                return await real(*args, **kwargs)
-            finally:
-                world.aloware.faults()
-
-        return add_fails_once
-
-    return _patch(_aloware(world), "add_to_list", wrapper)
 
 
 async def test_a_retried_placement_after_the_ghl_contact_was_deleted_places_nothing(
