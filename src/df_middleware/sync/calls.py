@@ -60,6 +60,7 @@ from df_middleware.sync.conversations import ConversationCache
 from df_middleware.sync.echoes import EchoGuard
 from df_middleware.sync.effects import EffectLedger, skipped, success
 from df_middleware.sync.identity import ContactMappings, PersonKeys, resolve_ghl_contact
+from df_middleware.sync.made_contacts import create_key
 from df_middleware.sync.registry import (
     ClaimedEvent,
     HandlerContext,
@@ -514,7 +515,8 @@ async def _resolve_contact(run: _Run, contact: Mapping[str, Any]) -> str | None:
     linked = await mappings.by_aloware_id(aloware_contact_id) if aloware_contact_id is not None else None
     first_link = aloware_contact_id is not None and (linked is None or linked.deleted_at is not None)
     resolved = await resolve_ghl_contact(mappings, run.ghl, keys, aloware_contact_id=aloware_contact_id)
-    key = f"ghl:contact-for-aloware:{aloware_contact_id or keys.phone or keys.email}"
+    # The contact flow creates under the same key: one create per Aloware contact, whichever flow.
+    key = create_key(aloware_contact_id or keys.phone or keys.email or "")
     if resolved is not None:
         ghl_contact_id = resolved.ghl_contact_id
         if resolved.via != "mapping":  # found in GHL: maybe by an interrupted create of ours

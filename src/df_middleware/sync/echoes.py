@@ -177,21 +177,21 @@ class EchoGuard:
                 )
             )
 
+    async def forget(self, system: str, entity_id: str, fields: Mapping[str, Any]) -> None:
+        """Our write of `fields` to the entity, remembered before it, will have no echo (certainly
+        not made, or found afterwards): one unconsumed fingerprint of ours goes, and only ours."""
+        async with self.db.session() as session:
+            own = await self._own_provisional(session, system, entity_id, fields)
+            if own is not None:
+                await session.execute(delete(EchoGuardRow).where(EchoGuardRow.id == own))
+
     async def forget_provisional(self, system: str, provisional: str, written: Mapping[str, Any]) -> None:
         """Our create remembered under `provisional` was not made (refused before it left), or
         was made without an answer telling us so (found afterwards): its unconsumed provisional
         fingerprint goes, rather than wait ECHO_TTL to swallow a genuine change restating the same
         fields (break14b finding 2). A late echo of a create found afterwards is then taken for a
         change: harmless, the profile it carries is the one we wrote."""
-        async with self.db.session() as session:
-            own = await self._own_provisional(session, system, provisional, written)
-            if own is not None:
-                await session.execute(delete(EchoGuardRow).where(EchoGuardRow.id == own))
-
-    async def forget(self, system: str, entity_id: str, fields: Mapping[str, Any]) -> None:
-        """Our write of `fields` to the entity, remembered before it, was certainly not made: its
-        unconsumed fingerprint goes (an echo will never come to consume it)."""
-        await self.forget_provisional(system, entity_id, fields)
+        await self.forget(system, provisional, written)
 
     async def _own_provisional(
         self, session: AsyncSession, system: str, provisional: str, written: Mapping[str, Any]
