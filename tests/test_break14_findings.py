@@ -30,14 +30,10 @@ from df_middleware.sync.agent_field import AgentField
 from df_middleware.sync.agent_send_given_up import AGENT_TEXT_GIVEN_UP
 from df_middleware.sync.list_registry import CallListRegistryStore
 from tests.conftest import TEST_SECRETS, Keys
-from tests.sync_world import CONVERSATION_PROVIDER, LOCATION, SyncWorld
+from tests.sync_world import CONVERSATION_PROVIDER, LOCATION, NO_NATURAL_RETRY, SyncWorld
 from tests.test_soak_findings import retry_now
 
 PHONE = "+19195550173"
-#: Retries only when a test makes them due (`retry_now`): the default 0-1 s backoff could bring a
-#: follow-up's next attempt due inside the same worker loop while GHL is still down, using up its
-#: attempts before the test brings GHL back (a flake seen in CI).
-NO_NATURAL_RETRY = {"retry_base_seconds": 3600.0, "retry_max_seconds": 3600.0}
 
 
 @pytest.fixture(autouse=True)
@@ -105,6 +101,7 @@ async def test_a_sequence_enrolment_that_failed_is_made_on_retry(sync_world: Syn
     status Hot (ENABLE_ALOWARE_SEQUENCES, Hot → a sequence). The first attempt creates the GHL
     contact, then Aloware answers 503 to the sequence calls, so the event is retried. The retry
     must enrol the contact in Hot's sequence."""
+    sync_world.settings = sync_world.settings.model_copy(update=NO_NATURAL_RETRY)  # the test runs the retry
     world = sync_world
     sim = world.aloware.sim
     hot = sim.add_sequence("Hot leads")["id"]

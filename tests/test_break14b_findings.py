@@ -403,6 +403,7 @@ def _lose_the_upsert_answer(world: SyncWorld) -> None:
 async def _created_through_a_lost_answer(world: SyncWorld) -> tuple[str, int]:
     """An Aloware contact 'Dana' created in GHL; the upsert's answer lost, the retry finds the
     contact (the ledger's find_existing). GHL's own ContactCreate never reached us."""
+    world.settings = world.settings.model_copy(update=NO_NATURAL_RETRY)  # the test runs the retry
     world.use_modules(contacts, contacts_aloware)
     dana = world.aloware.sim.add_contact(PHONE, first_name="Dana", last_name="Reyes")
     _lose_the_upsert_answer(world)

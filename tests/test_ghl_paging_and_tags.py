@@ -35,7 +35,7 @@ from df_middleware.db.types import utcnow
 from df_middleware.simulators.ghl import GhlSimulator, create_app
 from tests.conftest import CONTRACTS
 from tests.servers import serve_app
-from tests.sync_world import SyncWorld
+from tests.sync_world import NO_NATURAL_RETRY, SyncWorld
 
 LOC = "loc_sim"
 PIT = "pit-sim"
@@ -253,6 +253,7 @@ async def test_retry_after_a_lost_answer_finds_ours_past_the_first_page(sync_wor
     """R-TXT-1, R-IDEM-2: GHL adds the inbound text but its answer is lost (504); before the retry
     45 more texts arrive in the conversation, which GHL lists 20 at a time. The retry finds ours
     on page 3 by its altId and records it: GHL holds it once, and the event is done."""
+    sync_world.settings = sync_world.settings.model_copy(update=NO_NATURAL_RETRY)  # the test runs the retry
     sync_world.use_modules(df_middleware.sync.texting)
     sim = sync_world.ghl.sim
     sim.message_page_max = GHL_PAGE

@@ -27,7 +27,7 @@ from df_middleware.simulators.ghl import contact_webhook
 from df_middleware.sync.agent_field import AgentField
 from df_middleware.sync.agent_sends import REFUSED_BEFORE
 from df_middleware.sync.list_registry import CallListRegistryStore
-from tests.sync_world import CONVERSATION_PROVIDER, LOCATION, SyncWorld
+from tests.sync_world import CONVERSATION_PROVIDER, LOCATION, NO_NATURAL_RETRY, SyncWorld
 
 PHONE = "+19195550161"
 KEYS = ("CALL_NOW", "NEW_LEADS", "FOLLOW_UP", "HOT")
@@ -147,6 +147,7 @@ async def test_a_dnd_lift_whose_list_step_failed_puts_the_contact_back_on_retry(
     fails putting the contact back on its Aloware lists (Aloware answers 503). The retry finds its
     own decision in force — not a re-stated DND — and does the list step: the contact is back on
     the lists its agent and tags say, and the decision is recorded once."""
+    sync_world.settings = sync_world.settings.model_copy(update=NO_NATURAL_RETRY)  # the test runs the retry
     world = sync_world
     world.settings = world.settings.model_copy(update={"optout_removes_from_dialer": True})
     contact = await alice_and_her_lead(world)
@@ -180,6 +181,7 @@ async def test_a_dnd_opt_out_whose_list_step_failed_takes_the_contact_off_on_ret
     user turns DND on; the first attempt records the opt-out and then fails taking the contact off
     its Aloware lists (Aloware answers 503). The retry does it: the contact is on no list, the
     opt-out recorded once."""
+    sync_world.settings = sync_world.settings.model_copy(update=NO_NATURAL_RETRY)  # the test runs the retry
     world = sync_world
     world.settings = world.settings.model_copy(update={"optout_removes_from_dialer": True})
     contact = await alice_and_her_lead(world)
@@ -243,6 +245,7 @@ async def test_a_refusal_ghl_was_not_told_of_is_told_on_retry(sync_world: SyncWo
     fails (503), so the event is retried; the retry finds the refusal recorded and tells GHL again
     from its recorded code: the GHL message ends `failed` with code `opted_out`, and Verity never
     sent a thing."""
+    sync_world.settings = sync_world.settings.model_copy(update=NO_NATURAL_RETRY)  # the test runs the retry
     world = sync_world
     await opted_out(world)
     payload = agent_send(world)
