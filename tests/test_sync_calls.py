@@ -40,7 +40,7 @@ from df_middleware.sync.calls import (
     with_marker,
 )
 from df_middleware.sync.registry import ClaimedEvent, HandlerContext, HandlerRegistry
-from tests.sync_world import SyncWorld
+from tests.sync_world import NO_NATURAL_RETRY, SyncWorld
 
 NEW_YORK = ZoneInfo("America/New_York")
 PHONE = "+19195551234"
@@ -360,6 +360,43 @@ async def test_call_disposed_writes_note_tags_and_call_log(sync_world: SyncWorld
     )
 
 
+async def test_a_call_from_a_second_dialer_contact_on_a_mapped_number_never_repoints_the_mapping(
+    sync_world: SyncWorld,
+) -> None:
+    """R-ID-3, R-CALL-1: two Aloware contacts share one number (a household, or two Aloware merges
+    about to happen). The first is mapped to the GHL contact with that number; a call by the second
+    still gets its note on GHL's contact for the number, but the mapping stays the first's, the
+    GHL profile is not filled from the second, and the conflict is in the sync log."""
+    sync_world.use_modules(df_middleware.sync.calls)
+    await sync_world.deliver_aloware("Call Disposed", call_disposed())
+    assert await sync_world.process() == 1
+    contact = only_contact(sync_world)
+
+    other = aloware_contact(
+        id=59001, first_name="Sam", last_name="Other", name="Sam Other", email="sam@example.com"
+    )
+    await sync_world.deliver_aloware(
+        "Call Disposed", call_disposed(call_id=9912399, contact_id=59001, contact=other)
+    )
+    assert await sync_world.process() == 1
+
+    after = only_contact(sync_world)  # no second GHL contact for the number
+    assert after["id"] == contact["id"]
+    assert (after["firstName"], after["email"]) == ("Sarah", "sarah.johnson@example.com")
+    assert sorted(n["body"].splitlines()[-1] for n in after["notes"]) == [
+        "[df:aloware:call:9912345:note:call-disposed]",
+        "[df:aloware:call:9912399:note:call-disposed]",
+    ]
+    async with sync_world.db.session() as session:
+        mappings = list(await session.scalars(select(ContactMapping)))
+    assert [(m.aloware_contact_id, m.ghl_contact_id) for m in mappings] == [("48213", contact["id"])]
+    rows = await sync_rows(sync_world.db)
+    assert any(
+        r.message is not None and r.message.startswith(f"conflict: GHL contact {contact['id']}") for r in rows
+    )
+    assert await event_statuses(sync_world.db) == ["done", "done"]
+
+
 async def test_redelivery_and_replay_leave_one_note(sync_world: SyncWorld) -> None:
     """R-CALL-4/R-IDEM-1: the same webhook twice and a replay: one note, one call log entry."""
     sync_world.use_modules(df_middleware.sync.calls)
@@ -381,6 +418,7 @@ async def test_lost_note_answer_is_found_by_its_marker(
 ) -> None:
     """R-CALL-4: GHL creates the note but its answer is lost (504); the retry finds the marker
     in the contact's notes and records it instead of writing a second note."""
+    sync_world.settings = sync_world.settings.model_copy(update=NO_NATURAL_RETRY)  # the test runs the retry
     sync_world.use_modules(df_middleware.sync.calls)
     sim = sync_world.ghl.sim
     original = sim.add_note

@@ -519,6 +519,24 @@ async def _resolve_contact(run: _Run, contact: Mapping[str, Any]) -> str | None:
     key = create_key(aloware_contact_id or keys.phone or keys.email or "")
     if resolved is not None:
         ghl_contact_id = resolved.ghl_contact_id
+        owner = await mappings.by_ghl_id(ghl_contact_id)
+        if (
+            owner is not None
+            and owner.deleted_at is None
+            and owner.aloware_contact_id not in (None, aloware_contact_id)
+        ):
+            # Found by phone or email, but that GHL contact is another Aloware contact's (two
+            # dialer contacts share the number, or Aloware merged them): the activity still goes
+            # to GHL's contact for the number, but the mapping is never re-pointed and that
+            # person's profile is not filled from this one (the contact flow's conflict rule).
+            run.log(
+                f"conflict: GHL contact {ghl_contact_id} (found by {resolved.via}) is mapped to Aloware "
+                f"contact {owner.aloware_contact_id}, not {aloware_contact_id}; activity written there, "
+                "mapping unchanged",
+                ghl_contact_id,
+                entity_type="contact",
+            )
+            return ghl_contact_id
         if resolved.via != "mapping":  # found in GHL: maybe by an interrupted create of ours
             await run.ledger.settle_found(key, "ghl", ghl_contact_id)
         if first_link:
