@@ -6,13 +6,14 @@ contact the service made for a dialer contact is owed (`sync/made_contacts`: con
 as DND, its lists dated by GHL's `dateUpdated`). Real ingest, the real worker and the simulators
 over HTTP, both databases (`sync_world`); races made deterministic by patching a connector call.
 
-Findings (the sync ones on both databases). All fixed but 4, a strict xfail (a display of GHL's,
-every send still refused; its own issue): 1 and 5 by asking GHL whether the claimer still has the
-number (`contacts._live_claim`, `ContactMappings.release_claim`) and releasing a claim when its
-contact loses its number; 2 and 3 by dating the placement by the moment we asked when
-`dateUpdated` is missing or implausible; 6 by a conflict when the number is on another Aloware
-contact than the mapped one; 7 by applying a no-phone change (the watermark moves); 8 by pinning
-in the app's lifespan, in the process that runs the worker:
+Findings (the sync ones on both databases). All fixed: 4 by showing the opt-outs in force on a GHL
+contact the service sees for the first time (`contacts._tell_consents_at_first_sight`); 1 and 5 by
+asking GHL whether the claimer still has the number (`contacts._live_claim`,
+`ContactMappings.release_claim`) and releasing a claim when its contact loses its number; 2 and 3 by
+dating the placement by the moment we asked when `dateUpdated` is missing or implausible; 6 by a
+conflict when the number is on another Aloware contact than the mapped one; 7 by applying a no-phone
+change (the watermark moves); 8 by pinning in the app's lifespan, in the process that runs the
+worker:
 1. (medium) A phone-only claim outlives the reason for it: a GHL contact whose first Lead API
    write failed for good (dead letter) keeps its claim on the number after a GHL user removes
    the number from it (its next `ContactUpdate` has no phone and is skipped before anything
@@ -416,6 +417,17 @@ async def test_a_lost_lead_answer_retried_leaves_no_fingerprint_to_swallow_a_cha
     assert contact.get("email") == "ann@example.com", await _log(world)
 
 
+async def _still_the_texted_stop(world: SyncWorld, store: ConsentStore) -> None:
+    """The SMS decision in force for PHONE is still Dana's texted STOP, with one history row: our
+    own DND write's ContactDndUpdate was taken as our echo, not as a GHL user's decision."""
+    state = await store.state("sms", PHONE)
+    assert state is not None
+    assert (state.status, state.source, state.reason) == ("opted_out", "texting", "STOP"), await _log(world)
+    async with world.db.session() as session:
+        history = list(await session.scalars(select(OptoutEvent)))
+    assert [(h.channel, h.source) for h in history] == [("sms", "texting")], await _log(world)
+
+
 async def _stop_in_force(world: SyncWorld) -> ConsentStore:
     """Dana texted STOP at 15:00 (SMS opt-out in force for PHONE, no GHL contact then)."""
     store = ConsentStore(world.db)
@@ -464,34 +476,62 @@ async def test_our_dnd_write_seen_by_another_worker_before_it_is_remembered_is_o
     await world.process()
     assert raced.is_set()
     assert await statuses(world, "Contact Created") == ["done"]
-    state = await store.state("sms", PHONE)
-    assert state is not None
-    assert (state.status, state.source, state.reason) == ("opted_out", "texting", "STOP"), await _log(world)
-    async with world.db.session() as session:
-        history = list(await session.scalars(select(OptoutEvent)))
-    assert [(h.channel, h.source) for h in history] == [("sms", "texting")], await _log(world)
+    await _still_the_texted_stop(world, store)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="break14e finding 4 (product, low): only a GHL contact the service makes for a dialer "
-    "contact is told the consents in force (sync/made_contacts.py:51 via contacts_aloware.py:93); "
-    "sync/contacts.py handle_ghl_contact_upsert (:318) never tells a GHL-made contact on an "
-    "opted-out number, so GHL shows SMS DND off while every send to it is refused (R-OPT-4)",
-)
 async def test_a_ghl_contact_recreated_after_a_stop_shows_the_opt_out(sync_world: SyncWorld) -> None:
     """R-OPT-5, R-C-1: Dana texted STOP (SMS opt-out in force) and her GHL contact was deleted
     since; a GHL user creates her again. GHL creates contacts with DND off, so the service shows
     the opt-out in force on the new contact (SMS DND active), as it does for a contact it makes
-    for a dialer contact (`sync/made_contacts`)."""
+    for a dialer contact (`sync/made_contacts`). GHL's ContactDndUpdate about that write is our
+    echo (the decision in force stays the texted STOP, one history row), and Dana reaches
+    Aloware as usual."""
     world = sync_world
-    await _stop_in_force(world)
+    store = await _stop_in_force(world)
     dana = world.ghl.sim.create_contact(LOCATION, {"phone": PHONE, "firstName": "Dana"}).contact
+    world.ghl_sends_webhooks()
     await world.deliver_ghl(contact_webhook("ContactCreate", dana))
     await world.process()
     assert await statuses(world, "ContactCreate") == ["done"]
     [contact] = _ghl_contacts(world)
     assert ((contact.get("dndSettings") or {}).get("SMS") or {}).get("status") == "active", await _log(world)
+    assert ((contact.get("dndSettings") or {}).get("Call") or {}).get("status") != "active"
+
+    await world.ghl_webhooks_delivered("ContactDndUpdate")
+    await world.process()
+    assert await statuses(world, "ContactDndUpdate") == ["done"]
+    await _still_the_texted_stop(world, store)
+    made = world.aloware.sim.contact_by_phone(PHONE)
+    assert made is not None, await _log(world)
+    assert made["first_name"] == "Dana"
+
+
+async def test_a_ghl_contact_made_on_an_opted_out_number_is_told_on_the_retry_after_ghl_failed(
+    sync_world: SyncWorld,
+) -> None:
+    """R-OPT-5, R-Q-3: as above, but GHL refuses the DND write the first time (a 503): the event
+    is retried, still sees the contact unmapped, and shows the opt-out on the retry; a contact the
+    service had already seen is not told again on its later updates (no GHL call for it)."""
+    world = sync_world
+    world.settings = world.settings.model_copy(update=NO_NATURAL_RETRY)
+    await _stop_in_force(world)
+    dana = world.ghl.sim.create_contact(LOCATION, {"phone": PHONE, "firstName": "Dana"}).contact
+    world.ghl.faults(error_rate=1.0, error_status=503)
+    await world.deliver_ghl(contact_webhook("ContactCreate", dana))
+    await world.process()
+    world.ghl.faults()
+    assert await statuses(world, "ContactCreate") == ["pending"]
+    assert world.aloware.sim.contact_by_phone(PHONE) is None  # the Aloware step waits for the retry
+    await retry_now(world, "ContactCreate")
+    assert await statuses(world, "ContactCreate") == ["done"], await _log(world)
+    [contact] = _ghl_contacts(world)
+    assert ((contact.get("dndSettings") or {}).get("SMS") or {}).get("status") == "active", await _log(world)
+
+    reads = len(world.ghl.requests("GET", f"/contacts/{dana['id']}"))
+    renamed = world.ghl.sim.update_contact(LOCATION, dana["id"], {"firstName": "Danielle"}).contact
+    await world.deliver_ghl(contact_webhook("ContactUpdate", renamed))
+    await world.process()
+    assert len(world.ghl.requests("GET", f"/contacts/{dana['id']}")) == reads
 
 
 async def test_a_contact_recreated_before_the_claimers_delete_is_processed_syncs(
@@ -701,6 +741,36 @@ async def test_replaying_the_claimers_dead_letter_after_its_number_was_removed_w
     await replay_event(world.db, str(dead))
     await world.process()
     assert world.aloware.sim.contact_by_phone(PHONE) is None, (await _log(world), await _mappings(world))
+
+
+async def test_a_late_copy_of_an_older_number_removal_does_not_release_the_current_claim(
+    sync_world: SyncWorld,
+) -> None:
+    """R-Q-4, R-ID-3 (review of 8c3300e): Gina's first sync failed; a GHL user removed her number
+    (processed), then gave it back (its sync failed again: she claims the number once more). A late
+    copy of a number removal older than the one applied is stale: it decides nothing, and Gina
+    keeps her claim on the number she holds in GHL."""
+    world = sync_world
+    gina = await _gina_claims_and_fails(world)
+    cleared = world.ghl.sim.update_contact(LOCATION, gina["id"], {"phone": ""}).contact
+    removed_at = datetime.now(UTC)
+    await world.deliver_ghl(contact_webhook("ContactUpdate", cleared))
+    await world.process()
+    assert (gina["id"], None, PHONE, False) not in await _mappings(world)
+
+    back = world.ghl.sim.update_contact(LOCATION, gina["id"], {"phone": PHONE}).contact
+    undo = _lead_write_fails_for_good(world)
+    try:
+        await world.deliver_ghl(contact_webhook("ContactUpdate", back))
+        await world.process()
+    finally:
+        undo()
+    assert (gina["id"], None, PHONE, False) in await _mappings(world), await _log(world)
+
+    older = (removed_at - timedelta(minutes=2)).isoformat().replace("+00:00", "Z")
+    await world.deliver_ghl({**contact_webhook("ContactUpdate", cleared), "timestamp": older})
+    await world.process()
+    assert (gina["id"], None, PHONE, False) in await _mappings(world), await _log(world)
 
 
 # --- the worker's heap ----------------------------------------------------------------------------

@@ -51,7 +51,14 @@ from df_middleware.sync.identity import (
     PersonKeys,
     Side,
 )
-from df_middleware.sync.registry import ClaimedEvent, HandlerContext, HandlerRegistry, HandlerResult
+from df_middleware.sync.made_contacts import tell_consents_in_force
+from df_middleware.sync.registry import (
+    ClaimedEvent,
+    HandlerContext,
+    HandlerRegistry,
+    HandlerResult,
+    SyncLogEntry,
+)
 from df_middleware.timestamps import believed_time, parse_iso8601
 
 SourceOfTruth: TypeAlias = Literal["ghl", "aloware", "merge"]
@@ -60,6 +67,7 @@ Profile: TypeAlias = dict[str, str]
 
 GHL_TO_ALOWARE = "ghl_to_aloware"
 ALOWARE_TO_GHL = "aloware_to_ghl"
+INTERNAL = "internal"
 
 #: Profile fields both systems hold, in the shared vocabulary (Aloware's own names).
 PROFILE_FIELDS: tuple[str, ...] = (
@@ -320,8 +328,14 @@ async def handle_ghl_contact_upsert(ctx: HandlerContext, event: ClaimedEvent) ->
     the contact (R-C-1), then its agent and power-dialer lists (R-AG-1…R-AG-4), which need the
     Aloware contact the first step creates. The lists step runs whatever the first decided (an
     unchanged profile may still carry new tags or a new owner) and costs no Aloware call when the
-    contact's lists stay as they are."""
+    contact's lists stay as they are.
+
+    A contact seen for the first time (a GHL user made it: GHL creates contacts with DND off) is
+    first shown the opt-outs in force for its number as DND (R-OPT-5, R-OPT-6; break14e finding
+    4), before the Aloware step, so a retry of the event still sees it unmapped and tells again."""
+    told = await _tell_consents_at_first_sight(ctx, event)
     result = await sync_ghl_contact(ctx, event)
+    result.entries[:0] = told
     lists = await sync_contact_lists(
         ctx,
         event.entity_id or "",
@@ -332,6 +346,20 @@ async def handle_ghl_contact_upsert(ctx: HandlerContext, event: ClaimedEvent) ->
     if lists is not None:
         result.entries.append(lists)
     return result
+
+
+async def _tell_consents_at_first_sight(ctx: HandlerContext, event: ClaimedEvent) -> list[SyncLogEntry]:
+    """The opt-outs in force for a GHL contact's number, shown on it when the service has never
+    seen the contact (no mapping row, live or deleted): costs nothing but a consent lookup unless
+    an opt-out is in force. A contact the service made is mapped (and told) by the flow that made
+    it; should its `ContactCreate` come first, telling again finds the DND set and writes nothing."""
+    contact_id = event.entity_id
+    phone = ghl_profile(event.payload, ctx.settings.default_phone_region).get("phone")
+    if not contact_id or phone is None or ghl_connector(ctx) is None:
+        return []
+    if await ContactMappings(ctx.db).by_ghl_id(contact_id) is not None:
+        return []
+    return await tell_consents_in_force(ctx, event, contact_id, phone, direction=INTERNAL)
 
 
 async def sync_ghl_contact(ctx: HandlerContext, event: ClaimedEvent) -> HandlerResult:
@@ -359,10 +387,16 @@ async def sync_ghl_contact(ctx: HandlerContext, event: ClaimedEvent) -> HandlerR
     await _see_ghl_webhook(mappings, mapping, event, profile, event_at)
     phone = profile.get("phone")
     if phone is None:
-        if mapping is not None and mapping.deleted_at is None and is_native(event):
+        if (
+            mapping is not None
+            and mapping.deleted_at is None
+            and is_native(event)
+            and not mapping.is_stale("ghl", event_at, event.received_at)
+        ):
             # GHL's whole contact, with no number: the change is applied (nothing to write), so
             # an older event still carrying a number (a replayed dead letter) is stale
-            # (break14e finding 7).
+            # (break14e finding 7). A stale one (older than a change already applied) decides
+            # nothing: the number a later change gave the contact keeps its claim.
             await mappings.mark_applied(contact_id, "ghl", event_at, received_at=event.received_at)
             if mapping.aloware_contact_id is None and mapping.phone is not None:
                 await mappings.release_claim(contact_id, mapping.phone)  # its number is gone too

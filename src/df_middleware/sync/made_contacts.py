@@ -55,10 +55,12 @@ async def tell_consents_in_force(
     phone: str | None,
     *,
     told: frozenset[Channel] = frozenset(),
+    direction: str = ALOWARE_TO_GHL,
 ) -> list[SyncLogEntry]:
     """R-OPT-5, R-OPT-6: an opt-out in force for the number on a channel is shown on the new GHL
     contact (SMS or Call DND active), remembered as our write. `told`: channels this event's own
-    decision has told already."""
+    decision has told already. Also used by the GHL contact flow for a contact a GHL user made
+    (`contacts.handle_ghl_contact_upsert`, direction `internal`)."""
     ghl = ctx.connectors.ghl if ctx.connectors is not None else None
     if ghl is None or phone is None:
         return []
@@ -73,12 +75,12 @@ async def tell_consents_in_force(
         started = utcnow()
         done = await set_ghl_dnd(ctx, ghl, ghl_contact_id, dnd_channel, "active")
         if done == "gone":
-            entries += skipped(event, ALOWARE_TO_GHL, f"GHL contact {ghl_contact_id} not found").entries
+            entries += skipped(event, direction, f"GHL contact {ghl_contact_id} not found").entries
             continue
         said = "set" if done == "set" else "already"
         entry = success(
             event,
-            ALOWARE_TO_GHL,
+            direction,
             f"GHL contact {dnd_channel} DND {said} active: the number's {channel} opt-out in force "
             f"({state.reason or state.source})",
             target_id=ghl_contact_id,
