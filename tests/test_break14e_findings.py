@@ -506,6 +506,58 @@ async def test_a_ghl_contact_recreated_after_a_stop_shows_the_opt_out(sync_world
     assert made["first_name"] == "Dana"
 
 
+async def test_an_opt_out_lifted_while_it_is_shown_on_a_new_contact_is_not_left_showing(
+    sync_world: SyncWorld,
+) -> None:
+    """R-OPT-5, R-OPT-2: Dana's SMS opt-out is in force when a GHL user creates her contact; she
+    texts START while the service shows the opt-out on it, and START's flow finds GHL showing DND
+    off (our write not landed yet), so it writes nothing. Our DND write must not outlive the lift:
+    the decision is asked again after the write, and the DND set back inactive. GHL's webhooks
+    about both writes are our echoes: the decision in force stays her START."""
+    world = sync_world
+    store = await _stop_in_force(world)
+    dana = world.ghl.sim.create_contact(LOCATION, {"phone": PHONE, "firstName": "Dana"}).contact
+    world.ghl_sends_webhooks()
+    lifted = asyncio.Event()
+
+    def wrapper(real: Callable[..., Awaitable[Any]]) -> Any:
+        async def write_then_lift(contact_id: str, update: Any) -> Any:
+            answer = await real(contact_id, update)
+            if not lifted.is_set() and getattr(update, "dnd_settings", None):
+                lifted.set()
+                await store.apply(
+                    ConsentChange(
+                        channel="sms",
+                        phone=PHONE,
+                        status="opted_in",
+                        source="texting",
+                        event_at=datetime(2026, 11, 24, 16, 0, tzinfo=UTC),
+                        reason="START",
+                    )
+                )
+            return answer
+
+        return write_then_lift
+
+    undo = _patch(_ghl(world), "update_contact", wrapper)
+    try:
+        await world.deliver_ghl(contact_webhook("ContactCreate", dana))
+        await world.process()
+    finally:
+        undo()
+    assert lifted.is_set()
+    assert await statuses(world, "ContactCreate") == ["done"]
+    [contact] = _ghl_contacts(world)
+    assert ((contact.get("dndSettings") or {}).get("SMS") or {}).get("status") != "active", await _log(world)
+
+    await world.ghl_webhooks_delivered("ContactDndUpdate", at_least=2)
+    await world.process()
+    assert await statuses(world, "ContactDndUpdate") == ["done", "done"]
+    state = await store.state("sms", PHONE)
+    assert state is not None
+    assert (state.status, state.reason) == ("opted_in", "START"), await _log(world)
+
+
 async def test_a_ghl_contact_made_on_an_opted_out_number_is_told_on_the_retry_after_ghl_failed(
     sync_world: SyncWorld,
 ) -> None:

@@ -60,7 +60,10 @@ async def tell_consents_in_force(
     """R-OPT-5, R-OPT-6: an opt-out in force for the number on a channel is shown on the new GHL
     contact (SMS or Call DND active), remembered as our write. `told`: channels this event's own
     decision has told already. Also used by the GHL contact flow for a contact a GHL user made
-    (`contacts.handle_ghl_contact_upsert`, direction `internal`)."""
+    (`contacts.handle_ghl_contact_upsert`, direction `internal`).
+
+    The decision is asked again after a DND write: an opt-out lifted meanwhile, whose own flow
+    may already have told GHL, is not left overwritten by ours (the write is set back)."""
     ghl = ctx.connectors.ghl if ctx.connectors is not None else None
     if ghl is None or phone is None:
         return []
@@ -77,6 +80,20 @@ async def tell_consents_in_force(
         if done == "gone":
             entries += skipped(event, direction, f"GHL contact {ghl_contact_id} not found").entries
             continue
+        if done == "set" and not await _still_opted_out(store, channel, phone):
+            # Lifted (a START, an operator) between our read and our write: the lift's own flow may
+            # have told GHL before our write landed, so ours would outlive it. Set back.
+            await set_ghl_dnd(ctx, ghl, ghl_contact_id, dnd_channel, "inactive")
+            entry = success(
+                event,
+                direction,
+                f"GHL contact {dnd_channel} DND set back inactive: the number's {channel} opt-out was "
+                "lifted while it was being shown",
+                target_id=ghl_contact_id,
+            )
+            entry.started_at = started
+            entries.append(entry)
+            continue
         said = "set" if done == "set" else "already"
         entry = success(
             event,
@@ -88,6 +105,11 @@ async def tell_consents_in_force(
         entry.started_at = started
         entries.append(entry)
     return entries
+
+
+async def _still_opted_out(store: ConsentStore, channel: Channel, phone: str) -> bool:
+    state = await store.state(channel, phone)
+    return state is not None and state.status == OPTED_OUT
 
 
 async def place_on_lists(ctx: HandlerContext, ghl_contact_id: str) -> SyncLogEntry | None:
