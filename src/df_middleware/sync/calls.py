@@ -521,7 +521,8 @@ async def _resolve_contact(run: _Run, contact: Mapping[str, Any]) -> str | None:
         ghl_contact_id = resolved.ghl_contact_id
         owner = await mappings.by_ghl_id(ghl_contact_id)
         if (
-            owner is not None
+            aloware_contact_id is not None  # a body without a contact id names nobody to conflict with
+            and owner is not None
             and owner.deleted_at is None
             and owner.aloware_contact_id not in (None, aloware_contact_id)
         ):
@@ -789,7 +790,20 @@ async def handle_contact_disposed(ctx: HandlerContext, event: ClaimedEvent) -> H
     tag = disposition_tag(value)
     field_key = ctx.settings.ghl_disposition_field_key
 
+    stale_on: list[str] = []
+
     async def write(ghl_contact_id: str) -> None:
+        target = mapped if mapped is not None and mapped.ghl_contact_id == ghl_contact_id else None
+        target = target or await mappings.by_ghl_id(ghl_contact_id)
+        if (
+            target is not None
+            and target.deleted_at is None
+            and target.is_stale("disposition", disposed_at, event.received_at)
+        ):
+            # The GHL contact's newer disposition came from another Aloware contact on its number
+            # (a conflict: this one is not mapped, so the check above could not see it).
+            stale_on.append(ghl_contact_id)
+            return
         tags_now = await ghl.tags_after_adding(ghl_contact_id, [tag])
         stale = stale_disposition_tags(tags_now, value)
         if stale:
@@ -806,6 +820,11 @@ async def handle_contact_disposed(ctx: HandlerContext, event: ClaimedEvent) -> H
     ghl_contact_id = await _on_live_contact(run, body, write)
     if ghl_contact_id is None:
         return skipped(event, DIRECTION, NO_CONTACT_DATA)
+    if stale_on:
+        result = skipped(event, DIRECTION, f"stale: GHL contact {ghl_contact_id} has a newer disposition")
+        result.entries[:0] = run.entries
+        result.effects = list(run.ledger.performed)
+        return result
     await mappings.mark_disposition_applied(ghl_contact_id, disposed_at, received_at=event.received_at)
     return run.result()
 

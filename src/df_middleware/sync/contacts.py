@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal, TypeAlias
 
 from df_middleware.connectors.aloware import AlowareClient, AlowareContact, LeadFields
@@ -51,7 +51,7 @@ from df_middleware.sync.identity import (
     PersonKeys,
     Side,
 )
-from df_middleware.sync.made_contacts import tell_consents_in_force
+from df_middleware.sync.made_contacts import opt_outs_in_force, tell_consents_in_force
 from df_middleware.sync.registry import (
     ClaimedEvent,
     HandlerContext,
@@ -68,6 +68,9 @@ Profile: TypeAlias = dict[str, str]
 GHL_TO_ALOWARE = "ghl_to_aloware"
 ALOWARE_TO_GHL = "aloware_to_ghl"
 INTERNAL = "internal"
+#: How much later than what a webhook reports GHL's `dateUpdated` of the contact may be and still
+#: be that state (GHL stamps both; a person's next edit is seconds away, not milliseconds).
+CHANGED_SINCE_SLACK = timedelta(seconds=1)
 
 #: Profile fields both systems hold, in the shared vocabulary (Aloware's own names).
 PROFILE_FIELDS: tuple[str, ...] = (
@@ -350,16 +353,45 @@ async def handle_ghl_contact_upsert(ctx: HandlerContext, event: ClaimedEvent) ->
 
 async def _tell_consents_at_first_sight(ctx: HandlerContext, event: ClaimedEvent) -> list[SyncLogEntry]:
     """The opt-outs in force for a GHL contact's number, shown on it when the service has never
-    seen the contact (no mapping row, live or deleted): costs nothing but a consent lookup unless
-    an opt-out is in force. A contact the service made is mapped (and told) by the flow that made
-    it; should its `ContactCreate` come first, telling again finds the DND set and writes nothing."""
+    seen the contact (no mapping row, live or deleted). Costs a consent lookup; GHL is read only
+    when an opt-out is in force. Nothing is written when:
+    - the webhook is the echo of our own create (the flow that made the contact tells it; two
+      writers of one value would leave a fingerprint no webhook consumes: break15 finding 6);
+    - the contact has another number now (its own event will come: break15 finding 2);
+    - GHL changed the contact after the webhook (its `dateUpdated` is later): what GHL shows may
+      be a newer decision, such as a GHL user switching off the DND the contact was made with,
+      whose own webhook follows (break15 finding 1). GHL already showing the DND writes nothing.
+    """
     contact_id = event.entity_id
-    phone = ghl_profile(event.payload, ctx.settings.default_phone_region).get("phone")
-    if not contact_id or phone is None or ghl_connector(ctx) is None:
+    region = ctx.settings.default_phone_region
+    profile = ghl_profile(event.payload, region)
+    phone = profile.get("phone")
+    ghl = ghl_connector(ctx)
+    if not contact_id or phone is None or ghl is None:
         return []
     if await ContactMappings(ctx.db).by_ghl_id(contact_id) is not None:
         return []
-    return await tell_consents_in_force(ctx, event, contact_id, phone, direction=INTERNAL)
+    in_force = await opt_outs_in_force(ctx, phone)
+    if not in_force:
+        return []
+    echoes = EchoGuard(ctx.db, ctx.settings.echo_ttl_seconds)
+    if await echoes.is_echo(
+        "ghl", contact_id, profile, by=str(event.id), provisional=provisional_entity(phone)
+    ):
+        return []  # the same question `sync_ghl_contact` asks next; asked again, it answers the same
+    current = await ghl.get_contact(contact_id)
+    if current is None or normalize_phone(current.phone, region) != phone:
+        return []
+    # What the webhook reports is of its time: a create's `dateAdded` (GHL's stamp of the state
+    # sent), else the webhook's own time.
+    added_at = parse_iso8601(event.payload.get("dateAdded")) if event.event_type == "ContactCreate" else None
+    reported_at = added_at or ghl_event_time(event)
+    changed_at = parse_iso8601(current.date_updated)
+    if reported_at is not None and changed_at is not None and changed_at > reported_at + CHANGED_SINCE_SLACK:
+        return []  # changed in GHL since this webhook: what GHL shows may be a newer decision
+    return await tell_consents_in_force(
+        ctx, event, contact_id, phone, direction=INTERNAL, in_force=in_force, shown=current.dnd_settings or {}
+    )
 
 
 async def sync_ghl_contact(ctx: HandlerContext, event: ClaimedEvent) -> HandlerResult:
@@ -398,8 +430,9 @@ async def sync_ghl_contact(ctx: HandlerContext, event: ClaimedEvent) -> HandlerR
             # (break14e finding 7). A stale one (older than a change already applied) decides
             # nothing: the number a later change gave the contact keeps its claim.
             await mappings.mark_applied(contact_id, "ghl", event_at, received_at=event.received_at)
-            if mapping.aloware_contact_id is None and mapping.phone is not None:
-                await mappings.release_claim(contact_id, mapping.phone)  # its number is gone too
+            claimed = mapping.phone if mapping.aloware_contact_id is None else None
+            if claimed is not None and not await _still_on(ctx, contact_id, claimed):
+                await mappings.release_claim(contact_id, claimed)  # its number is gone too
         return skipped(event, GHL_TO_ALOWARE, NO_PHONE)
     digest = profile_fingerprint(profile)
     echoes = EchoGuard(ctx.db, ctx.settings.echo_ttl_seconds)
@@ -494,6 +527,18 @@ async def sync_ghl_contact(ctx: HandlerContext, event: ClaimedEvent) -> HandlerR
     )
     entry.started_at = started
     return HandlerResult(entries=[entry])
+
+
+async def _still_on(ctx: HandlerContext, contact_id: str, phone: str) -> bool:
+    """Whether GHL shows the contact on `phone` now. A no-phone event is judged by its own time,
+    and a copy of an applied one (same time, received later) counts as newer; but the number may
+    have come back since in an event whose write failed (no watermark moved): GHL decides before a
+    claim is released (break15 finding 5)."""
+    ghl = ghl_connector(ctx)
+    if ghl is None:
+        return False
+    current = await ghl.get_contact(contact_id)
+    return current is not None and normalize_phone(current.phone, ctx.settings.default_phone_region) == phone
 
 
 async def _live_claim(

@@ -14,9 +14,10 @@ both steps are set operations, so running them again changes only what differs.
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
-from df_middleware.consent.decisions import OPTED_OUT, Channel
+from df_middleware.consent.decisions import OPTED_OUT, Channel, ConsentState
 from df_middleware.consent.store import ConsentStore
 from df_middleware.db.types import utcnow
 from df_middleware.sync.call_lists import SignalsTime, sync_contact_lists
@@ -28,7 +29,8 @@ from df_middleware.timestamps import believed_time, parse_iso8601
 
 ALOWARE_TO_GHL = "aloware_to_ghl"
 #: Each consent channel and the GHL DND channel that shows it.
-DND_CHANNELS: tuple[tuple[Channel, Literal["SMS", "Call"]], ...] = (("sms", "SMS"), ("voice", "Call"))
+DndName = Literal["SMS", "Call"]
+DND_CHANNELS: tuple[tuple[Channel, DndName], ...] = (("sms", "SMS"), ("voice", "Call"))
 
 
 def create_key(aloware_contact_id: str) -> str:
@@ -48,6 +50,22 @@ async def contact_it_made(ctx: HandlerContext, event: ClaimedEvent) -> str | Non
     return made.target_id
 
 
+async def opt_outs_in_force(
+    ctx: HandlerContext, phone: str, told: frozenset[Channel] = frozenset()
+) -> list[tuple[Channel, DndName, ConsentState]]:
+    """The number's opt-outs in force, each with the GHL DND channel that shows it (`told`: the
+    channels left out). A consent lookup each; no remote call."""
+    store = ConsentStore(ctx.db)
+    found: list[tuple[Channel, DndName, ConsentState]] = []
+    for channel, dnd_channel in DND_CHANNELS:
+        if channel in told:
+            continue
+        state = await store.state(channel, phone)
+        if state is not None and state.status == OPTED_OUT:
+            found.append((channel, dnd_channel, state))
+    return found
+
+
 async def tell_consents_in_force(
     ctx: HandlerContext,
     event: ClaimedEvent,
@@ -56,11 +74,14 @@ async def tell_consents_in_force(
     *,
     told: frozenset[Channel] = frozenset(),
     direction: str = ALOWARE_TO_GHL,
+    in_force: list[tuple[Channel, DndName, ConsentState]] | None = None,
+    shown: Mapping[str, Any] | None = None,
 ) -> list[SyncLogEntry]:
     """R-OPT-5, R-OPT-6: an opt-out in force for the number on a channel is shown on the new GHL
     contact (SMS or Call DND active), remembered as our write. `told`: channels this event's own
     decision has told already. Also used by the GHL contact flow for a contact a GHL user made
-    (`contacts.handle_ghl_contact_upsert`, direction `internal`).
+    (`contacts.handle_ghl_contact_upsert`, direction `internal`), which passes the opt-outs it
+    looked up (`in_force`) and the DND GHL shows as it read them (`shown`).
 
     The decision is asked again after a DND write: an opt-out lifted meanwhile, whose own flow
     may already have told GHL, is not left overwritten by ours (the write is set back)."""
@@ -69,14 +90,11 @@ async def tell_consents_in_force(
         return []
     store = ConsentStore(ctx.db)
     entries: list[SyncLogEntry] = []
-    for channel, dnd_channel in DND_CHANNELS:
-        if channel in told:
-            continue
-        state = await store.state(channel, phone)
-        if state is None or state.status != OPTED_OUT:
-            continue
+    for channel, dnd_channel, state in (
+        in_force if in_force is not None else await opt_outs_in_force(ctx, phone, told)
+    ):
         started = utcnow()
-        done = await set_ghl_dnd(ctx, ghl, ghl_contact_id, dnd_channel, "active")
+        done = await set_ghl_dnd(ctx, ghl, ghl_contact_id, dnd_channel, "active", shown=shown)
         if done == "gone":
             entries += skipped(event, direction, f"GHL contact {ghl_contact_id} not found").entries
             continue
