@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Literal, TypeAlias
 
 from df_middleware.connectors.aloware import AlowareClient, AlowareContact, LeadFields
@@ -52,6 +52,7 @@ from df_middleware.sync.identity import (
     Side,
 )
 from df_middleware.sync.made_contacts import opt_outs_in_force, tell_consents_in_force
+from df_middleware.sync.optout import INTERNAL
 from df_middleware.sync.registry import (
     ClaimedEvent,
     HandlerContext,
@@ -67,10 +68,6 @@ Profile: TypeAlias = dict[str, str]
 
 GHL_TO_ALOWARE = "ghl_to_aloware"
 ALOWARE_TO_GHL = "aloware_to_ghl"
-INTERNAL = "internal"
-#: How much later than what a webhook reports GHL's `dateUpdated` of the contact may be and still
-#: be that state (GHL stamps both; a person's next edit is seconds away, not milliseconds).
-CHANGED_SINCE_SLACK = timedelta(seconds=1)
 
 #: Profile fields both systems hold, in the shared vocabulary (Aloware's own names).
 PROFILE_FIELDS: tuple[str, ...] = (
@@ -357,10 +354,12 @@ async def _tell_consents_at_first_sight(ctx: HandlerContext, event: ClaimedEvent
     when an opt-out is in force. Nothing is written when:
     - the webhook is the echo of our own create (the flow that made the contact tells it; two
       writers of one value would leave a fingerprint no webhook consumes: break15 finding 6);
-    - the contact has another number now (its own event will come: break15 finding 2);
-    - GHL changed the contact after the webhook (its `dateUpdated` is later): what GHL shows may
-      be a newer decision, such as a GHL user switching off the DND the contact was made with,
-      whose own webhook follows (break15 finding 1). GHL already showing the DND writes nothing.
+    - the contact has another number now (break15 finding 2);
+    - a `ContactDndUpdate` of the contact is waiting in the queue: GHL's DND as read now may be a
+      GHL user's decision (made with DND on, then switched off) that event will record; our
+      write would undo it (break15 finding 1). Other later edits (a workflow's tags, an owner)
+      do not stop the tell: the contact is mapped after this event, so no later one would tell.
+    GHL already showing the DND writes nothing.
     """
     contact_id = event.entity_id
     region = ctx.settings.default_phone_region
@@ -369,7 +368,8 @@ async def _tell_consents_at_first_sight(ctx: HandlerContext, event: ClaimedEvent
     ghl = ghl_connector(ctx)
     if not contact_id or phone is None or ghl is None:
         return []
-    if await ContactMappings(ctx.db).by_ghl_id(contact_id) is not None:
+    mappings = ContactMappings(ctx.db)
+    if await mappings.by_ghl_id(contact_id) is not None:
         return []
     in_force = await opt_outs_in_force(ctx, phone)
     if not in_force:
@@ -379,16 +379,11 @@ async def _tell_consents_at_first_sight(ctx: HandlerContext, event: ClaimedEvent
         "ghl", contact_id, profile, by=str(event.id), provisional=provisional_entity(phone)
     ):
         return []  # the same question `sync_ghl_contact` asks next; asked again, it answers the same
+    if await mappings.ghl_dnd_change_waiting(contact_id):
+        return []
     current = await ghl.get_contact(contact_id)
     if current is None or normalize_phone(current.phone, region) != phone:
         return []
-    # What the webhook reports is of its time: a create's `dateAdded` (GHL's stamp of the state
-    # sent), else the webhook's own time.
-    added_at = parse_iso8601(event.payload.get("dateAdded")) if event.event_type == "ContactCreate" else None
-    reported_at = added_at or ghl_event_time(event)
-    changed_at = parse_iso8601(current.date_updated)
-    if reported_at is not None and changed_at is not None and changed_at > reported_at + CHANGED_SINCE_SLACK:
-        return []  # changed in GHL since this webhook: what GHL shows may be a newer decision
     return await tell_consents_in_force(
         ctx, event, contact_id, phone, direction=INTERNAL, in_force=in_force, shown=current.dnd_settings or {}
     )
@@ -429,10 +424,12 @@ async def sync_ghl_contact(ctx: HandlerContext, event: ClaimedEvent) -> HandlerR
             # an older event still carrying a number (a replayed dead letter) is stale
             # (break14e finding 7). A stale one (older than a change already applied) decides
             # nothing: the number a later change gave the contact keeps its claim.
-            await mappings.mark_applied(contact_id, "ghl", event_at, received_at=event.received_at)
+            # GHL is asked before the watermark moves: a retry after a failed read must ask again.
             claimed = mapping.phone if mapping.aloware_contact_id is None else None
-            if claimed is not None and not await _still_on(ctx, contact_id, claimed):
-                await mappings.release_claim(contact_id, claimed)  # its number is gone too
+            gone = claimed if claimed is not None and not await _still_on(ctx, contact_id, claimed) else None
+            await mappings.mark_applied(contact_id, "ghl", event_at, received_at=event.received_at)
+            if gone is not None:
+                await mappings.release_claim(contact_id, gone)  # its number is gone too
         return skipped(event, GHL_TO_ALOWARE, NO_PHONE)
     digest = profile_fingerprint(profile)
     echoes = EchoGuard(ctx.db, ctx.settings.echo_ttl_seconds)

@@ -81,7 +81,7 @@ async def tell_consents_in_force(
     contact (SMS or Call DND active), remembered as our write. `told`: channels this event's own
     decision has told already. Also used by the GHL contact flow for a contact a GHL user made
     (`contacts.handle_ghl_contact_upsert`, direction `internal`), which passes the opt-outs it
-    looked up (`in_force`) and the DND GHL shows as it read them (`shown`).
+    looked up (`in_force`, then `told` is not consulted) and GHL's DND as it read them (`shown`).
 
     The decision is asked again after a DND write: an opt-out lifted meanwhile, whose own flow
     may already have told GHL, is not left overwritten by ours (the write is set back)."""
