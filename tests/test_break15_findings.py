@@ -6,8 +6,9 @@ mapped to another one (`calls._resolve_contact`'s conflict), and a stale no-phon
 databases (`sync_world`); races made deterministic by patching a connector call.
 
 Findings (both databases), all fixed; each test below was a strict xfail first:
-- 1 by not telling when GHL changed the contact after what the webhook reports (its `dateUpdated`
-  later than a create's `dateAdded`, else than the webhook's time, by over a second);
+- 1 by not telling while a `ContactDndUpdate` of the contact is waiting in the queue (a first fix,
+  not telling when GHL's `dateUpdated` was later than the webhook, left a contact a workflow
+  tagged meanwhile showing DND off for good: the review of this diff);
 - 2 by reading the contact and telling only when it still has the webhook's number;
 - 3 by checking the disposition's staleness against the GHL contact it is written to;
 - 4 by a conflict only when the body names an Aloware contact;
@@ -183,6 +184,30 @@ async def test_a_number_changed_before_the_create_is_processed_is_not_shown_the_
     assert set(await statuses(world, "ContactCreate")) <= {"done"}
     assert _contact(world, eve["id"])["phone"] == OTHER
     assert _sms_dnd(_contact(world, eve["id"])) != "active", await _log(world)
+
+
+async def test_a_contact_a_workflow_tagged_before_its_create_is_processed_is_still_shown_the_opt_out(
+    sync_world: SyncWorld,
+) -> None:
+    """R-OPT-5, R-OPT-6 (review of the finding 1 fix): Dana texted STOP; a GHL user creates her
+    contact and a GHL workflow tags it a second later, both before the ContactCreate is processed
+    (a busy queue). The later edit is no DND decision: the opt-out is still shown (SMS DND active),
+    once; the contact is mapped after this event, so no later event would show it."""
+    world = sync_world
+    await _stop_in_force(world)
+    sim = world.ghl.sim
+    dana = sim.create_contact(LOCATION, {"phone": PHONE, "firstName": "Dana"}).contact
+    made = sim.contacts[dana["id"]]  # made a minute ago; the workflow's tag is a later edit
+    made.added_ms -= 60_000
+    made.updated_ms -= 60_000
+    created = contact_webhook("ContactCreate", made.as_ghl())
+    tagged = sim.update_contact(LOCATION, dana["id"], {"tags": ["new lead"]}).contact
+    await world.deliver_ghl(created)
+    await world.deliver_ghl(contact_webhook("ContactUpdate", tagged))
+    await world.process()
+    assert await statuses(world, "ContactCreate") == ["done"]
+    assert _sms_dnd(_contact(world, dana["id"])) == "active", await _log(world)
+    assert _dnd_puts(world, dana["id"]) == 1
 
 
 async def test_an_opt_out_lifted_before_the_create_is_processed_sets_no_dnd(sync_world: SyncWorld) -> None:
