@@ -28,6 +28,8 @@ from df_middleware.config import Settings
 from df_middleware.db.migrate import upgrade_sync
 from df_middleware.db.models import Base
 from df_middleware.db.session import Database
+from df_middleware.sync.agent_field import AgentField
+from df_middleware.sync.list_registry import CallListRegistryStore
 
 #: The sync tests' world (service + simulators + worker) is a fixture available to every test.
 pytest_plugins = ["tests.sync_world", "tests.worker_processes"]
@@ -135,6 +137,15 @@ def _public_pem(key: Any) -> str:
         )
         .decode()
     )
+
+
+@pytest.fixture(autouse=True)
+def _forget_remote_ids() -> None:
+    """Every test starts with a new GHL and Aloware: the process-wide caches of their ids (the
+    agent custom field's definition id, Aloware's power-dialer list ids) are forgotten, so no
+    test reads another test's simulator's ids."""
+    AgentField.forget()
+    CallListRegistryStore.forget()
 
 
 @pytest.fixture(scope="session")

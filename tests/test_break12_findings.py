@@ -27,15 +27,6 @@ pytestmark = pytest.mark.slow
 ADD = "/api/v1/webhook/powerdialer-add-contact-to-lists"
 
 
-@pytest.fixture(autouse=True)
-def _fresh_caches() -> None:
-    from df_middleware.sync.agent_field import AgentField
-    from df_middleware.sync.list_registry import CallListRegistryStore
-
-    AgentField.forget()
-    CallListRegistryStore.forget()
-
-
 def _stop_text(message_id: str) -> dict[str, Any]:
     return {
         "eventType": "message.received",

@@ -47,15 +47,6 @@ LEASE_SECONDS = 5
 EVENT_TABLES = (WebhookEvent, TextingWebhookEvent, BroadcastWebhookEvent)
 
 
-@pytest.fixture(autouse=True)
-def _fresh_caches() -> None:
-    from df_middleware.sync.agent_field import AgentField
-    from df_middleware.sync.list_registry import CallListRegistryStore
-
-    AgentField.forget()
-    CallListRegistryStore.forget()
-
-
 def _env(world: SyncWorld, **overrides: str) -> dict[str, str]:
     return worker_env(
         world.settings,

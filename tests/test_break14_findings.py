@@ -17,7 +17,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy import select, update
 
 from df_middleware.app import create_app
@@ -26,20 +25,12 @@ from df_middleware.consent.store import ConsentStore
 from df_middleware.db.models import AgentDirectory, BroadcastRecord, BroadcastWebhookEvent, WebhookEvent
 from df_middleware.db.types import utcnow
 from df_middleware.simulators.ghl import contact_webhook
-from df_middleware.sync.agent_field import AgentField
 from df_middleware.sync.agent_send_given_up import AGENT_TEXT_GIVEN_UP
-from df_middleware.sync.list_registry import CallListRegistryStore
 from tests.conftest import TEST_SECRETS, Keys
 from tests.sync_world import CONVERSATION_PROVIDER, LOCATION, NO_NATURAL_RETRY, SyncWorld
 from tests.test_soak_findings import retry_now
 
 PHONE = "+19195550173"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_caches() -> None:
-    AgentField.forget()
-    CallListRegistryStore.forget()
 
 
 # --- helpers ---------------------------------------------------------------------------------------

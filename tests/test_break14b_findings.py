@@ -38,10 +38,8 @@ from df_middleware.queue.operations import replay_event
 from df_middleware.queue.worker import Worker
 from df_middleware.simulators.ghl import contact_webhook
 from df_middleware.simulators.verity import SEND_MESSAGE_PATH
-from df_middleware.sync.agent_field import AgentField
 from df_middleware.sync.agent_send_given_up import AGENT_TEXT_GIVEN_UP
 from df_middleware.sync.echoes import EchoGuard, provisional_entity
-from df_middleware.sync.list_registry import CallListRegistryStore
 from tests.conftest import TEST_SECRETS
 from tests.servers import serve_app
 from tests.sync_world import CONVERSATION_PROVIDER, LOCATION, SyncWorld
@@ -59,12 +57,6 @@ from tests.test_soak_findings import opted_out, retry_now
 from tests.worker_processes import StartWorker
 
 PHONE = "+19195550161"  # the number test_soak_findings.opted_out opts out
-
-
-@pytest.fixture(autouse=True)
-def _fresh_caches() -> None:
-    AgentField.forget()
-    CallListRegistryStore.forget()
 
 
 # --- helpers ---------------------------------------------------------------------------------------

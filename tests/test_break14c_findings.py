@@ -26,8 +26,6 @@ from sqlalchemy import select
 from df_middleware.db.models import ContactMapping, DncRegistry, OptoutRegistry, SyncLog
 from df_middleware.simulators import common
 from df_middleware.simulators.ghl import contact_webhook
-from df_middleware.sync.agent_field import AgentField
-from df_middleware.sync.list_registry import CallListRegistryStore
 from tests.sync_world import LOCATION, SyncWorld
 from tests.test_break14_findings import NO_NATURAL_RETRY, statuses
 from tests.test_soak_findings import retry_now
@@ -37,12 +35,6 @@ pytestmark = pytest.mark.slow
 
 PHONE = "+19195550142"  # the number test_sync_call_lists' helpers read
 OTHER_PHONE = "+19195550188"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_caches() -> None:
-    AgentField.forget()
-    CallListRegistryStore.forget()
 
 
 # --- helpers ---------------------------------------------------------------------------------------

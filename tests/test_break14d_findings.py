@@ -63,8 +63,6 @@ from df_middleware.db.models import EchoGuard as EchoGuardRow
 from df_middleware.db.types import utcnow
 from df_middleware.queue.operations import replay_event
 from df_middleware.simulators.ghl import contact_webhook
-from df_middleware.sync.agent_field import AgentField
-from df_middleware.sync.list_registry import CallListRegistryStore
 from df_middleware.timestamps import parse_iso8601
 from tests.conftest import TEST_SECRETS
 from tests.sync_world import LOCATION, SyncWorld
@@ -88,12 +86,6 @@ pytestmark = pytest.mark.slow
 PHONE = "+19195550142"  # the number test_sync_call_lists' helpers read
 EARLY = "2026-11-24T16:00:00Z"
 LATE = "2026-11-24T17:00:00Z"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_caches() -> None:
-    AgentField.forget()
-    CallListRegistryStore.forget()
 
 
 # --- helpers ---------------------------------------------------------------------------------------

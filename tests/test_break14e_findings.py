@@ -6,14 +6,14 @@ contact the service made for a dialer contact is owed (`sync/made_contacts`: con
 as DND, its lists dated by GHL's `dateUpdated`). Real ingest, the real worker and the simulators
 over HTTP, both databases (`sync_world`); races made deterministic by patching a connector call.
 
-Findings (the sync ones on both databases). All fixed: 4 by showing the opt-outs in force on a GHL
-contact the service sees for the first time (`contacts._tell_consents_at_first_sight`); 1 and 5 by
-asking GHL whether the claimer still has the number (`contacts._live_claim`,
-`ContactMappings.release_claim`) and releasing a claim when its contact loses its number; 2 and 3 by
-dating the placement by the moment we asked when `dateUpdated` is missing or implausible; 6 by a
-conflict when the number is on another Aloware contact than the mapped one; 7 by applying a no-phone
-change (the watermark moves); 8 by pinning in the app's lifespan, in the process that runs the
-worker:
+Findings (the sync ones on both databases). All fixed but 4, a strict xfail (a display of GHL's,
+every send still refused; its own issue: a first-sight tell in the GHL flow alone was tried and
+withdrawn, order-dependent with the texting and call flows): 1 and 5 by asking GHL whether the
+claimer still has the number (`contacts._live_claim`, `ContactMappings.release_claim`) and releasing
+a claim when its contact loses its number; 2 and 3 by dating the placement by the moment we asked
+when `dateUpdated` is missing or implausible; 6 by a conflict when the number is on another Aloware
+contact than the mapped one; 7 by applying a no-phone change (the watermark moves); 8 by pinning in
+the app's lifespan, in the process that runs the worker:
 1. (medium) A phone-only claim outlives the reason for it: a GHL contact whose first Lead API
    write failed for good (dead letter) keeps its claim on the number after a GHL user removes
    the number from it (its next `ContactUpdate` has no phone and is skipped before anything
@@ -84,9 +84,7 @@ from df_middleware.db.models import OptoutEvent, WebhookEvent
 from df_middleware.errors import PermanentError
 from df_middleware.simulators import common
 from df_middleware.simulators.ghl import contact_webhook
-from df_middleware.sync.agent_field import AgentField
 from df_middleware.sync.identity import ContactMappings, PersonKeys
-from df_middleware.sync.list_registry import CallListRegistryStore
 from tests.conftest import TEST_SECRETS
 from tests.sync_world import LOCATION, SyncWorld
 from tests.test_break14_findings import NO_NATURAL_RETRY, statuses
@@ -107,12 +105,6 @@ pytestmark = pytest.mark.slow
 
 PHONE = "+19195550142"  # the number test_sync_call_lists' helpers read
 OTHER = "+19195550177"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_caches() -> None:
-    AgentField.forget()
-    CallListRegistryStore.forget()
 
 
 def _lead_write_fails_for_good(world: SyncWorld) -> Callable[[], None]:
@@ -480,6 +472,14 @@ async def test_our_dnd_write_seen_by_another_worker_before_it_is_remembered_is_o
     await _still_the_texted_stop(world, store)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="break14e finding 4 (product, low; its own issue): only a GHL contact the service makes for a "
+    "dialer contact is told the consents in force (sync/made_contacts.py). A first-sight tell in the GHL "
+    "contact flow alone was tried (stop 23) and withdrawn: a GHL contact first linked by the texting or "
+    "call flow is never told, so DND depended on which event came first "
+    "(test_reliability_interleaving). Every send is still refused (R-OPT-4).",
+)
 async def test_a_ghl_contact_recreated_after_a_stop_shows_the_opt_out(sync_world: SyncWorld) -> None:
     """R-OPT-5, R-C-1: Dana texted STOP (SMS opt-out in force) and her GHL contact was deleted
     since; a GHL user creates her again. GHL creates contacts with DND off, so the service shows
@@ -510,14 +510,14 @@ async def test_a_ghl_contact_recreated_after_a_stop_shows_the_opt_out(sync_world
 async def test_an_opt_out_lifted_while_it_is_shown_on_a_new_contact_is_not_left_showing(
     sync_world: SyncWorld,
 ) -> None:
-    """R-OPT-5, R-OPT-2: Dana's SMS opt-out is in force when a GHL user creates her contact; she
-    texts START while the service shows the opt-out on it, and START's flow finds GHL showing DND
-    off (our write not landed yet), so it writes nothing. Our DND write must not outlive the lift:
-    the decision is asked again after the write, and the DND set back inactive. GHL's webhooks
-    about both writes are our echoes: the decision in force stays her START."""
+    """R-OPT-5, R-OPT-2: Dana's SMS opt-out is in force when an agent makes her in the dialer
+    and the service makes her GHL contact; she texts START while the service shows the opt-out on
+    it, and START's flow finds GHL showing DND off (our write not landed yet), so it writes
+    nothing. Our DND write must not outlive the lift: the decision is asked again after the
+    write, and the DND set back inactive. GHL's webhooks about both writes are our echoes: the
+    decision in force stays her START."""
     world = sync_world
     store = await _stop_in_force(world)
-    dana = world.ghl.sim.create_contact(LOCATION, {"phone": PHONE, "firstName": "Dana"}).contact
     world.ghl_sends_webhooks()
     lifted = asyncio.Event()
 
@@ -542,49 +542,21 @@ async def test_an_opt_out_lifted_while_it_is_shown_on_a_new_contact_is_not_left_
 
     undo = _patch(_ghl(world), "update_contact", wrapper)
     try:
-        await world.deliver_ghl(contact_webhook("ContactCreate", dana))
+        await _made_in_the_dialer(world)
         await world.process()
     finally:
         undo()
     assert lifted.is_set()
-    assert await statuses(world, "ContactCreate") == ["done"]
+    assert await statuses(world, "Contact Created") == ["done"]
     [contact] = _ghl_contacts(world)
     assert ((contact.get("dndSettings") or {}).get("SMS") or {}).get("status") != "active", await _log(world)
 
     await world.ghl_webhooks_delivered("ContactDndUpdate", at_least=2)
     await world.process()
-    assert await statuses(world, "ContactDndUpdate") == ["done", "done"]
+    assert set(await statuses(world, "ContactDndUpdate")) == {"done"}
     state = await store.state("sms", PHONE)
     assert state is not None
     assert (state.status, state.reason) == ("opted_in", "START"), await _log(world)
-
-
-async def test_a_ghl_contact_made_on_an_opted_out_number_is_told_on_the_retry_after_ghl_failed(
-    sync_world: SyncWorld,
-) -> None:
-    """R-OPT-5, R-Q-3: as above, but GHL refuses the DND write the first time (a 503): the event
-    is retried, still sees the contact unmapped, and shows the opt-out on the retry; a contact the
-    service had already seen is not told again on its later updates (no GHL call for it)."""
-    world = sync_world
-    world.settings = world.settings.model_copy(update=NO_NATURAL_RETRY)
-    await _stop_in_force(world)
-    dana = world.ghl.sim.create_contact(LOCATION, {"phone": PHONE, "firstName": "Dana"}).contact
-    world.ghl.faults(error_rate=1.0, error_status=503)
-    await world.deliver_ghl(contact_webhook("ContactCreate", dana))
-    await world.process()
-    world.ghl.faults()
-    assert await statuses(world, "ContactCreate") == ["pending"]
-    assert world.aloware.sim.contact_by_phone(PHONE) is None  # the Aloware step waits for the retry
-    await retry_now(world, "ContactCreate")
-    assert await statuses(world, "ContactCreate") == ["done"], await _log(world)
-    [contact] = _ghl_contacts(world)
-    assert ((contact.get("dndSettings") or {}).get("SMS") or {}).get("status") == "active", await _log(world)
-
-    reads = len(world.ghl.requests("GET", f"/contacts/{dana['id']}"))
-    renamed = world.ghl.sim.update_contact(LOCATION, dana["id"], {"firstName": "Danielle"}).contact
-    await world.deliver_ghl(contact_webhook("ContactUpdate", renamed))
-    await world.process()
-    assert len(world.ghl.requests("GET", f"/contacts/{dana['id']}")) == reads
 
 
 async def test_a_contact_recreated_before_the_claimers_delete_is_processed_syncs(

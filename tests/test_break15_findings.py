@@ -5,6 +5,12 @@ mapped to another one (`calls._resolve_contact`'s conflict), and a stale no-phon
 (`contacts.sync_ghl_contact`). Real ingest, the real worker and the simulators over HTTP, both
 databases (`sync_world`); races made deterministic by patching a connector call.
 
+The first-sight tell was withdrawn after these findings: a GHL contact first linked by the texting
+or call flow is never told, so with it alone a person's DND depended on which event came first
+(tests/test_reliability_interleaving.py failed in CI-like runs). break14e finding 4 is a strict
+xfail again, its own issue. The tests of findings 1, 2 and 6 stay: they hold without it (nothing
+undoes a GHL user's opt-in, nothing is shown on a corrected number, no fingerprint is left).
+
 Findings (both databases), all fixed; each test below was a strict xfail first:
 - 1 by not telling while a `ContactDndUpdate` of the contact is waiting in the queue (a first fix,
   not telling when GHL's `dateUpdated` was later than the webhook, left a contact a workflow
@@ -70,12 +76,10 @@ from df_middleware.consent.decisions import ConsentChange
 from df_middleware.consent.store import ConsentStore
 from df_middleware.db.models import EchoGuard as EchoGuardRow
 from df_middleware.simulators.ghl import contact_webhook
-from df_middleware.sync.agent_field import AgentField
-from df_middleware.sync.list_registry import CallListRegistryStore
 from tests.sync_world import LOCATION, SyncWorld
 from tests.test_break14_findings import statuses
 from tests.test_break14c_findings import _log, _made_in_the_dialer, _mappings, _patch
-from tests.test_break14d_findings import EARLY, LATE, _call_dnd, _ghl, _ghl_contacts
+from tests.test_break14d_findings import EARLY, LATE, _ghl, _ghl_contacts
 from tests.test_break14e_findings import (
     _gina_claims_and_fails,
     _lead_write_fails_for_good,
@@ -89,12 +93,6 @@ pytestmark = pytest.mark.slow
 
 PHONE = "+19195550142"
 OTHER = "+19195550177"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_caches() -> None:
-    AgentField.forget()
-    CallListRegistryStore.forget()
 
 
 def _sms_dnd(contact: dict[str, Any]) -> str | None:
@@ -186,30 +184,6 @@ async def test_a_number_changed_before_the_create_is_processed_is_not_shown_the_
     assert _sms_dnd(_contact(world, eve["id"])) != "active", await _log(world)
 
 
-async def test_a_contact_a_workflow_tagged_before_its_create_is_processed_is_still_shown_the_opt_out(
-    sync_world: SyncWorld,
-) -> None:
-    """R-OPT-5, R-OPT-6 (review of the finding 1 fix): Dana texted STOP; a GHL user creates her
-    contact and a GHL workflow tags it a second later, both before the ContactCreate is processed
-    (a busy queue). The later edit is no DND decision: the opt-out is still shown (SMS DND active),
-    once; the contact is mapped after this event, so no later event would show it."""
-    world = sync_world
-    await _stop_in_force(world)
-    sim = world.ghl.sim
-    dana = sim.create_contact(LOCATION, {"phone": PHONE, "firstName": "Dana"}).contact
-    made = sim.contacts[dana["id"]]  # made a minute ago; the workflow's tag is a later edit
-    made.added_ms -= 60_000
-    made.updated_ms -= 60_000
-    created = contact_webhook("ContactCreate", made.as_ghl())
-    tagged = sim.update_contact(LOCATION, dana["id"], {"tags": ["new lead"]}).contact
-    await world.deliver_ghl(created)
-    await world.deliver_ghl(contact_webhook("ContactUpdate", tagged))
-    await world.process()
-    assert await statuses(world, "ContactCreate") == ["done"]
-    assert _sms_dnd(_contact(world, dana["id"])) == "active", await _log(world)
-    assert _dnd_puts(world, dana["id"]) == 1
-
-
 async def test_an_opt_out_lifted_before_the_create_is_processed_sets_no_dnd(sync_world: SyncWorld) -> None:
     """R-OPT-5, R-OPT-3: Dana texted STOP, then START (the texted opt-in is in force) before a GHL
     user's new contact on her number is processed: nothing is shown (no DND write at all)."""
@@ -222,33 +196,6 @@ async def test_an_opt_out_lifted_before_the_create_is_processed_sets_no_dnd(sync
     assert await statuses(world, "ContactCreate") == ["done"]
     assert world.ghl.requests("PUT", f"/contacts/{dana['id']}") == [], await _log(world)
     assert _sms_dnd(_contact(world, dana["id"])) != "active"
-
-
-async def test_a_voice_dnc_in_force_is_shown_as_call_dnd_at_first_sight(sync_world: SyncWorld) -> None:
-    """R-OPT-6, R-LOOP-1: the number is on voice DNC (Aloware) and nobody texted STOP; a GHL user
-    creates a contact on it. It shows Call DND active, SMS DND untouched; GHL's ContactDndUpdate
-    about our write is our echo (no GHL-sourced decision, the DNC stays Aloware's)."""
-    world = sync_world
-    world.ghl_sends_webhooks()
-    store = await _apply(
-        world, "voice", "opted_out", "aloware", "DNC", datetime(2026, 11, 24, 15, 0, tzinfo=UTC)
-    )
-    vic = world.ghl.sim.create_contact(LOCATION, {"phone": PHONE, "firstName": "Vic"}).contact
-    await world.deliver_ghl(contact_webhook("ContactCreate", vic))
-    await world.process()
-    after = _contact(world, vic["id"])
-    assert _call_dnd(after) == "active", await _log(world)
-    assert _sms_dnd(after) != "active"
-    await world.ghl_webhooks_delivered("ContactDndUpdate")
-    await world.process()
-    assert await statuses(world, "ContactDndUpdate") == ["done"]
-    state = await store.state("voice", PHONE)
-    assert state is not None
-    assert (state.status, state.source) == ("opted_out", "aloware"), await _log(world)
-    assert await store.state("sms", PHONE) is None
-    assert await _unconsumed_dnd_fingerprints(world) == []
-    internal = [m for d, s, m in await _log(world) if d == "internal" and m and "Call DND set active" in m]
-    assert len(internal) == 1, await _log(world)
 
 
 async def test_a_late_update_of_a_deleted_contact_is_not_told(sync_world: SyncWorld) -> None:
@@ -488,76 +435,6 @@ async def test_a_newer_number_removal_after_the_number_came_back_releases_the_cl
 
 
 # --- (3) more first sights -------------------------------------------------------------------------
-
-
-async def test_a_ghl_users_later_dnd_changes_after_the_first_sight_write_are_decisions(
-    sync_world: SyncWorld,
-) -> None:
-    """R-OPT-5, R-LOOP-1: the number carries a GHL-sourced SMS opt-out; a GHL user creates Lee on
-    it and the service shows it (SMS DND active), its echo taken as ours. The user then switches
-    SMS DND off (an opt-in, GHL's to give) and on again: each is the user's decision, none is
-    swallowed as our echo, and no fingerprint of ours is left."""
-    world = sync_world
-    world.ghl_sends_webhooks()
-    store = await _apply(world, "sms", "opted_out", "ghl", "DND", datetime.now(UTC) - timedelta(days=3))
-    lee = world.ghl.sim.create_contact(LOCATION, {"phone": PHONE, "firstName": "Lee"}).contact
-    await world.deliver_ghl(contact_webhook("ContactCreate", lee))
-    await world.process()
-    assert _sms_dnd(_contact(world, lee["id"])) == "active", await _log(world)
-    await world.ghl_webhooks_delivered("ContactDndUpdate")
-    await world.process()
-    assert await _unconsumed_dnd_fingerprints(world) == []
-    for status, decided in (("inactive", "opted_in"), ("active", "opted_out")):
-        changed = world.ghl.sim.update_contact(
-            LOCATION, lee["id"], {"dndSettings": {"SMS": {"status": status}}}
-        ).contact
-        await world.deliver_ghl(contact_webhook("ContactDndUpdate", changed))
-        await world.process()
-        state = await store.state("sms", PHONE)
-        assert state is not None
-        assert (state.status, state.source) == (decided, "ghl"), (status, await _log(world))
-    assert _dnd_puts(world, lee["id"]) == 1
-    assert await _unconsumed_dnd_fingerprints(world) == []
-
-
-async def test_a_contact_first_seen_by_contact_update_is_shown_the_opt_out(sync_world: SyncWorld) -> None:
-    """R-OPT-5, R-C-1: a GHL contact made before the service ran (its ContactCreate never reached
-    us) on a number Dana texted STOP from is first seen by a ContactUpdate: it is shown the
-    opt-out (SMS DND active, one `internal` row) and synced to Aloware; its next update is no
-    first sight (no DND read)."""
-    world = sync_world
-    await _stop_in_force(world)
-    old = world.ghl.sim.create_contact(LOCATION, {"phone": PHONE, "firstName": "Dana"}).contact
-    renamed = world.ghl.sim.update_contact(LOCATION, old["id"], {"lastName": "Reyes"}).contact
-    await world.deliver_ghl(contact_webhook("ContactUpdate", renamed))
-    await world.process()
-    assert await statuses(world, "ContactUpdate") == ["done"], await _log(world)
-    assert _sms_dnd(_contact(world, old["id"])) == "active", await _log(world)
-    told = [m for d, s, m in await _log(world) if d == "internal" and m and "SMS DND set active" in m]
-    assert len(told) == 1
-    assert world.aloware.sim.contact_by_phone(PHONE) is not None
-    puts = _dnd_puts(world, old["id"])
-    again = world.ghl.sim.update_contact(LOCATION, old["id"], {"lastName": "Reyes-Diaz"}).contact
-    await world.deliver_ghl(contact_webhook("ContactUpdate", again))
-    await world.process()
-    assert _dnd_puts(world, old["id"]) == puts
-
-
-async def test_a_workflow_contact_created_on_an_opted_out_number_is_shown_the_opt_out(
-    sync_world: SyncWorld,
-) -> None:
-    """R-OPT-5, R-IN-5: a GHL workflow posts `contact.created` (the contact nested, as workflows
-    send it) for a contact a GHL user made on a number with an SMS opt-out in force: the
-    contact shows SMS DND active."""
-    world = sync_world
-    await _stop_in_force(world)
-    wes = world.ghl.sim.create_contact(LOCATION, {"phone": PHONE, "firstName": "Wes"}).contact
-    await world.deliver_ghl(
-        {"event": "contact.created", "contact": {"id": wes["id"], "phone": PHONE, "firstName": "Wes"}}
-    )
-    await world.process()
-    assert "error" not in await statuses(world, "contact.created"), await _log(world)
-    assert _sms_dnd(_contact(world, wes["id"])) == "active", await _log(world)
 
 
 @pytest.mark.parametrize("phone", [None, "555"])

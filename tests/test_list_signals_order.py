@@ -18,19 +18,11 @@ from sqlalchemy import select
 
 from df_middleware.db.models import AgentDirectory, SyncLog
 from df_middleware.simulators.ghl import contact_webhook
-from df_middleware.sync.agent_field import AgentField
-from df_middleware.sync.list_registry import CallListRegistryStore
 from tests.sync_world import LOCATION, SyncWorld
 
 pytestmark = pytest.mark.slow
 
 PHONE = "+19195550177"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_caches() -> None:
-    AgentField.forget()
-    CallListRegistryStore.forget()
 
 
 async def _alice(world: SyncWorld) -> None:

@@ -24,20 +24,12 @@ from df_middleware.db.models import (
 )
 from df_middleware.db.types import utcnow
 from df_middleware.simulators.ghl import contact_webhook
-from df_middleware.sync.agent_field import AgentField
 from df_middleware.sync.agent_sends import REFUSED_BEFORE
-from df_middleware.sync.list_registry import CallListRegistryStore
 from tests.sync_world import CONVERSATION_PROVIDER, LOCATION, NO_NATURAL_RETRY, SyncWorld
 
 PHONE = "+19195550161"
 KEYS = ("CALL_NOW", "NEW_LEADS", "FOLLOW_UP", "HOT")
 ON_ITS_LISTS = {"DF_ALICE_NEW_LEADS", "DF_ALICE_HOT"}
-
-
-@pytest.fixture(autouse=True)
-def _fresh_caches() -> None:
-    AgentField.forget()
-    CallListRegistryStore.forget()
 
 
 # --- helpers ---------------------------------------------------------------------------------------

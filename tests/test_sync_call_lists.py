@@ -16,7 +16,6 @@ from df_middleware.db.models import AgentDirectory, CallListRegistry, ContactAge
 from df_middleware.db.session import Database
 from df_middleware.queue.worker import Worker
 from df_middleware.simulators.ghl import contact_webhook
-from df_middleware.sync.agent_field import AgentField
 from df_middleware.sync.call_lists import ContactLists
 from df_middleware.sync.list_operations import lists_status, rebuild_lists
 from df_middleware.sync.list_registry import CallListRegistryStore
@@ -27,12 +26,6 @@ pytestmark = pytest.mark.slow
 PHONE = "+19195550142"
 KEYS = ("CALL_NOW", "NEW_LEADS", "FOLLOW_UP", "HOT")
 LIST_CALLS = ("/api/v1/webhook/powerdialer-", "/api/v1/call-lists")
-
-
-@pytest.fixture(autouse=True)
-def _fresh_caches() -> None:
-    AgentField.forget()
-    CallListRegistryStore.forget()
 
 
 async def _agents(world: SyncWorld, *, lists_for: tuple[str, ...] = ("ALICE", "BOB", "UNASSIGNED")) -> None:

@@ -51,14 +51,11 @@ from df_middleware.sync.identity import (
     PersonKeys,
     Side,
 )
-from df_middleware.sync.made_contacts import opt_outs_in_force, tell_consents_in_force
-from df_middleware.sync.optout import INTERNAL
 from df_middleware.sync.registry import (
     ClaimedEvent,
     HandlerContext,
     HandlerRegistry,
     HandlerResult,
-    SyncLogEntry,
 )
 from df_middleware.timestamps import believed_time, parse_iso8601
 
@@ -328,14 +325,8 @@ async def handle_ghl_contact_upsert(ctx: HandlerContext, event: ClaimedEvent) ->
     the contact (R-C-1), then its agent and power-dialer lists (R-AG-1…R-AG-4), which need the
     Aloware contact the first step creates. The lists step runs whatever the first decided (an
     unchanged profile may still carry new tags or a new owner) and costs no Aloware call when the
-    contact's lists stay as they are.
-
-    A contact seen for the first time (a GHL user made it: GHL creates contacts with DND off) is
-    first shown the opt-outs in force for its number as DND (R-OPT-5, R-OPT-6; break14e finding
-    4), before the Aloware step, so a retry of the event still sees it unmapped and tells again."""
-    told = await _tell_consents_at_first_sight(ctx, event)
+    contact's lists stay as they are."""
     result = await sync_ghl_contact(ctx, event)
-    result.entries[:0] = told
     lists = await sync_contact_lists(
         ctx,
         event.entity_id or "",
@@ -346,47 +337,6 @@ async def handle_ghl_contact_upsert(ctx: HandlerContext, event: ClaimedEvent) ->
     if lists is not None:
         result.entries.append(lists)
     return result
-
-
-async def _tell_consents_at_first_sight(ctx: HandlerContext, event: ClaimedEvent) -> list[SyncLogEntry]:
-    """The opt-outs in force for a GHL contact's number, shown on it when the service has never
-    seen the contact (no mapping row, live or deleted). Costs a consent lookup; GHL is read only
-    when an opt-out is in force. Nothing is written when:
-    - the webhook is the echo of our own create (the flow that made the contact tells it; two
-      writers of one value would leave a fingerprint no webhook consumes: break15 finding 6);
-    - the contact has another number now (break15 finding 2);
-    - a `ContactDndUpdate` of the contact is waiting in the queue: GHL's DND as read now may be a
-      GHL user's decision (made with DND on, then switched off) that event will record; our
-      write would undo it (break15 finding 1). Other later edits (a workflow's tags, an owner)
-      do not stop the tell: the contact is mapped after this event, so no later one would tell.
-    GHL already showing the DND writes nothing.
-    """
-    contact_id = event.entity_id
-    region = ctx.settings.default_phone_region
-    profile = ghl_profile(event.payload, region)
-    phone = profile.get("phone")
-    ghl = ghl_connector(ctx)
-    if not contact_id or phone is None or ghl is None:
-        return []
-    mappings = ContactMappings(ctx.db)
-    if await mappings.by_ghl_id(contact_id) is not None:
-        return []
-    in_force = await opt_outs_in_force(ctx, phone)
-    if not in_force:
-        return []
-    echoes = EchoGuard(ctx.db, ctx.settings.echo_ttl_seconds)
-    if await echoes.is_echo(
-        "ghl", contact_id, profile, by=str(event.id), provisional=provisional_entity(phone)
-    ):
-        return []  # the same question `sync_ghl_contact` asks next; asked again, it answers the same
-    if await mappings.ghl_dnd_change_waiting(contact_id):
-        return []
-    current = await ghl.get_contact(contact_id)
-    if current is None or normalize_phone(current.phone, region) != phone:
-        return []
-    return await tell_consents_in_force(
-        ctx, event, contact_id, phone, direction=INTERNAL, in_force=in_force, shown=current.dnd_settings or {}
-    )
 
 
 async def sync_ghl_contact(ctx: HandlerContext, event: ClaimedEvent) -> HandlerResult:

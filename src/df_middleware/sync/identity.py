@@ -408,24 +408,6 @@ class ContactMappings:
             )
         return None if waiting is not None else mapping.ghl_seen
 
-    async def ghl_dnd_change_waiting(self, ghl_contact_id: str) -> bool:
-        """Whether a GHL `ContactDndUpdate` of the contact is still waiting in the queue (or set
-        aside in quarantine): GHL's DND as read now may be a GHL user's decision that event
-        carries, not yet recorded."""
-        async with self.db.session() as session:
-            waiting = await session.scalar(
-                select(WebhookEvent.id)
-                .where(
-                    WebhookEvent.entity_type == "contact",
-                    WebhookEvent.entity_id == ghl_contact_id,
-                    WebhookEvent.source == "ghl",
-                    WebhookEvent.event_type == "ContactDndUpdate",
-                    WebhookEvent.status.in_(UNAPPLIED_STATUSES),
-                )
-                .limit(1)
-            )
-        return waiting is not None
-
     async def release_claim(self, ghl_contact_id: str, phone: str) -> None:
         """The GHL contact's phone-only claim on `phone` no longer holds (GHL says the contact is
         gone or has another number now): the number is left to whoever has it in GHL. Only a

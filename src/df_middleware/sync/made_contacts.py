@@ -14,8 +14,7 @@ both steps are set operations, so running them again changes only what differs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Literal
 
 from df_middleware.consent.decisions import OPTED_OUT, Channel, ConsentState
 from df_middleware.consent.store import ConsentStore
@@ -73,15 +72,10 @@ async def tell_consents_in_force(
     phone: str | None,
     *,
     told: frozenset[Channel] = frozenset(),
-    direction: str = ALOWARE_TO_GHL,
-    in_force: list[tuple[Channel, DndName, ConsentState]] | None = None,
-    shown: Mapping[str, Any] | None = None,
 ) -> list[SyncLogEntry]:
     """R-OPT-5, R-OPT-6: an opt-out in force for the number on a channel is shown on the new GHL
     contact (SMS or Call DND active), remembered as our write. `told`: channels this event's own
-    decision has told already. Also used by the GHL contact flow for a contact a GHL user made
-    (`contacts.handle_ghl_contact_upsert`, direction `internal`), which passes the opt-outs it
-    looked up (`in_force`, then `told` is not consulted) and GHL's DND as it read them (`shown`).
+    decision has told already.
 
     The decision is asked again after a DND write: an opt-out lifted meanwhile, whose own flow
     may already have told GHL, is not left overwritten by ours (the write is set back)."""
@@ -90,13 +84,11 @@ async def tell_consents_in_force(
         return []
     store = ConsentStore(ctx.db)
     entries: list[SyncLogEntry] = []
-    for channel, dnd_channel, state in (
-        in_force if in_force is not None else await opt_outs_in_force(ctx, phone, told)
-    ):
+    for channel, dnd_channel, state in await opt_outs_in_force(ctx, phone, told):
         started = utcnow()
-        done = await set_ghl_dnd(ctx, ghl, ghl_contact_id, dnd_channel, "active", shown=shown)
+        done = await set_ghl_dnd(ctx, ghl, ghl_contact_id, dnd_channel, "active")
         if done == "gone":
-            entries += skipped(event, direction, f"GHL contact {ghl_contact_id} not found").entries
+            entries += skipped(event, ALOWARE_TO_GHL, f"GHL contact {ghl_contact_id} not found").entries
             continue
         if done == "set" and not await _still_opted_out(store, channel, phone):
             # Lifted (a START, an operator) between our read and our write: the lift's own flow may
@@ -104,7 +96,7 @@ async def tell_consents_in_force(
             await set_ghl_dnd(ctx, ghl, ghl_contact_id, dnd_channel, "inactive")
             entry = success(
                 event,
-                direction,
+                ALOWARE_TO_GHL,
                 f"GHL contact {dnd_channel} DND set back inactive: the number's {channel} opt-out was "
                 "lifted while it was being shown",
                 target_id=ghl_contact_id,
@@ -115,7 +107,7 @@ async def tell_consents_in_force(
         said = "set" if done == "set" else "already"
         entry = success(
             event,
-            direction,
+            ALOWARE_TO_GHL,
             f"GHL contact {dnd_channel} DND {said} active: the number's {channel} opt-out in force "
             f"({state.reason or state.source})",
             target_id=ghl_contact_id,
