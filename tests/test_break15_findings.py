@@ -11,15 +11,13 @@ or call flow is never told, so with it alone a person's DND depended on which ev
 xfail again, its own issue. The tests of findings 1, 2 and 6 stay: they hold without it (nothing
 undoes a GHL user's opt-in, nothing is shown on a corrected number, no fingerprint is left).
 
-Findings (both databases), all fixed; each test below was a strict xfail first:
-- 1 by not telling while a `ContactDndUpdate` of the contact is waiting in the queue (a first fix,
-  not telling when GHL's `dateUpdated` was later than the webhook, left a contact a workflow
-  tagged meanwhile showing DND off for good: the review of this diff);
-- 2 by reading the contact and telling only when it still has the webhook's number;
-- 3 by checking the disposition's staleness against the GHL contact it is written to;
-- 4 by a conflict only when the body names an Aloware contact;
-- 5 by asking GHL whether the contact is still on the number before its claim is released;
-- 6 by not telling when the webhook is the echo of our own create (the making flow tells).
+Findings (both databases); each test below was a strict xfail first:
+- 1, 2 and 6 were in the first-sight tell, first fixed (1: not while a `ContactDndUpdate` of the
+  contact waits in the queue; 2: only while the contact still has the webhook's number; 6: never
+  for the echo of our own create), then moot with the tell withdrawn; their tests stay;
+- 3 fixed by checking the disposition's staleness against the GHL contact it is written to;
+- 4 fixed by a conflict only when the body names an Aloware contact;
+- 5 fixed by asking GHL whether the contact is still on the number before its claim is released.
 
 The findings as reported:
 1. (medium) The first-sight tell writes DND active from the consent state recorded *now*, over
@@ -48,17 +46,14 @@ The findings as reported:
    ECHO_TTL and swallows a GHL user's SMS opt-out (after a texted START) as our echo: the
    registry keeps the person opted in.
 
-What held (plain regressions): an opt-out lifted (START) before the ContactCreate is processed
-sets no DND; voice DNC in force is shown as Call DND only, its echo ours, no fingerprint left; a
-late ContactUpdate of a GHL contact whose mapping is deleted is not told (no GHL call); the made
-contact's ContactCreate taken by another worker (fully) before the mapping leaves one DND write
-and no fingerprint; a GHL user's later SMS DND off and on after the first-sight write are both
-decisions; a first sight by ContactUpdate is told once, and later updates are not; a workflow
-`contact.created` (nested contact) is told; no phone or an invalid phone tells nothing; our DND
-write's echo taken by another worker before it is remembered leaves nothing to swallow a later
-GHL opt-out; a second Aloware contact's call, redelivered and replayed, gives one note and keeps
-the mapping, and its later `Contact Updated` neither re-points it nor overwrites the profile;
-found by email, the same; a newer number removal after the number came back releases the claim.
+What held (plain regressions, those kept): an opt-out lifted (START) before the ContactCreate is
+processed sets no DND; a late ContactUpdate of a GHL contact whose mapping is deleted makes no GHL
+call; the made contact's ContactCreate taken by another worker (fully) before the mapping leaves
+one DND write and no fingerprint; no phone or an invalid phone tells nothing; our DND write's echo
+taken by another worker before it is remembered leaves nothing to swallow a later GHL opt-out; a
+second Aloware contact's call, redelivered and replayed, gives one note and keeps the mapping, and
+its later `Contact Updated` neither re-points it nor overwrites the profile; found by email, the
+same; a newer number removal after the number came back releases the claim.
 """
 
 from __future__ import annotations
